@@ -1,0 +1,70 @@
+# snaplab — the front door. Every target installs what it needs itself
+# (Debian packages, and a venv with the pinned Python packages).
+
+SHELL := /bin/bash
+PYTHON_SYSTEM ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REPORTS ?= reports
+APT_PACKAGES := python3 python3-venv e2fsprogs xfsprogs btrfs-progs util-linux mount attr
+# Keep one test from hanging CI forever; the slowest case (128 layers) takes < 1 min.
+PYTEST_TIMEOUT ?= 900
+
+.PHONY: all deps apt venv test unit conformance demo bench report clean leaks
+
+all: test
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
+	  || echo "note: editable install skipped; tests use the source tree"
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps: apt venv
+
+## make test: every test — unit, integration (real mounts) and the whole
+## conformance suite over native and overlay on loop ext4, xfs, btrfs, a
+## filesystem without d_type, and a host directory.
+test: deps
+	mkdir -p $(REPORTS)
+	$(PY) -m pytest -p pytest_timeout --timeout=$(PYTEST_TIMEOUT) tests conformance \
+	  --junitxml=$(REPORTS)/test-junit.xml --results-json=$(REPORTS)/test-results.json
+	$(MAKE) --no-print-directory leaks
+
+## make demo: the local conformance matrix, with a report.
+demo: deps
+	mkdir -p $(REPORTS)
+	$(PY) -m pytest -p pytest_timeout --timeout=$(PYTEST_TIMEOUT) conformance -q \
+	  --junitxml=$(REPORTS)/conformance-junit.xml --results-json=$(REPORTS)/conformance.json \
+	  || true
+	$(PY) -m conformance.report $(REPORTS)/conformance.json \
+	  --markdown $(REPORTS)/conformance.md --html $(REPORTS)/conformance.html
+	@echo
+	@echo "report: $(REPORTS)/conformance.md, $(REPORTS)/conformance.html" \
+	      "(JUnit: $(REPORTS)/conformance-junit.xml, JSON: $(REPORTS)/conformance.json)"
+	$(MAKE) --no-print-directory leaks
+
+## make bench: latency of the core operations (not a test).
+bench: deps
+	$(PY) benchmarks/bench_latency.py
+
+## make leaks: fail if a run left a snaplab mount or loop device behind.
+leaks:
+	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-' /proc/self/mountinfo; losetup -a | grep -E 'snaplab-conformance-|snaplab-test-')"; \
+	if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; exit 1; fi; \
+	echo "no snaplab mounts or loop devices left behind"
+
+clean:
+	rm -rf $(VENV) $(REPORTS) .pytest_cache build *.egg-info

@@ -1,0 +1,163 @@
+"""The conformance harness: targets, real filesystems, fresh roots, results.
+
+Choose what to run (options, or the environment variables beside them):
+  --backends native,overlay           SNAPLAB_BACKENDS
+  --filesystems ext4,xfs,btrfs,...    SNAPLAB_FILESYSTEMS
+  --results-json PATH                 write the JSON result file for the report
+  --fs-dir DIR                        where loop images and mounts go (default /tmp)
+
+Every test that takes `snapshotter`, `work` or `target` runs once per target
+(backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
+once per run and removed at its end, also when tests fail; every mount a test
+leaves under its own directory is unmounted after it.
+"""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from snaplab import errors
+from snaplab import mount as mountlib
+
+from . import resultlog
+from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
+                      FilesystemUnavailable, all_targets)
+
+
+def _split(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("snaplab", "snaplab conformance")
+    group.addoption("--backends", default=os.environ.get("SNAPLAB_BACKENDS",
+                                                         ",".join(DEFAULT_BACKENDS)),
+                    help="comma-separated backends (default: %(default)s)")
+    group.addoption("--filesystems", default=os.environ.get("SNAPLAB_FILESYSTEMS",
+                                                            ",".join(DEFAULT_FILESYSTEMS)),
+                    help="comma-separated filesystems (default: %(default)s)")
+    group.addoption("--results-json", default=os.environ.get("SNAPLAB_RESULTS_JSON"),
+                    help="write the run's results as JSON for `python3 -m conformance.report`")
+    group.addoption("--fs-dir", default=os.environ.get("SNAPLAB_FS_DIR"),
+                    help="directory for loop images and mount points (default: the temp dir)")
+
+
+def pytest_configure(config):
+    if config.getoption("--results-json"):
+        resultlog.register(config, config.getoption("--results-json"))
+    config.addinivalue_line("markers", "needs_refusal: runs only where the backend must refuse")
+
+
+def _targets(config):
+    return all_targets(_split(config.getoption("--backends")),
+                       _split(config.getoption("--filesystems")))
+
+
+def pytest_generate_tests(metafunc):
+    if "target" in metafunc.fixturenames:
+        targets = _targets(metafunc.config)
+        metafunc.parametrize("target", targets, ids=[t.name for t in targets],
+                             indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config, items):
+    # What the result file and the report need to place each result.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        target = callspec.params.get("target") if callspec else None
+        case = item.originalname if hasattr(item, "originalname") else item.name
+        case = case[len("test_"):] if case.startswith("test_") else case
+        if target is not None:
+            item.user_properties.extend([("target", target.name), ("backend", target.backend),
+                                         ("filesystem", target.filesystem)])
+        item.user_properties.append(("case", case))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _umask_zero():
+    """containerd's suite runs under umask 0 (clearMask): modes must be explicit."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture(scope="session")
+def filesystem_pool(request):
+    pool = FilesystemPool(request.config.getoption("--fs-dir"))
+    yield pool
+    pool.destroy()
+
+
+@pytest.fixture(scope="session")
+def target(request, filesystem_pool):
+    """The target under test, its filesystem made (and mounted) for it."""
+    target = request.param
+    try:
+        target.fs = filesystem_pool.get(target.filesystem)
+    except FilesystemUnavailable as unavailable:
+        pytest.skip("%s is not available: %s" % (target.filesystem, unavailable))
+    return target
+
+
+@pytest.fixture
+def test_dir(target):
+    """A fresh directory on the target's filesystem; whatever a test leaves
+    mounted under it is unmounted, and it is removed."""
+    base = tempfile.mkdtemp(prefix="case-", dir=target.fs.mountpoint)
+    os.chmod(base, 0o777)
+    yield base
+    leaked = mountlib.mounts_under(base)
+    for where in leaked:
+        mountlib.unmount_all(where)
+    shutil.rmtree(base, ignore_errors=True)
+    if leaked:
+        pytest.fail("the test left mounts behind: %s" % ", ".join(leaked))
+
+
+@pytest.fixture
+def work(test_dir):
+    """Where a test puts its mount points (keys are often paths in it)."""
+    path = os.path.join(test_dir, "work")
+    os.mkdir(path, 0o777)
+    return path
+
+
+@pytest.fixture
+def root(test_dir):
+    """A snapshotter root path that does not exist yet."""
+    return os.path.join(test_dir, "root")
+
+
+@pytest.fixture
+def open_snapshotter(target, test_dir):
+    """Factory: open_snapshotter(root=None, **options) -> a snapshotter of the
+    target's backend (extra backend options merged in), closed after the test.
+
+    Where the backend must refuse this filesystem, the case is skipped with
+    the backend's own reason (test_environment checks the refusal itself).
+    """
+    opened = []
+
+    def factory(root=None, **options):
+        root = root or tempfile.mkdtemp(prefix="root-", dir=test_dir)
+        try:
+            sn = target.open(root, **options)
+        except errors.FailedPrecondition as refusal:
+            if target.expected_refusal():
+                pytest.skip("%s refuses %s, as it must: %s" % (
+                    target.backend, target.filesystem, refusal))
+            raise
+        opened.append(sn)
+        return sn
+
+    yield factory
+    for sn in opened:
+        sn.close()
+
+
+@pytest.fixture
+def snapshotter(open_snapshotter, root):
+    """A fresh snapshotter of the target on a fresh root."""
+    return open_snapshotter(root)

@@ -1,0 +1,455 @@
+"""Merge conformance result files into one matrix a person reads at a glance.
+
+    python3 -m conformance.report [--markdown OUT.md] [--html OUT.html]
+                                  [--known-failures FILE] RESULT.json...
+
+Rows are backends, columns filesystems; when the runs come from more than one
+distro/kernel every column is "filesystem @ distro/kernel".  Each cell counts
+pass / fail / skip / xfail / xpass; under the table every unexpected failure is
+listed as ``target :: case — reason`` and skip reasons are grouped with a count.
+The Markdown matrix is always printed to stdout.
+
+Known failures (optional) are JSON — a list of objects, or {"known_failures": [...]}
+— each {"case", "target" (glob, default "*"), "reason", "link" (optional)}, or a
+line format, one entry per line, "#" starts a comment::
+
+    overlay-on-xfs :: remove_fails_while_children_exist | reason text | https://link
+
+Both target and case may be fnmatch globs.  A matching failure counts as an
+expected failure (not red); a matching case that passes is "unexpectedly passing".
+
+Exit status: 0 when no unexpected failure, 1 when there is one, 2 for bad input.
+"""
+
+import argparse
+import fnmatch
+import html
+import json
+import sys
+
+FORMAT = "snaplab-conformance/1"
+OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+RESULT_KEYS = ("target", "backend", "filesystem", "case", "nodeid", "outcome", "duration", "reason")
+# Cell counters, in the order they are shown.  "fail" holds only *unexpected*
+# failures and errors; known failures and pytest xfails are "xfail".
+COUNTS = ("pass", "fail", "skip", "xfail", "xpass")
+NOT_RUN = "—"
+MARK = {"red": "❌", "green": "✅", "grey": "⚪"}
+
+
+class InputError(Exception):
+    """A result or known-failures file that cannot be used; main() exits 2."""
+
+
+# ---------------------------------------------------------------- loading
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError("cannot read %s: %s" % (path, e.strerror or e))
+    except UnicodeDecodeError:
+        raise InputError("%s: not UTF-8 text" % path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError("%s: invalid JSON (line %d, column %d: %s)" % (path, e.lineno, e.colno, e.msg))
+
+
+def load_results(paths):
+    """Read result files; return a list of runs {"source", "run", "results"}.
+
+    Raises InputError naming the file and the problem."""
+    runs = []
+    for path in paths:
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise InputError("%s: not a %s result file (format: %r)" % (path, FORMAT, found))
+        run = data.get("run")
+        results = data.get("results")
+        if not isinstance(run, dict) or not isinstance(results, list):
+            raise InputError('%s: needs a "run" object and a "results" list' % path)
+        clean = []
+        for i, r in enumerate(results):
+            if not isinstance(r, dict):
+                raise InputError("%s: results[%d] is not an object" % (path, i))
+            if r.get("outcome") not in OUTCOMES:
+                raise InputError("%s: results[%d] has outcome %r, expected one of %s"
+                                 % (path, i, r.get("outcome"), ", ".join(OUTCOMES)))
+            if not r.get("case") and not r.get("nodeid"):
+                raise InputError("%s: results[%d] names no case" % (path, i))
+            item = {k: r.get(k) or "" for k in RESULT_KEYS}
+            item["case"] = item["case"] or item["nodeid"]
+            try:
+                item["duration"] = float(r.get("duration") or 0.0)
+            except (TypeError, ValueError):
+                raise InputError("%s: results[%d] has a non-numeric duration" % (path, i))
+            for k in ("target", "backend", "filesystem", "case", "nodeid", "reason"):
+                item[k] = str(item[k])
+            clean.append(item)
+        info = {k: str(run.get(k) or "") for k in
+                ("started", "finished", "hostname", "kernel", "distro", "python", "label")}
+        runs.append({"source": str(path), "run": info, "results": clean})
+    return runs
+
+
+def parse_known_line(line, where):
+    head, _, rest = line.partition("|")
+    target, sep, case = head.partition("::")
+    if not sep or not case.strip():
+        raise InputError("%s: expected 'target-glob :: case | reason | link'" % where)
+    reason, _, link = rest.partition("|")
+    return {"target": target.strip(), "case": case.strip(),
+            "reason": reason.strip(), "link": link.strip()}
+
+
+def load_known_failures(path):
+    """Read a known-failures file (JSON or line format, see module doc)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError("cannot read %s: %s" % (path, e.strerror or e))
+    except UnicodeDecodeError:
+        raise InputError("%s: not UTF-8 text" % path)
+    if text.lstrip()[:1] in ("[", "{"):
+        data = read_json(path)
+        if isinstance(data, dict):
+            data = data.get("known_failures")
+        if not isinstance(data, list):
+            raise InputError('%s: expected a list of entries or {"known_failures": [...]}' % path)
+        entries = []
+        for i, e in enumerate(data):
+            if not isinstance(e, dict) or not isinstance(e.get("case"), str) or not e["case"]:
+                raise InputError('%s: entry %d needs a "case" string' % (path, i))
+            entries.append({"case": e["case"], "target": str(e.get("target") or "*"),
+                            "reason": str(e.get("reason") or ""), "link": str(e.get("link") or "")})
+    else:
+        entries = []
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append(parse_known_line(line, "%s:%d" % (path, n)))
+    for e in entries:
+        e["target"] = e["target"] or "*"
+    return entries
+
+
+def matches(pattern, value):
+    # Exact first: case names with [params] would read as fnmatch character sets.
+    return value == pattern or fnmatch.fnmatchcase(value, pattern)
+
+
+def known_entry(result, known_failures):
+    for entry in known_failures:
+        if matches(entry["case"], result["case"]) and matches(entry["target"], result["target"]):
+            return entry
+    return None
+
+
+# ---------------------------------------------------------------- the matrix
+
+def status_of(result, entry):
+    """Map a pytest outcome and a known-failure match to a cell counter."""
+    outcome = result["outcome"]
+    if outcome in ("failed", "error"):
+        return "xfail" if entry else "fail"
+    if outcome == "passed":
+        return "xpass" if entry else "pass"
+    if outcome == "skipped":
+        return "skip"
+    return {"xfailed": "xfail", "xpassed": "xpass"}[outcome]
+
+
+def build_matrix(results, known_failures=()):
+    """Merge runs (from load_results) into a matrix dict the renderers draw.
+
+    Keys: runs, rows, columns, cells[(row, column)] (absent = not run),
+    failures, expected, unexpected_passes, skips, unexpected_failures."""
+    runs = list(results)
+    known_failures = list(known_failures or ())
+    environments = {(r["run"]["distro"], r["run"]["kernel"]) for r in runs}
+    qualify = len(environments) > 1  # only then does the kernel/distro need saying
+
+    cells, failures, expected, unexpected_passes, skips = {}, [], [], [], {}
+    for run in runs:
+        env = "%s/%s" % (run["run"]["distro"] or "?", run["run"]["kernel"] or "?")
+        for result in run["results"]:
+            row = result["backend"] or result["target"] or "(no target)"
+            column = result["filesystem"] or "(no filesystem)"
+            if qualify:
+                column = "%s @ %s" % (column, env)
+            entry = known_entry(result, known_failures)
+            status = status_of(result, entry)
+            item = dict(result, status=status, column=column, row=row, env=env,
+                        known=entry, source=run["source"])
+            cell = cells.setdefault((row, column), {"counts": dict.fromkeys(COUNTS, 0), "results": []})
+            cell["counts"][status] += 1
+            cell["results"].append(item)
+            if status == "fail":
+                failures.append(item)
+            elif status == "xfail":
+                expected.append(item)
+            elif status == "xpass":
+                unexpected_passes.append(item)
+            elif status == "skip":
+                skips.setdefault(result["reason"] or "(no reason given)", []).append(item)
+
+    for cell in cells.values():
+        c = cell["counts"]
+        cell["color"] = "red" if c["fail"] else "green" if c["pass"] + c["xpass"] else "grey"
+        cell["results"].sort(key=lambda i: (i["target"], i["case"]))
+    order = lambda i: (i["row"], i["column"], i["target"], i["case"])
+    return {
+        "runs": runs,
+        "qualified": qualify,
+        "rows": sorted({row for row, _ in cells}),
+        "columns": sorted({column for _, column in cells}),
+        "cells": cells,
+        "failures": sorted(failures, key=order),
+        "expected": sorted(expected, key=order),
+        "unexpected_passes": sorted(unexpected_passes, key=order),
+        # Most frequent reason first: that is usually the one to fix in the lab.
+        "skips": sorted(((reason, sorted(items, key=order)) for reason, items in skips.items()),
+                        key=lambda s: (-len(s[1]), s[0])),
+        "unexpected_failures": len(failures),
+    }
+
+
+def cell_text(cell):
+    c = cell["counts"]
+    # "pass" always shows so a cell never reads empty; the rest only when non-zero.
+    parts = ["%d pass" % c["pass"]] + ["%d %s" % (c[k], k) for k in COUNTS[1:] if c[k]]
+    return " · ".join(parts)
+
+
+def sentence(item):
+    """`target :: case`, the way a test reads in the report."""
+    return "%s :: %s" % (item["target"] or item["row"], item["case"])
+
+
+def failure_text(item):
+    text = item["reason"] or "(no message)"
+    # An error broke the harness (setup, teardown, collection), not the case itself.
+    if item["outcome"] == "error" and not text.startswith(("error", "collection")):
+        text = "error: " + text
+    return text
+
+
+def why(item):
+    """Reason of an expected failure or unexpected pass."""
+    entry = item["known"]
+    if entry:
+        text = entry["reason"] or "listed as a known failure"
+        return text + (" (%s)" % entry["link"] if entry["link"] else "")
+    return item["reason"] or "marked xfail"
+
+
+# ---------------------------------------------------------------- Markdown
+
+def md(text):
+    # Keep every reason on one line and out of the table's column syntax.
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render_markdown(matrix):
+    out = ["# snaplab conformance report", ""]
+    runs = matrix["runs"]
+    out.append("%d run(s), %d result(s)." % (len(runs), sum(len(r["results"]) for r in runs)))
+    out.append("")
+    if runs:
+        out += ["| run | host | distro | kernel | started | label |", "|---|---|---|---|---|---|"]
+        for r in runs:
+            info = r["run"]
+            out.append("| %s |" % " | ".join(md(v) for v in (
+                r["source"], info["hostname"], info["distro"], info["kernel"],
+                info["started"], info["label"])))
+        out.append("")
+
+    if matrix["rows"]:
+        out.append("| backend \\ filesystem | %s |" % " | ".join(md(c) for c in matrix["columns"]))
+        out.append("|---|%s" % ("---|" * len(matrix["columns"])))
+        for row in matrix["rows"]:
+            texts = []
+            for column in matrix["columns"]:
+                cell = matrix["cells"].get((row, column))
+                texts.append("%s %s" % (MARK[cell["color"]], cell_text(cell)) if cell else NOT_RUN)
+            out.append("| %s | %s |" % (md(row), " | ".join(texts)))
+        out.append("")
+        out.append("fail = unexpected failures and errors; xfail = expected failures; "
+                   "xpass = unexpectedly passing; %s = not run." % NOT_RUN)
+    else:
+        out.append("No results.")
+    out.append("")
+
+    def env(item):
+        return " _(%s)_" % md(item["env"]) if matrix["qualified"] else ""
+
+    def section(title, items, line):
+        if items:
+            out.append("## %s (%d)" % (title, len(items)))
+            out.append("")
+            out.extend(line(i) for i in items)
+            out.append("")
+
+    section("Failures", matrix["failures"],
+            lambda i: "- %s — %s%s" % (md(sentence(i)), md(failure_text(i)), env(i)))
+    section("Unexpectedly passing", matrix["unexpected_passes"],
+            lambda i: "- %s — was expected to fail: %s%s" % (md(sentence(i)), md(why(i)), env(i)))
+    section("Expected failures", matrix["expected"],
+            lambda i: "- %s — %s%s" % (md(sentence(i)), md(why(i)), env(i)))
+    if matrix["skips"]:
+        out.append("## Skipped (%d)" % sum(len(items) for _, items in matrix["skips"]))
+        out.append("")
+        for reason, items in matrix["skips"]:
+            targets = sorted({i["target"] or i["row"] for i in items})
+            out.append("- %d × %s — %s" % (len(items), md(reason), md(", ".join(targets))))
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: .35em .7em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+td.green { background: #d4f4d4; } td.red { background: #f8c8c8; }
+td.grey { background: #e4e4e4; } td.notrun { color: #888; text-align: center; }
+td a { color: inherit; }
+.status-fail { color: #a00; font-weight: bold; } .status-xpass { color: #a60; font-weight: bold; }
+.status-pass { color: #070; } .status-skip, .status-xfail { color: #666; }
+details { margin: .4em 0; } summary { cursor: pointer; font-weight: bold; }
+.small { font-size: 90%; color: #555; }
+"""
+
+
+def cell_id(matrix, row, column):
+    # Positions, not names: names may hold any character and must not collide.
+    return "cell-%d-%d" % (matrix["rows"].index(row), matrix["columns"].index(column))
+
+
+def render_html(matrix):
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           "<title>snaplab conformance report</title>", "<style>%s</style>" % CSS,
+           "</head><body>", "<h1>snaplab conformance report</h1>"]
+    runs = matrix["runs"]
+    if runs:
+        out.append("<table><tr><th>run</th><th>host</th><th>distro</th><th>kernel</th>"
+                   "<th>started</th><th>label</th><th>results</th></tr>")
+        for r in runs:
+            info = r["run"]
+            out.append("<tr>%s</tr>" % "".join("<td>%s</td>" % e(str(v)) for v in (
+                r["source"], info["hostname"], info["distro"], info["kernel"],
+                info["started"], info["label"], len(r["results"]))))
+        out.append("</table>")
+
+    if matrix["rows"]:
+        out.append("<table><tr><th>backend \\ filesystem</th>%s</tr>"
+                   % "".join("<th>%s</th>" % e(c) for c in matrix["columns"]))
+        for row in matrix["rows"]:
+            tds = []
+            for column in matrix["columns"]:
+                cell = matrix["cells"].get((row, column))
+                if cell:
+                    tds.append('<td class="%s"><a href="#%s">%s</a></td>'
+                               % (cell["color"], cell_id(matrix, row, column), e(cell_text(cell))))
+                else:
+                    tds.append('<td class="notrun" title="not run">%s</td>' % NOT_RUN)
+            out.append("<tr><th>%s</th>%s</tr>" % (e(row), "".join(tds)))
+        out.append("</table>")
+        out.append('<p class="small">fail = unexpected failures and errors; xfail = expected '
+                   "failures; xpass = unexpectedly passing; %s = not run.</p>" % NOT_RUN)
+    else:
+        out.append("<p>No results.</p>")
+
+    def item_list(title, items, text):
+        if items:
+            out.append("<h2>%s (%d)</h2><ul>" % (e(title), len(items)))
+            for i in items:
+                where = " <span class='small'>(%s)</span>" % e(i["env"]) if matrix["qualified"] else ""
+                out.append("<li><b>%s</b> — %s%s</li>" % (e(sentence(i)), e(text(i)), where))
+            out.append("</ul>")
+
+    item_list("Failures", matrix["failures"], failure_text)
+    item_list("Unexpectedly passing", matrix["unexpected_passes"],
+              lambda i: "was expected to fail: " + why(i))
+    item_list("Expected failures", matrix["expected"], why)
+    if matrix["skips"]:
+        out.append("<h2>Skipped (%d)</h2><ul>" % sum(len(items) for _, items in matrix["skips"]))
+        for reason, items in matrix["skips"]:
+            targets = sorted({i["target"] or i["row"] for i in items})
+            out.append("<li>%d × %s — <span class='small'>%s</span></li>"
+                       % (len(items), e(reason), e(", ".join(targets))))
+        out.append("</ul>")
+
+    if matrix["cells"]:
+        out.append("<h2>Details</h2>")
+        for row in matrix["rows"]:
+            for column in matrix["columns"]:
+                cell = matrix["cells"].get((row, column))
+                if not cell:
+                    continue
+                # Red cells open by default: that is what the reader came for.
+                out.append('<details id="%s"%s><summary>%s × %s — %s</summary>' % (
+                    cell_id(matrix, row, column), " open" if cell["color"] == "red" else "",
+                    e(row), e(column), e(cell_text(cell))))
+                out.append("<table><tr><th>test</th><th>status</th><th>outcome</th>"
+                           "<th>duration</th><th>reason</th></tr>")
+                for i in cell["results"]:
+                    reason = why(i) if i["status"] in ("xfail", "xpass") else i["reason"]
+                    out.append('<tr><td>%s</td><td class="status-%s">%s</td><td>%s</td>'
+                               "<td>%.2fs</td><td>%s</td></tr>" % (
+                                   e(sentence(i)), i["status"], i["status"], e(i["outcome"]),
+                                   i["duration"], e(reason)))
+                out.append("</table></details>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- command line
+
+def write_text(path, text):
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError("cannot write %s: %s" % (path, e.strerror or e))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m conformance.report",
+        description="Merge snaplab conformance result files into a backend x filesystem matrix.")
+    parser.add_argument("results", nargs="+", metavar="RESULT.json")
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write the Markdown report here")
+    parser.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
+    parser.add_argument("--known-failures", metavar="FILE",
+                        help="JSON or line-format list of expected failures")
+    args = parser.parse_args(argv)
+
+    try:
+        known = load_known_failures(args.known_failures) if args.known_failures else []
+        matrix = build_matrix(load_results(args.results), known)
+        markdown = render_markdown(matrix)
+        if args.markdown:
+            write_text(args.markdown, markdown)
+        if args.html:
+            write_text(args.html, render_html(matrix))
+    except InputError as e:
+        print("report: error: %s" % e, file=sys.stderr)
+        return 2
+
+    # A console that cannot show "—" or "✅" should degrade, not crash the report.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    print(markdown)
+    return 1 if matrix["unexpected_failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""overlay: snapshots as overlayfs layers (reference §3.2).
+
+Layout: <root>/snapshots/<id>/fs is the snapshot's upper directory (the whole
+content of a parentless one) and <root>/snapshots/<id>/work the overlay
+workdir (active snapshots only). Lowerdirs are derived from the parent chain
+at mount time, so Commit moves nothing and a rebase needs no disk work.
+"""
+
+import os
+
+from .. import errors
+from .. import fsutil
+from .. import mount as mountlib
+from ..types import Kind, Mount
+from .base import StoreSnapshotter, directory_entries
+
+UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
+_INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
+
+
+def in_user_namespace():
+    """True unless we are in the initial user namespace (full identity map)."""
+    try:
+        with open("/proc/self/uid_map") as uid_map:
+            return uid_map.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def overlay_in_kernel():
+    try:
+        with open("/proc/filesystems") as known:
+            return any(line.split()[-1] == "overlay" for line in known if line.strip())
+    except OSError:
+        return False
+
+
+class OverlaySnapshotter(StoreSnapshotter):
+    """Options: async_remove (bool: defer deletion to cleanup()),
+    mount_options (list: appended to overlay mounts), upperdir_label (bool)."""
+
+    name = "overlay"
+
+    @classmethod
+    def accepted_options(cls):
+        return ("async_remove", "mount_options", "upperdir_label")
+
+    @property
+    def async_remove(self):
+        return bool(self.options.get("async_remove", False))
+
+    def check_filesystem(self, path):
+        if not overlay_in_kernel():
+            raise errors.FailedPrecondition(
+                "overlay backend: this kernel has no overlay filesystem "
+                "(not listed in /proc/filesystems); load the overlay module or use --backend native")
+        backing = mountlib.lookup(path)
+        if backing.fstype == "overlay":
+            raise errors.FailedPrecondition(
+                "overlay backend: %s is itself on overlayfs, which cannot hold overlay upper "
+                "directories; put the root on ext4, xfs or btrfs" % path)
+        if not fsutil.has_d_type(path):
+            raise errors.FailedPrecondition(
+                "overlay backend: %s (%s on %s) does not support d_type. If the backing "
+                "filesystem is xfs, please reformat with ftype=1 to enable d_type support; "
+                "if it is ext4, enable the filetype feature (tune2fs -O filetype, then "
+                "e2fsck -f) or reformat without -O ^filetype"
+                % (path, backing.fstype, backing.source))
+
+    def setup_layout(self):
+        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        self.extra_options = self._auto_options()
+
+    def _auto_options(self):
+        configured = list(self.options.get("mount_options") or [])
+        if not all(isinstance(o, str) for o in configured):
+            raise errors.InvalidArgument("overlay mount_options must be strings")
+        if in_user_namespace() and "userxattr" not in configured:
+            configured.append("userxattr")  # rootless overlay, containerd #5060
+        configures_index = any(o == "index" or o.startswith("index=") for o in configured)
+        if not configures_index and os.path.exists(_INDEX_PARAMETER):
+            # A layer may be mounted twice (EBUSY with index=on, #4311), but a
+            # user's own index setting wins (#13805).
+            configured.append("index=off")
+        return configured
+
+    @property
+    def snapshots_dir(self):
+        return os.path.join(self.root, "snapshots")
+
+    def upper_of(self, snapshot_id):
+        return os.path.join(self.snapshots_dir, str(snapshot_id), "fs")
+
+    def work_of(self, snapshot_id):
+        return os.path.join(self.snapshots_dir, str(snapshot_id), "work")
+
+    def create_storage(self, snap, info):
+        with self.staged_directory(os.path.join(self.snapshots_dir, str(snap.id)),
+                                   mode=0o700) as staging:
+            upper = os.path.join(staging, "fs")
+            os.mkdir(upper)
+            os.chmod(upper, 0o755)
+            if snap.kind == Kind.ACTIVE:
+                os.mkdir(os.path.join(staging, "work"))
+                os.chmod(os.path.join(staging, "work"), 0o711)
+            if snap.parent_ids:
+                # The merged root takes its owner from the upper dir: keep
+                # the parent's so the root does not change owner per layer.
+                parent = os.stat(self.upper_of(snap.parent_ids[0]))
+                os.lchown(upper, parent.st_uid, parent.st_gid)
+
+    def snapshot_mounts(self, snap, info):
+        active = snap.kind == Kind.ACTIVE
+        if not snap.parent_ids:
+            return [Mount("bind", self.upper_of(snap.id),
+                          options=["rw" if active else "ro", "rbind"])]
+        if not active and len(snap.parent_ids) == 1:
+            # overlay refuses a single lowerdir without upper: bind it read-only
+            return [Mount("bind", self.upper_of(snap.parent_ids[0]), options=["ro", "rbind"])]
+        options = []
+        if active:
+            options += ["workdir=" + self.work_of(snap.id), "upperdir=" + self.upper_of(snap.id)]
+        options.append("lowerdir=" + ":".join(self.upper_of(p) for p in snap.parent_ids))
+        options += self.extra_options
+        return [Mount("overlay", "overlay", options=options)]
+
+    def active_usage(self, snap):
+        # The upper dir holds exactly this snapshot's delta (whiteouts included).
+        return fsutil.disk_usage(self.upper_of(snap.id))
+
+    def storage_entries(self):
+        return directory_entries(self.snapshots_dir)
+
+    def decorate_info(self, info, tx):
+        if self.options.get("upperdir_label"):
+            info.labels[UPPERDIR_LABEL] = self.upper_of(tx.get_info(info.name)[0])
+        return info

@@ -1,0 +1,66 @@
+"""Label and key rules shared by every backend (reference §1.5, §1.7)."""
+
+from . import errors
+
+MAX_LABEL_SIZE = 4096  # bytes of key + value, containerd's pkg/labels limit
+
+INHERITED_PREFIX = "containerd.io/snapshot/"
+SNAPSHOT_REF = "containerd.io/snapshot.ref"
+GC_ROOT = "containerd.io/gc.root"
+
+
+def _utf8(text, what):
+    if not isinstance(text, str):
+        raise errors.InvalidArgument("%s must be a string, not %s" % (what, type(text).__name__))
+    if "\x00" in text:
+        raise errors.InvalidArgument("%s %r contains a NUL byte" % (what, text))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument("%s %r is not valid UTF-8" % (what, text)) from None
+
+
+def validate_key(key, what="key"):
+    """Keys are opaque strings, but never empty and never with NUL bytes."""
+    if isinstance(key, str) and key == "":
+        raise errors.InvalidArgument("%s must not be empty" % what)
+    _utf8(key, what)
+    return key
+
+
+def validate(labels):
+    """Return a clean copy of `labels`; InvalidArgument if one is malformed.
+
+    Empty values are kept here: they mean "delete" and the store drops them.
+    """
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise errors.InvalidArgument("labels must be a mapping of strings, not %s"
+                                     % type(labels).__name__)
+    clean = {}
+    for name, value in labels.items():
+        name_bytes = _utf8(name, "label key")
+        value_bytes = _utf8(value, "label value of %r" % name)
+        if not name_bytes:
+            raise errors.InvalidArgument("label key must not be empty")
+        size = len(name_bytes) + len(value_bytes)
+        if size > MAX_LABEL_SIZE:
+            raise errors.InvalidArgument(
+                "label key and value length (%d bytes) greater than maximum size "
+                "(%d bytes), key: %s" % (size, MAX_LABEL_SIZE, name[:64]))
+        clean[name] = value
+    return clean
+
+
+def without_empty(labels):
+    """Empty values are deletions: what is stored never holds one."""
+    return {k: v for k, v in labels.items() if v != ""}
+
+
+def filter_inherited(labels):
+    """The labels containerd's metadata layer lets through to a backend."""
+    if labels is None:
+        return None
+    return {k: v for k, v in labels.items()
+            if k == SNAPSHOT_REF or k.startswith(INHERITED_PREFIX)}

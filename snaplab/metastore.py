@@ -1,0 +1,320 @@
+"""Snapshot metadata on SQLite: the store every backend shares.
+
+It plays the role of containerd's core/snapshots/storage (bolt) and keeps
+its semantics (reference §2): one key space for active, view and committed
+snapshots; ids that increase and are never reused (AUTOINCREMENT keeps a
+persisted sequence); Commit keeps the id; any child blocks Remove; the order
+of checks, and so the error class when several things are wrong, is
+containerd's.
+
+Several processes may use one root at once. Writers take the database lock
+up front (BEGIN IMMEDIATE) and wait for each other through SQLite's busy
+timeout; WAL lets readers go on meanwhile. A backend does its filesystem work
+inside the write transaction, so nothing else can observe or sweep a
+half-made snapshot.
+"""
+
+import collections
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+
+from . import errors
+from . import filters
+from . import labels as labelrules
+from .types import Info, Kind, Usage, now_ns
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    key       TEXT NOT NULL UNIQUE,
+    kind      INTEGER NOT NULL,
+    parent_id INTEGER REFERENCES snapshots(id),
+    created   INTEGER NOT NULL,
+    updated   INTEGER NOT NULL,
+    size      INTEGER NOT NULL DEFAULT 0,
+    inodes    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_parent ON snapshots(parent_id);
+CREATE TABLE IF NOT EXISTS labels (
+    snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, name)
+) WITHOUT ROWID;
+"""
+
+# How long a writer waits for another process's write transaction. Writers
+# may copy whole trees while they hold the lock (native Prepare), so this is
+# generous; a caller should never see "database is locked".
+BUSY_TIMEOUT_SECONDS = 600
+
+# A snapshot as a backend needs it: where its data lives and its chain.
+# parent_ids[0] is the immediate parent, the last one the base layer.
+Snapshot = collections.namedtuple("Snapshot", "id kind parent_ids")
+
+
+class MetaStore:
+    """The metadata database at <root>/metadata.db."""
+
+    def __init__(self, path, backend):
+        self.path = path
+        self._lock = threading.RLock()  # one connection, shared by threads
+        self._db = None
+        try:
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
+                                       isolation_level=None, check_same_thread=False)
+            os.chmod(path, 0o600)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
+            with self.transaction(write=True) as tx:
+                tx.db.executescript_safe(_SCHEMA)
+                tx.claim_backend(backend)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _retry_locked(fn):
+        # SQLite answers some lock conflicts (switching to WAL, a reader
+        # upgrading) at once instead of waiting; wait here in its place.
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as err:
+                locked = "locked" in str(err) or "busy" in str(err)
+                if not locked or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    @contextlib.contextmanager
+    def transaction(self, write=False):
+        """One transaction; rolled back if the block raises or it is read-only."""
+        if self._db is None:
+            raise errors.FailedPrecondition("metadata store %s is closed" % self.path)
+        with self._lock:
+            self._retry_locked(
+                lambda: self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+            try:
+                yield Transaction(_Conn(self._db), write)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if write:
+                self._retry_locked(lambda: self._db.execute("COMMIT"))
+            else:
+                self._db.execute("ROLLBACK")
+
+    def close(self):
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class _Conn:
+    """The connection as a transaction sees it, with text encoding guarded."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def execute(self, sql, params=()):
+        return self._db.execute(sql, params)
+
+    def executescript_safe(self, script):
+        # executescript() would COMMIT the open transaction: run one by one.
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+
+class Transaction:
+    """The metadata operations of reference §2.4, in containerd's check order."""
+
+    def __init__(self, db, write):
+        self.db = db
+        self.write = write
+
+    # -- meta ------------------------------------------------------------
+
+    def claim_backend(self, backend):
+        """A root belongs to one backend: refuse to mix them on disk."""
+        row = self.db.execute("SELECT value FROM meta WHERE name = 'backend'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('backend', ?), ('schema', ?)",
+                            (backend, SCHEMA_VERSION))
+        elif row[0] != backend:
+            raise errors.FailedPrecondition(
+                "this snapshotter root was created by the %r backend, not %r; "
+                "use --backend %s or another root" % (row[0], backend, row[0]))
+
+    # -- reading ---------------------------------------------------------
+
+    def _row(self, key):
+        return self.db.execute(
+            "SELECT s.id, s.kind, s.parent_id, p.key, s.created, s.updated, s.size, s.inodes "
+            "FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id WHERE s.key = ?",
+            (key,)).fetchone()
+
+    def _labels(self, snapshot_id):
+        return dict(self.db.execute(
+            "SELECT name, value FROM labels WHERE snapshot_id = ? ORDER BY name",
+            (snapshot_id,)).fetchall())
+
+    def _info(self, key, row):
+        return Info(kind=Kind(row[1]), name=key, parent=row[3] or "",
+                    labels=self._labels(row[0]), created=row[4], updated=row[5])
+
+    def _require(self, key):
+        row = self._row(key)
+        if row is None:
+            raise errors.NotFound("snapshot %r does not exist" % key)
+        return row
+
+    def get_info(self, key):
+        """(id, Info, Usage) of any snapshot; NotFound if missing."""
+        row = self._require(key)
+        return row[0], self._info(key, row), Usage(size=row[6], inodes=row[7])
+
+    def parent_ids(self, parent_id):
+        chain = []
+        while parent_id is not None:
+            chain.append(parent_id)
+            row = self.db.execute("SELECT parent_id FROM snapshots WHERE id = ?",
+                                  (parent_id,)).fetchone()
+            if row is None:
+                raise errors.NotFound("missing parent id %d" % parent_id)
+            parent_id = row[0]
+        return chain
+
+    def get_snapshot(self, key):
+        """The Snapshot of an active or view key; committed → FailedPrecondition."""
+        row = self._require(key)
+        if row[1] == Kind.COMMITTED:
+            raise errors.FailedPrecondition(
+                "snapshot %r is committed; only active and view snapshots have mounts" % key)
+        return Snapshot(row[0], Kind(row[1]), self.parent_ids(row[2]))
+
+    def walk(self, matcher):
+        """Every matching Info in key order (byte order of the UTF-8 key)."""
+        rows = self.db.execute(
+            "SELECT s.key, s.id, s.kind, s.parent_id, p.key, s.created, s.updated "
+            "FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id ORDER BY s.key"
+        ).fetchall()
+        found = []
+        for key, *row in rows:
+            info = self._info(key, row)
+            if filters.match_info(matcher, info):
+                found.append(info)
+        return found
+
+    def id_map(self):
+        """{id: key} of every snapshot; what is on disk and not here is an orphan."""
+        return dict(self.db.execute("SELECT id, key FROM snapshots").fetchall())
+
+    # -- writing ---------------------------------------------------------
+
+    def _write_labels(self, snapshot_id, labels):
+        self.db.execute("DELETE FROM labels WHERE snapshot_id = ?", (snapshot_id,))
+        for name, value in labelrules.without_empty(labels).items():
+            self.db.execute("INSERT INTO labels VALUES (?, ?, ?)", (snapshot_id, name, value))
+
+    def create_snapshot(self, kind, key, parent, labels):
+        """Insert an active or view snapshot; returns its Snapshot."""
+        if kind not in (Kind.ACTIVE, Kind.VIEW):
+            raise errors.InvalidArgument("snapshot kind must be active or view, not %s" % kind)
+        parent_id = None
+        chain = []
+        if parent:
+            prow = self._row(parent)
+            if prow is None:
+                raise errors.NotFound("parent snapshot %r does not exist" % parent)
+            if prow[1] != Kind.COMMITTED:
+                raise errors.InvalidArgument(
+                    "parent %r is not a committed snapshot (it is %s)" % (parent, Kind(prow[1])))
+            parent_id = prow[0]
+            chain = self.parent_ids(parent_id)
+        if self._row(key) is not None:
+            raise errors.AlreadyExists("snapshot %r already exists" % key)
+        stamp = now_ns()
+        cursor = self.db.execute(
+            "INSERT INTO snapshots (key, kind, parent_id, created, updated) VALUES (?, ?, ?, ?, ?)",
+            (key, int(kind), parent_id, stamp, stamp))
+        self._write_labels(cursor.lastrowid, labels)
+        return Snapshot(cursor.lastrowid, kind, chain)
+
+    def commit_active(self, key, name, usage, labels, parent=None):
+        """Turn active `key` into committed `name`, keeping its id; returns the id."""
+        if self._row(name) is not None:
+            raise errors.AlreadyExists("snapshot %r already exists" % name)
+        row = self._row(key)
+        if row is None:
+            raise errors.NotFound("failed to get active snapshot %r: it does not exist" % key)
+        if row[1] != Kind.ACTIVE:
+            raise errors.FailedPrecondition(
+                "snapshot %r is not active (it is %s); only active snapshots can be committed"
+                % (key, Kind(row[1])))
+        snapshot_id, parent_id = row[0], row[2]
+        if parent:  # rebase: may fill an empty parent or repeat the same one
+            prow = self._row(parent)
+            if parent_id is not None and (prow is None or prow[0] != parent_id):
+                raise errors.InvalidArgument(
+                    "cannot change parent of active snapshot %r from %r to %r"
+                    % (key, row[3], parent))
+            if prow is None:
+                raise errors.NotFound("parent snapshot %r does not exist" % parent)
+            if prow[1] != Kind.COMMITTED:
+                raise errors.FailedPrecondition("parent %r is not committed" % parent)
+            parent_id = prow[0]
+        stamp = now_ns()
+        self.db.execute(
+            "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created = ?, updated = ?, "
+            "size = ?, inodes = ? WHERE id = ?",
+            (name, int(Kind.COMMITTED), parent_id, stamp, stamp, usage.size, usage.inodes,
+             snapshot_id))
+        self._write_labels(snapshot_id, labels)
+        return snapshot_id
+
+    def remove(self, key):
+        """Delete `key`; returns (id, kind). Any child blocks it."""
+        row = self._require(key)
+        child = self.db.execute("SELECT key FROM snapshots WHERE parent_id = ? LIMIT 1",
+                                (row[0],)).fetchone()
+        if child is not None:
+            raise errors.FailedPrecondition(
+                "cannot remove snapshot %r with child %r: remove its children first"
+                % (key, child[0]))
+        self.db.execute("DELETE FROM snapshots WHERE id = ?", (row[0],))
+        return row[0], Kind(row[1])
+
+    def update_info(self, info, fieldpaths):
+        """Labels-only update with containerd's field path rules (§1.9)."""
+        row = self._require(info.name)
+        stored = self._labels(row[0])
+        wanted = dict(info.labels or {})
+        if not fieldpaths:
+            stored = wanted
+        for path in fieldpaths:
+            if path == "labels":
+                stored = dict(wanted)
+            elif path.startswith("labels."):
+                name = path[len("labels."):]
+                stored[name] = wanted.get(name, "")
+            else:
+                raise errors.InvalidArgument(
+                    "cannot update %r field on snapshot %r" % (path, info.name))
+        labelrules.validate(stored)
+        self._write_labels(row[0], stored)
+        self.db.execute("UPDATE snapshots SET updated = ? WHERE id = ?", (now_ns(), row[0]))
+        return self._info(info.name, self._row(info.name))

@@ -1,0 +1,264 @@
+"""Mounting the Mounts a snapshotter returns, and reading the mount table.
+
+mount(2) is called directly through ctypes (no mount(8) in between) so that
+the options mean exactly what containerd's mount package makes of them
+(reference §3.8): flag words become mount flags, the rest is filesystem data.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import threading
+
+from . import errors
+from .types import Mount
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+CLONE_FS = 0x200
+
+# option -> (clear?, flag), as containerd's table: "rw" clears MS_RDONLY...
+_FLAGS = {
+    "async": (True, MS_SYNCHRONOUS), "atime": (True, MS_NOATIME),
+    "bind": (False, MS_BIND), "defaults": (False, 0), "dev": (True, MS_NODEV),
+    "diratime": (True, MS_NODIRATIME), "dirsync": (False, MS_DIRSYNC),
+    "exec": (True, MS_NOEXEC), "mand": (False, MS_MANDLOCK),
+    "noatime": (False, MS_NOATIME), "nodev": (False, MS_NODEV),
+    "nodiratime": (False, MS_NODIRATIME), "noexec": (False, MS_NOEXEC),
+    "nomand": (True, MS_MANDLOCK), "norelatime": (True, MS_RELATIME),
+    "nostrictatime": (True, MS_STRICTATIME), "nosuid": (False, MS_NOSUID),
+    "rbind": (False, MS_BIND | MS_REC), "relatime": (False, MS_RELATIME),
+    "remount": (False, MS_REMOUNT), "ro": (False, MS_RDONLY), "rw": (True, MS_RDONLY),
+    "strictatime": (False, MS_STRICTATIME), "suid": (True, MS_NOSUID),
+    "sync": (False, MS_SYNCHRONOUS),
+}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+class MountError(errors.SnapshotError, OSError):
+    """mount(2) or umount(2) failed; errno and the call are in the message."""
+
+
+def _fs(text):
+    return None if text is None else os.fsencode(text)
+
+
+def _check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise MountError(err, "%s: %s" % (what, os.strerror(err)))
+
+
+def parse_options(options):
+    """Split mount options into (flags, data list), as containerd does."""
+    flags = 0
+    data = []
+    for option in options:
+        if option in _FLAGS:
+            clear, flag = _FLAGS[option]
+            flags = flags & ~flag if clear else flags | flag
+        elif option.startswith("X-containerd."):
+            raise errors.InvalidArgument("mount option %r must be handled before mounting" % option)
+        else:
+            data.append(option)
+    return flags, data
+
+
+def _syscall_mount(source, target, fstype, flags, data):
+    _check(_libc.mount(_fs(source), _fs(target), _fs(fstype), flags, _fs(data)),
+           "mount %s on %s (type %s, options %r)" % (source, target, fstype, data))
+
+
+def _mount_from(directory, source, target, fstype, flags, data):
+    """mount(2) with `directory` as working directory, without moving ours.
+
+    A thread that unshared CLONE_FS has its own cwd (containerd does the same
+    from a locked OS thread), so relative lowerdirs resolve from `directory`.
+    """
+    outcome = []
+
+    def run():
+        try:
+            _check(_libc.unshare(CLONE_FS), "unshare(CLONE_FS)")
+            os.chdir(directory)
+            _syscall_mount(source, target, fstype, flags, data)
+            outcome.append(None)
+        except BaseException as err:  # carried to the caller's thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=run, name="snaplab-mount")
+    worker.start()
+    worker.join()
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _compact_overlay_data(data):
+    """Make a too-long overlay option string fit a page: relative lowerdirs.
+
+    Returns (common directory, new data list). Lowerdirs usually share
+    <root>/snapshots/, so "1/fs:2/fs:..." from there is several times shorter
+    (this is what lets 128 layers mount, containerd #2502).
+    """
+    lower_index = next(i for i, o in enumerate(data) if o.startswith("lowerdir="))
+    lowers = data[lower_index][len("lowerdir="):].split(":")
+    common = os.path.commonpath(lowers) if len(lowers) > 1 else os.path.dirname(lowers[0])
+    if common in lowers:  # back off to a real parent, as containerd does
+        common = os.path.dirname(common)
+    relative = [os.path.relpath(lower, common) for lower in lowers]
+    data = list(data)
+    data[lower_index] = "lowerdir=" + ":".join(relative)
+    return common, data
+
+
+def mount(m, target):
+    """Mount one Mount at `target` (a directory)."""
+    flags, data = parse_options(m.options)
+    if m.type == "bind" or flags & MS_BIND:
+        # A read-only bind needs a second call: MS_BIND ignores MS_RDONLY
+        # (containerd #1368), so bind first, then remount read-only.
+        _syscall_mount(m.source, target, None, (flags & ~MS_RDONLY) | MS_BIND, None)
+        if flags & MS_RDONLY:
+            try:
+                _syscall_mount(None, target, None,
+                               MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & ~(MS_REC | MS_RDONLY)),
+                               None)
+            except BaseException:
+                unmount(target)
+                raise
+        return
+    joined = ",".join(data)
+    page = os.sysconf("SC_PAGE_SIZE")
+    if m.type == "overlay" and len(joined) >= page - 512 and any(
+            o.startswith("lowerdir=") for o in data):
+        common, data = _compact_overlay_data(data)
+        joined = ",".join(data)
+        if len(joined) >= page:
+            raise errors.InvalidArgument("mount options are too long (%d bytes, even with "
+                                         "relative lowerdirs)" % len(joined))
+        _mount_from(common, m.source, target, m.type, flags, joined)
+        return
+    if len(joined) >= page:
+        raise errors.InvalidArgument("mount options are too long (%d bytes)" % len(joined))
+    _syscall_mount(m.source, target, m.type, flags, joined or None)
+
+
+def mount_all(mounts, target):
+    """Mount the list in order at `target`; on failure undo what was done."""
+    done = []
+    try:
+        for m in mounts:
+            where = os.path.join(target, m.target.lstrip("/")) if m.target else target
+            mount(m, where)
+            done.append(where)
+    except BaseException:
+        for where in reversed(done):
+            unmount_all(where)
+        raise
+
+
+def unmount(target, flags=0):
+    """One umount2(2); MountError if it fails."""
+    _check(_libc.umount2(_fs(target), flags), "umount %s" % target)
+
+
+def unmount_all(target, flags=0):
+    """Unmount everything stacked on `target` (not below it), until nothing is.
+
+    A path that is not a mount point, or does not exist, is fine.
+    """
+    while True:
+        result = _libc.umount2(_fs(target), flags)
+        if result == 0:
+            continue
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        raise MountError(err, "umount %s: %s" % (target, os.strerror(err)))
+
+
+# -- the mount table -------------------------------------------------------
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+class MountInfo:
+    """One line of /proc/self/mountinfo."""
+
+    __slots__ = ("mount_id", "parent_id", "device", "root", "mountpoint", "options",
+                 "fstype", "source", "super_options")
+
+    def __init__(self, line):
+        def unescape(text):  # mountinfo escapes space, tab, newline, backslash in octal
+            return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+        left, right = line.rstrip("\n").split(" - ", 1)
+        fields = left.split(" ")
+        self.mount_id = int(fields[0])
+        self.parent_id = int(fields[1])
+        self.device = fields[2]
+        self.root = unescape(fields[3])
+        self.mountpoint = unescape(fields[4])
+        self.options = fields[5].split(",")
+        fstype, source, super_options = (right.split(" ") + ["", ""])[:3]
+        self.fstype = fstype
+        self.source = unescape(source)
+        self.super_options = super_options.split(",")
+
+    def __repr__(self):
+        return "MountInfo(%s on %s type %s)" % (self.source, self.mountpoint, self.fstype)
+
+
+def mount_table():
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        return [MountInfo(line) for line in table]
+
+
+def _is_under(path, directory):
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def lookup(path):
+    """The mount that holds `path`: the longest mount point above it."""
+    path = os.path.realpath(path)
+    best = None
+    for entry in mount_table():
+        if _is_under(path, entry.mountpoint):
+            if best is None or len(entry.mountpoint) >= len(best.mountpoint):
+                best = entry  # later entries stack on earlier ones
+    if best is None:
+        raise errors.NotFound("no mount holds %s" % path)
+    return best
+
+
+def mounts_under(directory):
+    """Mount points at or below `directory`, latest first (the order to unmount)."""
+    directory = os.path.realpath(directory)
+    return [e.mountpoint for e in reversed(mount_table()) if _is_under(e.mountpoint, directory)]
+
+
+def is_mountpoint(path):
+    path = os.path.realpath(path)
+    return any(e.mountpoint == path for e in mount_table())
+
+
+__all__ = ["Mount", "MountError", "mount", "mount_all", "unmount", "unmount_all",
+           "lookup", "mounts_under", "mount_table", "is_mountpoint", "parse_options"]
