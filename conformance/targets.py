@@ -165,7 +165,8 @@ class Target:
         return FILESYSTEMS[self.filesystem]
 
     def expected_refusal(self):
-        """Why this backend must refuse this filesystem, or None if it must work."""
+        """The word the backend's refusal must contain where it must refuse
+        this filesystem, or None where it must work."""
         if self.backend == "overlay" and not self.spec.d_type:
             return "d_type"
         return None

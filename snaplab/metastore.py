@@ -78,6 +78,10 @@ class MetaStore:
             with self.transaction(write=True) as tx:
                 tx.db.executescript_safe(_SCHEMA)
                 tx.claim_backend(backend)
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise errors.FailedPrecondition(
+                "metadata store %s cannot be used: %s" % (path, err)) from None
         except BaseException:
             self.close()
             raise

@@ -7,6 +7,7 @@ stops at microseconds.
 
 import dataclasses
 import enum
+import os.path
 import time
 from typing import Dict, List
 
@@ -113,9 +114,6 @@ class Mount:
 
     def command_line(self, target):
         """The `mount -t ...` line ctr prints for this mount at `target`."""
-        import os.path
-        where = os.path.join(target, self.target) if self.target else target
-        line = "mount -t %s %s %s" % (self.type, self.source, where)
-        if self.options:
-            line += " -o " + ",".join(self.options)
-        return line
+        where = os.path.join(target, self.target.lstrip("/")) if self.target else target
+        return "mount -t %s %s %s -o %s" % (self.type, self.source, where,
+                                           ",".join(self.options))

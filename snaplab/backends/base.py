@@ -38,6 +38,9 @@ class StoreSnapshotter(Snapshotter):
         if not isinstance(root, str) or not root:
             raise errors.InvalidArgument("the snapshotter root must be a non-empty path")
         self.root = os.path.abspath(root)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise errors.InvalidArgument("snapshotter root %s exists and is not a directory"
+                                         % self.root)
         self.options = options
         self._check_options(options)
         # Refuse an unsuitable filesystem before creating anything on it.

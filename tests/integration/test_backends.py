@@ -1,0 +1,94 @@
+"""Backends beyond the conformance cases: crash leftovers, failed work, bad input.
+
+These use real directories and real mounts on the host's filesystem. The
+one injected fault (a copy that fails half-way) stands in for a full disk.
+"""
+
+import os
+
+import pytest
+
+from snaplab import errors, fsutil, open_snapshotter
+from snaplab.mount import mount_all, unmount_all
+
+BACKENDS = ["native", "overlay"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "root")
+
+
+def test_cleanup_removes_what_a_crash_leaves_and_keeps_live_data(backend, root):
+    with open_snapshotter(root, backend) as sn:
+        sn.prepare("live", "")
+        snapshots = os.path.join(root, "snapshots")
+        leftovers = [os.path.join(snapshots, n) for n in ("new-abc123", "rm-7", "42")]
+        for path in leftovers:
+            os.makedirs(os.path.join(path, "fs", "deep"))
+        sn.cleanup()
+        assert sorted(os.listdir(snapshots)) == ["1"]
+        assert sn.stat("live").name == "live"
+
+
+def test_failed_copy_leaves_no_snapshot_and_no_directory(root, monkeypatch, tmp_path):
+    with open_snapshotter(root, "native") as sn:
+        mounts = sn.prepare("base-active", "")
+        target = str(tmp_path / "mnt")
+        os.mkdir(target)
+        mount_all(mounts, target)
+        try:
+            with open(os.path.join(target, "data"), "w") as f:
+                f.write("x")
+        finally:
+            unmount_all(target)
+        sn.commit("base", "base-active")
+
+        def copy_fails(src, dst):
+            with open(os.path.join(dst, "partial"), "w"):
+                pass
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(fsutil, "copy_tree", copy_fails)
+        with pytest.raises(OSError):
+            sn.prepare("child", "base")
+        with pytest.raises(errors.NotFound):
+            sn.stat("child")
+        assert sorted(os.listdir(os.path.join(root, "snapshots"))) == ["1"]
+        monkeypatch.undo()
+        sn.prepare("child", "base")  # the key was never taken
+
+
+def test_refused_root_is_not_created(tmp_path):
+    root = str(tmp_path / "not" / "yet" / "root")
+    with pytest.raises(errors.InvalidArgument):
+        open_snapshotter(root, "overlay", async_remove=True, bogus=1)
+    with pytest.raises(errors.InvalidArgument):
+        open_snapshotter(root, "no-such-backend")
+    assert not os.path.exists(str(tmp_path / "not"))
+
+
+def test_root_that_is_a_file_is_refused(tmp_path, backend):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(errors.InvalidArgument, match="not a directory"):
+        open_snapshotter(str(path), backend)
+    assert path.read_text() == "not a directory"
+
+
+def test_native_view_of_a_parent_has_no_directory_of_its_own(root):
+    with open_snapshotter(root, "native") as sn:
+        sn.prepare("a", "")
+        sn.commit("c", "a")
+        mounts = sn.view("v", "c")
+        assert mounts[0].source == os.path.join(root, "snapshots", "1")
+        assert mounts[0].options == ["rbind", "ro"]
+        assert sorted(os.listdir(os.path.join(root, "snapshots"))) == ["1"]
+        sn.remove("v")
+        sn.remove("c")
+        assert os.listdir(os.path.join(root, "snapshots")) == []

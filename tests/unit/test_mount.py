@@ -1,0 +1,85 @@
+"""Mount helpers: option parsing, deep-overlay compaction, real binds."""
+
+import os
+
+import pytest
+
+from snaplab import errors
+from snaplab import mount as mountlib
+from snaplab.types import Mount
+
+
+def test_parse_options_splits_flags_from_data():
+    flags, data = mountlib.parse_options(["rbind", "ro", "nosuid", "lowerdir=/a", "index=off"])
+    assert flags == mountlib.MS_BIND | mountlib.MS_REC | mountlib.MS_RDONLY | mountlib.MS_NOSUID
+    assert data == ["lowerdir=/a", "index=off"]
+    flags, _ = mountlib.parse_options(["ro", "rw"])
+    assert flags & mountlib.MS_RDONLY == 0
+
+
+def test_unconsumed_containerd_option_is_refused():
+    with pytest.raises(errors.InvalidArgument):
+        mountlib.parse_options(["X-containerd.mkdir.path=/x"])
+
+
+def test_long_lowerdir_list_is_made_relative_to_the_common_directory():
+    lowers = ["/var/lib/snaplab/root/snapshots/%d/fs" % i for i in range(128, 0, -1)]
+    data = ["workdir=/w", "upperdir=/u", "lowerdir=" + ":".join(lowers), "index=off"]
+    common, compact = mountlib._compact_overlay_data(data)
+    assert common == "/var/lib/snaplab/root/snapshots"
+    assert compact[2] == "lowerdir=" + ":".join("%d/fs" % i for i in range(128, 0, -1))
+    assert compact[0] == "workdir=/w" and compact[3] == "index=off"
+    assert len(",".join(compact)) < os.sysconf("SC_PAGE_SIZE")
+
+
+def test_mountinfo_unescapes_octal(tmp_path):
+    line = ("36 35 98:0 /a\\040b /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root "
+            "rw,errors=continue\n")
+    entry = mountlib.MountInfo(line)
+    assert entry.mountpoint == "/mnt/with space"
+    assert entry.root == "/a b"
+    assert (entry.fstype, entry.source) == ("ext3", "/dev/root")
+
+
+@pytest.fixture
+def bind_dirs(tmp_path):
+    source = tmp_path / "source"
+    target = tmp_path / "target"
+    source.mkdir()
+    target.mkdir()
+    (source / "file").write_text("content")
+    yield str(source), str(target)
+    mountlib.unmount_all(str(target))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_read_only_bind_is_really_read_only(bind_dirs):
+    source, target = bind_dirs
+    mountlib.mount_all([Mount("bind", source, options=["rbind", "ro"])], target)
+    assert mountlib.is_mountpoint(target)
+    with open(os.path.join(target, "file")) as f:
+        assert f.read() == "content"
+    with pytest.raises(OSError) as denied:
+        open(os.path.join(target, "new"), "w").close()
+    assert denied.value.errno == 30  # EROFS
+    mountlib.unmount_all(target)
+    assert not mountlib.is_mountpoint(target)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_unmount_all_removes_stacked_mounts(bind_dirs):
+    source, target = bind_dirs
+    for _ in range(3):
+        mountlib.mount(Mount("bind", source, options=["rbind", "rw"]), target)
+    assert mountlib.mounts_under(target).count(os.path.realpath(target)) == 3
+    mountlib.unmount_all(target)
+    assert mountlib.mounts_under(target) == []
+    mountlib.unmount_all(target)  # nothing mounted: fine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_failed_mount_raises_mount_error_and_leaves_nothing(bind_dirs):
+    _, target = bind_dirs
+    with pytest.raises(mountlib.MountError):
+        mountlib.mount_all([Mount("bind", "/nonexistent/source", options=["rbind"])], target)
+    assert mountlib.mounts_under(target) == []
