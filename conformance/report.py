@@ -43,14 +43,18 @@ class InputError(Exception):
 
 # ---------------------------------------------------------------- loading
 
-def read_json(path):
+def read_text(path):
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise InputError("cannot read %s: %s" % (path, e.strerror or e))
     except UnicodeDecodeError:
         raise InputError("%s: not UTF-8 text" % path)
+
+
+def read_json(path, text=None):
+    text = read_text(path) if text is None else text
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -107,15 +111,9 @@ def parse_known_line(line, where):
 
 def load_known_failures(path):
     """Read a known-failures file (JSON or line format, see module doc)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError("cannot read %s: %s" % (path, e.strerror or e))
-    except UnicodeDecodeError:
-        raise InputError("%s: not UTF-8 text" % path)
+    text = read_text(path)
     if text.lstrip()[:1] in ("[", "{"):
-        data = read_json(path)
+        data = read_json(path, text)
         if isinstance(data, dict):
             data = data.get("known_failures")
         if not isinstance(data, list):
