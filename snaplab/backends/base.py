@@ -7,6 +7,7 @@ here once, so every backend raises the same error in the same case.
 """
 
 import contextlib
+import logging
 import os
 import tempfile
 
@@ -17,6 +18,8 @@ from .. import labels as labelrules
 from ..metastore import MetaStore
 from ..snapshotter import Snapshotter
 from ..types import Kind, Usage
+
+log = logging.getLogger("snaplab")
 
 
 def nearest_existing(path):
@@ -133,7 +136,12 @@ class StoreSnapshotter(Snapshotter):
             self.remove_storage(snapshot_id, kind)
             orphans = [] if self.async_remove else self._orphans(tx)
         # After the commit: the id is gone for good, nobody can want its data.
-        self.remove_storage_entries(orphans)
+        # The removal itself succeeded, so a failure here is only logged, and
+        # what is left stays an orphan for cleanup() (as containerd does).
+        try:
+            self.remove_storage_entries(orphans)
+        except OSError as err:
+            log.warning("snapshot %r removed, but its data is left for cleanup: %s", key, err)
 
     def walk(self, fn, *filter_strings):
         matcher = filters.parse(*filter_strings)
