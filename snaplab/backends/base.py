@@ -134,7 +134,10 @@ class StoreSnapshotter(Snapshotter):
         with self.store.transaction(write=True) as tx:
             snapshot_id, kind = tx.remove(key)
             self.remove_storage(snapshot_id, kind)
-            orphans = [] if self.async_remove else self._orphans(tx)
+        # Only this snapshot's data goes now: sweeping every orphan on each
+        # Remove (containerd's overlay does) costs a directory listing per
+        # call; other leftovers wait for cleanup().
+        orphans = [] if self.async_remove else self.storage_entries_of(snapshot_id)
         # After the commit: the id is gone for good, nobody can want its data.
         # The removal itself succeeded, so a failure here is only logged, and
         # what is left stays an orphan for cleanup() (as containerd does).
@@ -224,6 +227,7 @@ class StoreSnapshotter(Snapshotter):
         raise NotImplementedError
 
     def storage_entries_of(self, snapshot_id):
+        """The on-disk entries of one snapshot (backends may know them directly)."""
         return [e for e in self.storage_entries() if e.id == str(snapshot_id)]
 
     def remove_storage_entries(self, entries):

@@ -9,7 +9,7 @@ import os
 
 from .. import fsutil
 from ..types import Kind, Mount
-from .base import StoreSnapshotter, directory_entries
+from .base import StorageEntry, StoreSnapshotter, directory_entries
 
 
 class NativeSnapshotter(StoreSnapshotter):
@@ -48,3 +48,7 @@ class NativeSnapshotter(StoreSnapshotter):
 
     def storage_entries(self):
         return directory_entries(self.snapshots_dir)
+
+    def storage_entries_of(self, snapshot_id):
+        path = self.path_of(snapshot_id)
+        return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []

@@ -12,7 +12,7 @@ from .. import errors
 from .. import fsutil
 from .. import mount as mountlib
 from ..types import Kind, Mount
-from .base import StoreSnapshotter, directory_entries
+from .base import StorageEntry, StoreSnapshotter, directory_entries
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
@@ -130,6 +130,10 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     def storage_entries(self):
         return directory_entries(self.snapshots_dir)
+
+    def storage_entries_of(self, snapshot_id):
+        path = os.path.join(self.snapshots_dir, str(snapshot_id))
+        return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []
 
     def decorate_info(self, info, tx):
         if self.options.get("upperdir_label"):
