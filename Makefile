@@ -45,7 +45,7 @@ test: deps
 ## make demo: the local conformance matrix, with a report.
 demo: deps
 	mkdir -p $(REPORTS)
-	$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) conformance -q \
+	$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) conformance -q -rfE \
 	  --junitxml=$(REPORTS)/conformance-junit.xml --results-json=$(REPORTS)/conformance.json \
 	  || true
 	$(PY) -m conformance.report $(REPORTS)/conformance.json \

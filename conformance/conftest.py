@@ -47,7 +47,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--results-json"):
         resultlog.register(config, config.getoption("--results-json"))
-    config.addinivalue_line("markers", "needs_refusal: runs only where the backend must refuse")
+    config.addinivalue_line("markers", "backends(*names): cases specific to these backends")
 
 
 def _targets(config):
@@ -58,6 +58,11 @@ def _targets(config):
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
         targets = _targets(metafunc.config)
+        # A backend's own cases (marked `backends("overlay")`) are not
+        # generated for other backends at all, rather than skipped there.
+        only = metafunc.definition.get_closest_marker("backends")
+        if only is not None:
+            targets = [t for t in targets if t.backend in only.args]
         metafunc.parametrize("target", targets, ids=[t.name for t in targets],
                              indirect=True, scope="session")
 

@@ -14,10 +14,7 @@ from . import fstest
 from .helpers import apply_to_mounts, mounted
 
 
-@pytest.fixture(autouse=True)
-def _overlay_only(target):
-    if target.backend != "overlay":
-        pytest.skip("overlay-specific case; %s is another backend" % target.backend)
+pytestmark = pytest.mark.backends("overlay")
 
 
 def _index_supported():
