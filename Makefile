@@ -6,11 +6,11 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPORTS ?= reports
-APT_PACKAGES := python3 python3-venv e2fsprogs xfsprogs btrfs-progs util-linux mount attr
+APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd
 # Keep one test from hanging CI forever; the slowest case (128 layers) takes < 1 min.
 PYTEST_TIMEOUT ?= 900
 
-.PHONY: all deps apt venv test unit conformance demo bench report clean leaks
+.PHONY: all deps apt venv test pytest sanity units molecule collection demo bench clean leaks
 
 all: test
 
@@ -33,14 +33,38 @@ venv: $(VENV)/.installed
 
 deps: apt venv
 
-## make test: every test — unit, integration (real mounts) and the whole
-## conformance suite over native and overlay on loop ext4, xfs, btrfs, a
-## filesystem without d_type, and a host directory.
+## make test: every test — unit and integration tests (real mounts, real
+## ansible-playbook runs), the whole conformance suite over native and overlay
+## on loop ext4, xfs, btrfs, a filesystem without d_type and a host directory,
+## ansible-test sanity and units on the staged collection, and Molecule.
 test: deps
-	mkdir -p $(REPORTS)
-	$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) tests conformance \
-	  --junitxml=$(REPORTS)/test-junit.xml --results-json=$(REPORTS)/test-results.json
+	$(MAKE) --no-print-directory pytest sanity units molecule
 	$(MAKE) --no-print-directory leaks
+
+pytest: deps
+	mkdir -p $(REPORTS)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) tests conformance \
+	  --junitxml=$(REPORTS)/test-junit.xml --results-json=$(REPORTS)/test-results.json
+
+## The collection is assembled (staged) from galaxy.yml, collection/, roles/
+## and a copy of the core; ansible-test runs on a copy outside the repository.
+collection: deps
+	rm -rf build/collection
+	$(PY) collection/stage.py build/collection
+	$(VENV)/bin/ansible-galaxy collection build build/collection/ansible_collections/snaplab/snapshots \
+	  --output-path build --force
+
+sanity: deps
+	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh sanity
+
+units: deps
+	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh units
+
+molecule: deps
+	rm -rf build/collections
+	$(PY) collection/stage.py build/collections
+	PATH=$(abspath $(VENV))/bin:$$PATH ANSIBLE_COLLECTIONS_PATH=$(abspath build/collections) \
+	  $(VENV)/bin/molecule test -s default
 
 ## make demo: the local conformance matrix, with a report.
 demo: deps
@@ -58,6 +82,7 @@ demo: deps
 ## make bench: latency of the core operations (not a test).
 bench: deps
 	$(PY) benchmarks/bench_latency.py
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py
 
 ## make leaks: fail if a run left a snaplab mount or loop device behind.
 leaks:

@@ -23,7 +23,7 @@ from snaplab import mount as mountlib
 
 from . import resultlog
 from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
-                      FilesystemUnavailable, all_targets)
+                      FilesystemUnavailable, Target, all_targets)
 
 
 def _split(text):
@@ -68,16 +68,27 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
+    # A backend-specific case with none of its backends selected has no
+    # target at all (pytest puts a placeholder there): it is not run.
+    not_applicable = [item for item in items if "target" in getattr(item, "fixturenames", ())
+                      and not isinstance(_target_of(item), Target)]
+    if not_applicable:
+        config.hook.pytest_deselected(items=not_applicable)
+        items[:] = [item for item in items if item not in not_applicable]
     # What the result file and the report need to place each result.
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        target = callspec.params.get("target") if callspec else None
+        target = _target_of(item)
         case = item.originalname if hasattr(item, "originalname") else item.name
         case = case[len("test_"):] if case.startswith("test_") else case
         if target is not None:
             item.user_properties.extend([("target", target.name), ("backend", target.backend),
                                          ("filesystem", target.filesystem)])
         item.user_properties.append(("case", case))
+
+
+def _target_of(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("target") if callspec else None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -100,11 +100,11 @@ def load_results(paths):
 
 
 def parse_known_line(line, where):
-    head, _, rest = line.partition("|")
+    head, _pipe, rest = line.partition("|")
     target, sep, case = head.partition("::")
     if not sep or not case.strip():
         raise InputError("%s: expected 'target-glob :: case | reason | link'" % where)
-    reason, _, link = rest.partition("|")
+    reason, _pipe, link = rest.partition("|")
     return {"target": target.strip(), "case": case.strip(),
             "reason": reason.strip(), "link": link.strip()}
 
@@ -199,12 +199,15 @@ def build_matrix(results, known_failures=()):
         c = cell["counts"]
         cell["color"] = "red" if c["fail"] else "green" if c["pass"] + c["xpass"] else "grey"
         cell["results"].sort(key=lambda i: (i["target"], i["case"]))
-    order = lambda i: (i["row"], i["column"], i["target"], i["case"])
+
+    def order(i):
+        return (i["row"], i["column"], i["target"], i["case"])
+
     return {
         "runs": runs,
         "qualified": qualify,
-        "rows": sorted({row for row, _ in cells}),
-        "columns": sorted({column for _, column in cells}),
+        "rows": sorted({row for row, _column in cells}),
+        "columns": sorted({column for _row, column in cells}),
         "cells": cells,
         "failures": sorted(failures, key=order),
         "expected": sorted(expected, key=order),
@@ -299,7 +302,7 @@ def render_markdown(matrix):
     section("Expected failures", matrix["expected"],
             lambda i: "- %s — %s%s" % (md(sentence(i)), md(why(i)), env(i)))
     if matrix["skips"]:
-        out.append("## Skipped (%d)" % sum(len(items) for _, items in matrix["skips"]))
+        out.append("## Skipped (%d)" % sum(len(items) for _reason, items in matrix["skips"]))
         out.append("")
         for reason, items in matrix["skips"]:
             targets = sorted({i["target"] or i["row"] for i in items})
@@ -378,7 +381,7 @@ def render_html(matrix):
               lambda i: "was expected to fail: " + why(i))
     item_list("Expected failures", matrix["expected"], why)
     if matrix["skips"]:
-        out.append("<h2>Skipped (%d)</h2><ul>" % sum(len(items) for _, items in matrix["skips"]))
+        out.append("<h2>Skipped (%d)</h2><ul>" % sum(len(items) for _reason, items in matrix["skips"]))
         for reason, items in matrix["skips"]:
             targets = sorted({i["target"] or i["row"] for i in items})
             out.append("<li>%d × %s — <span class='small'>%s</span></li>"

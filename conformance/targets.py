@@ -63,7 +63,7 @@ class Filesystem:
 
 def _run(argv):
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True)
+                          universal_newlines=True, check=False)
     if done.returncode != 0:
         raise FilesystemUnavailable("%s failed: %s" % (" ".join(argv), done.stdout.strip()))
     return done.stdout.strip()

@@ -95,7 +95,7 @@ def test_several_processes_share_one_root_safely(open_snapshotter, root, target)
                  for w in range(workers)]
     for process in processes:
         process.start()
-    outcomes = [queue.get(timeout=600) for _ in processes]
+    outcomes = [queue.get(timeout=600) for _process in processes]
     for process in processes:
         process.join()
     assert outcomes == [None] * workers

@@ -59,6 +59,16 @@ prints no `-o`; `--filter` on ls/tree/usage is snaplab's own):
     umount TARGET           (beyond ctr)
         Unmount everything stacked on TARGET; NotFound if nothing is mounted
         there. It does not check who mounted it (like umount(8)).
+    apply-layers [--label K=V]... TAR...    (beyond ctr; as containerd unpacks)
+        Unpack OCI layer tars (plain, gzip, zstd), bottom layer first, into
+        committed snapshots named by their chainIDs, each on the previous
+        one; a chainID already committed is skipped, so a re-run changes
+        nothing. Prints `LAYER DIFF-ID CHAIN-ID STATUS` (applied or present).
+        A layer that would write outside its snapshot is refused
+        (InvalidArgument) before anything is written.
+    apply-layer KEY TAR...  (beyond ctr)
+        Apply layer tars, in order, to the active snapshot KEY (whiteouts
+        delete what they name); prints each layer's DiffID.
 
 Label arguments must be K=V with a non-empty K (ctr would read a bare `K` as
 K=true; snaplab refuses it, so that a typo cannot set a label).
@@ -84,6 +94,9 @@ Mount.to_dict(): Type, Source, Target, Options):
     cleanup                 {"cleanup": "done"} or {"cleanup": "not implemented"}
     mount                   {"target": ABS_TARGET, "key": KEY, "mounts": [Mount, ...]}
     umount                  {"target": ABS_TARGET, "unmounted": true}
+    apply-layers            {"layers": [{"path": TAR, "diff_id": D, "chain_id": C,
+                            "applied": BOOL}, ...], "chain_id": TOP_CHAIN_ID}
+    apply-layer             {"key": KEY, "layers": [{"path": TAR, "diff_id": D}, ...]}
 
 Errors: one line `snaplab: <message>` on stderr (also with --json), no
 traceback, and the exit code of the error class (snaplab.errors):
@@ -111,6 +124,7 @@ import time
 
 from . import errors
 from . import labels as labelrules
+from . import layers as layerlib
 from . import mount as mountlib
 from .backends import backend_class
 from .types import Info, Kind
@@ -457,6 +471,15 @@ def build_parser():
 
     sub = verb("umount", cmd_umount, "unmount what is mounted at a directory")
     sub.add_argument("target", metavar="TARGET")
+
+    sub = verb("apply-layers", cmd_apply_layers,
+               "unpack OCI layer tars into committed snapshots named by chainID")
+    label_flag(sub)
+    sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, bottom layer first")
+
+    sub = verb("apply-layer", cmd_apply_layer, "apply OCI layer tars to an active snapshot")
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, applied in order")
     return parser
 
 
@@ -707,6 +730,37 @@ def cmd_umount(opener, args, settings, out):
     mountlib.unmount_all(target)
     if settings.json:
         out.write(machine_json({"target": target, "unmounted": True}))
+    return 0
+
+
+def cmd_apply_layers(opener, args, settings, out):
+    labels = parse_labels(args.label)
+    with opener(True) as sn:
+        results = layerlib.apply_layers(sn, args.tars, labels=labels)
+    if settings.json:
+        out.write(machine_json({
+            "layers": [{"path": path, "diff_id": r.diff_id, "chain_id": r.chain_id,
+                        "applied": r.applied} for path, r in zip(args.tars, results)],
+            "chain_id": results[-1].chain_id}))
+    else:
+        rows = [("LAYER", "DIFF-ID", "CHAIN-ID", "STATUS")]
+        rows += [(path, r.diff_id, r.chain_id, "applied" if r.applied else "present")
+                 for path, r in zip(args.tars, results)]
+        out.write(tabulate(rows))
+    return 0
+
+
+def cmd_apply_layer(opener, args, settings, out):
+    key = _key(args.key)
+    applied = []
+    with opener(False) as sn:
+        for path in args.tars:
+            applied.append({"path": path, "diff_id": layerlib.apply_layer(sn, key, path)})
+    if settings.json:
+        out.write(machine_json({"key": key, "layers": applied}))
+    else:
+        for layer in applied:
+            out.write(layer["diff_id"] + "\n")
     return 0
 
 

@@ -69,7 +69,7 @@ def copy_tree(src, dst):
     dirs = [(src, dst, root_st)]
     i = 0
     while i < len(dirs):
-        src_dir, dst_dir, _ = dirs[i]
+        src_dir, dst_dir = dirs[i][:2]
         i += 1
         with os.scandir(src_dir) as entries:
             for entry in entries:

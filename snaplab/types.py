@@ -116,4 +116,4 @@ class Mount:
         """The `mount -t ...` line ctr prints for this mount at `target`."""
         where = os.path.join(target, self.target.lstrip("/")) if self.target else target
         return "mount -t %s %s %s -o %s" % (self.type, self.source, where,
-                                           ",".join(self.options))
+                                            ",".join(self.options))

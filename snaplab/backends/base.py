@@ -78,7 +78,7 @@ class StoreSnapshotter(Snapshotter):
 
     def usage(self, key):
         with self.store.transaction() as tx:
-            _, info, stored = tx.get_info(key)
+            info, stored = tx.get_info(key)[1:]
             if info.kind != Kind.ACTIVE:
                 return stored if info.kind == Kind.COMMITTED else Usage()
             snap = tx.get_snapshot(key)
@@ -120,7 +120,7 @@ class StoreSnapshotter(Snapshotter):
         labelrules.validate_key(key)
         labels = labelrules.validate(labels)
         with self.store.transaction(write=True) as tx:
-            _, info, _ = tx.get_info(key)  # NotFound before anything else
+            info = tx.get_info(key)[1]  # NotFound before anything else
             usage = Usage()
             snap = None
             if info.kind == Kind.ACTIVE:

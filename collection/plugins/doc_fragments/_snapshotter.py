@@ -1,0 +1,42 @@
+# Copyright (c) snaplab maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this doc fragment is PRIVATE to the collection: it can change at
+# any time. Do not use it from other collections.
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """The options that name a snapshotter root (module_utils/_common.py
+    SNAPSHOTTER_ARGUMENT_SPEC is their argument spec)."""
+
+    DOCUMENTATION = r"""
+options:
+  root:
+    description:
+      - The snapshotter root directory on the managed node. It holds C(metadata.db) and the
+        snapshots' data.
+    type: path
+    required: true
+  backend:
+    description:
+      - The snapshotter backend, for example V(overlay) or V(native).
+      - A root belongs to the backend that created it; naming another one fails with
+        RV(error_class=FailedPrecondition) and the right name.
+    type: str
+    default: overlay
+  backend_options:
+    description:
+      - Options of the backend, as keyword arguments. The overlay backend takes
+        C(async_remove) (bool), C(mount_options) (list of strings) and C(upperdir_label) (bool);
+        the native backend takes none.
+      - An option the backend does not know fails with RV(error_class=InvalidArgument).
+    type: dict
+    default: {}
+requirements:
+  - Python 3.9 or later on the managed node; nothing else (the snaplab core travels with the module).
+notes:
+  - Creating snapshots with content, and mounting, needs root (or C(CAP_SYS_ADMIN)) on the managed node.
+"""

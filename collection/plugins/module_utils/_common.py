@@ -1,0 +1,71 @@
+# Copyright (c) snaplab maintainers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+# Note that this module util is PRIVATE to the collection: it can change at
+# any time. Do not use it from other collections.
+
+"""What every snaplab module does the same way: name a snapshotter root,
+open it, and turn the core's errors into fail_json."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import errors
+from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab.backends import open_snapshotter
+from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab.types import format_timestamp
+
+# The options of doc_fragments/_snapshotter.py.
+SNAPSHOTTER_ARGUMENT_SPEC = dict(
+    root=dict(type="path", required=True),
+    backend=dict(type="str", default="overlay"),
+    backend_options=dict(type="dict", default={}),
+)
+
+# What a module reports as a failure with its class name, rather than a traceback.
+EXPECTED_ERRORS = (errors.SnapshotError, OSError, sqlite3.Error)
+
+
+def root_exists(root):
+    return os.path.exists(os.path.join(root, "metadata.db"))
+
+
+def open_root(module, create):
+    """The snapshotter of the module's root, backend and backend_options.
+
+    Without `create`, a root that does not exist yet is None: reading or
+    check mode must not make one.
+    """
+    params = module.params
+    if not create and not root_exists(params["root"]):
+        return None
+    return open_snapshotter(params["root"], params["backend"], **params["backend_options"])
+
+
+def error_class(err):
+    """containerd's errdefs name of the error (NotFound, AlreadyExists...),
+    also for a subclass (FilterParseError is InvalidArgument); else the
+    Python class name (MountError, OSError...)."""
+    for cls in errors.ALL:
+        if isinstance(err, cls):
+            return cls.__name__
+    return type(err).__name__
+
+
+def fail(module, err, **result):
+    """fail_json with the error's message and class."""
+    module.fail_json(msg=str(err) or type(err).__name__, error_class=error_class(err), **result)
+
+
+def info_dict(info):
+    """An Info as modules return it."""
+    return dict(key=info.name, kind=info.kind.filter_value, parent=info.parent,
+                labels=dict(info.labels), created=format_timestamp(info.created),
+                updated=format_timestamp(info.updated))
+
+
+def mount_dicts(mounts):
+    return [dict(type=m.type, source=m.source, target=m.target, options=list(m.options))
+            for m in mounts]

@@ -1,0 +1,852 @@
+"""Applying OCI image layer tars to snapshots (reference §6).
+
+A layer is a tar (plain, gzip or zstd) of the changes one image layer makes:
+entries to add or replace, and whiteouts for what it deletes
+(`.wh.NAME` removes NAME, `.wh..wh..opq` in a directory hides everything
+the layers below had there). Its DiffID is the sha256 of the uncompressed
+tar, and a chain of layers is named by ChainIDs (OCI image-spec identity):
+that is how containerd names the committed snapshot of each layer, so
+unpacking the same chain twice finds every layer already there.
+
+    apply_layers(snapshotter, [tar, ...])   unpack a chain, one committed
+                                            snapshot per layer named by its
+                                            chainID (idempotent)
+    apply_layer(snapshotter, key, tar)      apply one layer to an active
+                                            snapshot
+    apply_layer_to_directory(tar, dir)      apply one layer to a directory
+                                            (a mounted snapshot)
+    plan_layers(snapshotter, [tar, ...])    what apply_layers would do
+    inspect_layer(tar)                      DiffID and safety scan, no writes
+
+How a layer is written (containerd's pkg/archive + core/diff/apply):
+
+- An active snapshot whose mounts are one overlay mount with an upperdir is
+  written directly into that upper directory, without mounting; whiteouts
+  become what overlayfs understands (a 0/0 character device for a deleted
+  name, the xattr trusted.overlay.opaque=y for an opaque directory). A
+  snapshot that is one read-write bind mount is written directly into the
+  bind source. Anything else is mounted on a temporary directory first.
+- Outside the overlay case whiteouts are applied by deleting ("naive"):
+  `.wh.NAME` removes NAME; an opaque marker removes every entry of its
+  directory that this same layer did not write before it.
+
+Safety: a layer never writes outside the snapshot.
+
+- Names are cleaned as containerd cleans them: a leading "/" is dropped
+  (`/etc/x` is `etc/x` of the snapshot). A name or hardlink target whose
+  ".." climbs above the root, a whiteout of "", "." or "..", and an entry
+  type we cannot write are refused: InvalidArgument, and the whole layer is
+  refused before anything is written (every layer is scanned first).
+- Symlinks on the way to an entry are resolved inside the snapshot, the way
+  continuity's fs.RootPath (and a process chrooted into the container) sees
+  them: an absolute target starts at the snapshot's root and ".." stops at
+  it. So `lib -> /usr/lib` followed by `lib/x` writes `usr/lib/x` of the
+  snapshot, and `up -> ../../..` followed by `up/x` writes `x`; neither can
+  reach the host. Every write re-checks that its directory's real path is
+  inside the root, and the final name of an entry is never followed.
+- A hardlink links to the entry inside the snapshot, never following a
+  symlink at the target; its target must exist there (earlier in the layer,
+  or in the snapshot below).
+"""
+
+import base64
+import collections
+import contextlib
+import errno
+import gzip
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+import zlib
+
+from . import errors
+from . import fsutil
+from . import labels as labelrules
+from . import mount as mountlib
+from .backends.overlay import in_user_namespace
+from .types import Kind
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+# Labels containerd's unpacker puts on each layer's snapshot (§6.2).
+SNAPSHOT_REF_LABEL = labelrules.SNAPSHOT_REF
+DIFF_ID_LABEL = "containerd.io/snapshot/diff-id"
+PARENT_CHAIN_ID_LABEL = "containerd.io/snapshot/parent-chain-id"
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# As the kernel's and continuity's limit on symlinks followed for one path.
+MAX_SYMLINKS = 255
+_CHUNK = 1 << 20
+_PREPARE_TRIES = 3  # containerd's unpacker tries three extract keys
+# What a damaged tar or compressed stream raises while being read.
+_CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _sha256_text(text):
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chain_ids(diff_ids):
+    """ChainIDs of a list of DiffIDs, bottom layer first (OCI identity).
+
+    ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)),
+    all as "sha256:<hex>" strings.
+    """
+    chain = []
+    for diff_id in diff_ids:
+        chain.append(diff_id if not chain else _sha256_text(chain[-1] + " " + diff_id))
+    return chain
+
+
+# -- decompression ----------------------------------------------------------
+
+
+def detect_compression(head):
+    """"gzip", "zstd" or "none", from the first bytes of a layer (never its name)."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def _stdlib_zstd():
+    try:  # Python 3.14+
+        from compression import zstd
+    except ImportError:
+        return None
+    return zstd
+
+
+@contextlib.contextmanager
+def open_uncompressed(path):
+    """The uncompressed byte stream of the layer at `path`: (stream, compression)."""
+    opened = contextlib.ExitStack()
+    try:
+        raw = opened.enter_context(open(path, "rb"))
+        compression = detect_compression(raw.read(4))
+        raw.seek(0)
+        if compression == "gzip":
+            stream = opened.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        elif compression == "zstd" and _stdlib_zstd() is not None:
+            stream = opened.enter_context(_stdlib_zstd().ZstdFile(raw, "rb"))
+        elif compression == "zstd":
+            stream = opened.enter_context(_zstd_program(path))
+        else:
+            stream = raw
+        yield stream, compression
+    finally:
+        opened.close()
+
+
+@contextlib.contextmanager
+def _zstd_program(path):
+    """Decompress through the zstd program: this Python has no zstd module."""
+    program = shutil.which("zstd")
+    if program is None:
+        raise errors.NotImplemented(
+            "%s is zstd-compressed, but this Python has no compression.zstd (3.14+) and no "
+            "zstd program is installed: install zstd (Debian: apt-get install zstd) or give "
+            "the layer uncompressed or gzip-compressed" % path)
+    with tempfile.TemporaryFile() as messages:
+        process = subprocess.Popen([program, "-d", "-c", "-q", "--", path],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=messages)
+        finished = False
+        try:
+            yield process.stdout
+            finished = True
+        finally:
+            if not finished:
+                process.kill()
+            process.stdout.close()
+            code = process.wait()
+        if code != 0:
+            messages.seek(0)
+            detail = messages.read().decode("utf-8", "replace").strip()
+            raise errors.InvalidArgument("%s: zstd cannot decompress it (exit %d): %s"
+                                         % (path, code, detail))
+
+
+class _HashingReader:
+    """Reads through a stream, hashing what passes: the DiffID of a layer."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self):
+        """Read to the end: the DiffID covers what follows the tar's end too."""
+        while self.read(_CHUNK):
+            pass
+
+    @property
+    def digest(self):
+        return "sha256:" + self.sha256.hexdigest()
+
+
+@contextlib.contextmanager
+def _layer_entries(path):
+    """(tar members iterator, tar, hashing reader, compression) of the layer
+    at `path`, read as one stream. A damaged archive is InvalidArgument."""
+    if not os.path.isfile(path):
+        raise errors.NotFound("layer %s does not exist or is not a file" % path)
+    with open_uncompressed(path) as (stream, compression):
+        reader = _HashingReader(stream)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                yield iter(tar), tar, reader, compression
+        except _CORRUPT as err:
+            raise errors.InvalidArgument("layer %s (%s) is not a readable tar archive: %s"
+                                         % (path, compression, err)) from None
+
+
+# -- what an entry means, checked in the scan and again when writing -------
+
+
+def clean_name(name, what="entry"):
+    """A tar name as a path relative to the snapshot's root ("" is the root).
+
+    A leading "/" is dropped and the path is cleaned as Go's filepath.Clean
+    does; InvalidArgument if ".." would climb above the root.
+    """
+    if "\x00" in name:
+        raise errors.InvalidArgument("%s %r holds a NUL byte" % (what, name))
+    relative = posixpath.normpath(name.lstrip("/") or ".")
+    if relative == ".." or relative.startswith("../"):
+        raise errors.InvalidArgument("%s %r climbs out of the snapshot" % (what, name))
+    return "" if relative == "." else relative
+
+
+_ENTRY_TYPES = {
+    tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo",
+}
+
+
+def entry_kind(member):
+    """What a tar member makes: "file", "directory", "symlink", "hardlink",
+    "char device", "block device" or "fifo". InvalidArgument for any other
+    tar type (containerd refuses them too)."""
+    if member.isreg():  # regular, old-style regular, contiguous, GNU sparse
+        return "file"
+    kind = _ENTRY_TYPES.get(member.type)
+    if kind is None:
+        raise errors.InvalidArgument("entry %r has tar type %r, which a layer cannot hold"
+                                     % (member.name, member.type))
+    return kind
+
+
+def whiteout_of(relative):
+    """What a cleaned name means as a whiteout:
+    ("opaque", directory) for DIR/.wh..wh..opq,
+    ("whiteout", directory, name) for DIR/.wh.NAME,
+    ("meta", relative) for other .wh..wh. names and anything below one
+    (AUFS bookkeeping: skipped, as Docker skips it),
+    None for an ordinary entry. InvalidArgument for .wh. of "", "." or ".."."""
+    directory, base = posixpath.split(relative)
+    if any(part.startswith(WHITEOUT_META_PREFIX) for part in directory.split("/")):
+        return ("meta", relative)
+    if not base.startswith(WHITEOUT_PREFIX):
+        return None
+    if base == WHITEOUT_OPAQUE:
+        return ("opaque", directory)
+    if base.startswith(WHITEOUT_META_PREFIX):
+        return ("meta", relative)
+    hidden = base[len(WHITEOUT_PREFIX):]
+    if hidden in ("", ".", ".."):
+        raise errors.InvalidArgument("invalid whiteout name %r: it must name an entry of "
+                                     "its own directory" % relative)
+    return ("whiteout", directory, hidden)
+
+
+LayerScan = collections.namedtuple(
+    "LayerScan", "path diff_id compression size entries links_outside_layer")
+LayerScan.__doc__ = """What inspect_layer learned: the DiffID, the compression, the
+uncompressed size, the number of entries, and whether a hardlink names a
+target the layer itself does not hold (then the snapshot below must)."""
+
+
+def inspect_layer(path):
+    """Read the layer at `path` once without writing: its DiffID, and every
+    entry checked as the write will check it. InvalidArgument (nothing is
+    written anywhere) for a layer that would leave the snapshot or cannot be
+    written; NotFound if there is no such file."""
+    kinds = {}  # cleaned name -> kind of the latest entry there, for hardlinks
+    links_outside = False
+    count = 0
+    with _layer_entries(path) as (members, tar, reader, compression):
+        for member in members:
+            count += 1
+            kind = entry_kind(member)
+            relative = clean_name(member.name)
+            whiteout = whiteout_of(relative)
+            if whiteout is not None:
+                if whiteout[0] == "whiteout":
+                    kinds.pop(posixpath.join(whiteout[1], whiteout[2]), None)
+                continue
+            if kind == "hardlink":
+                target = clean_name(member.linkname, "hardlink target of %r" % member.name)
+                if target == "" or kinds.get(target) == "directory":
+                    raise errors.InvalidArgument("hardlink %r points to a directory (%r)"
+                                                 % (member.name, member.linkname))
+                links_outside = links_outside or target not in kinds
+            elif "\x00" in member.linkname:  # any symlink target is fine, but not a NUL
+                raise errors.InvalidArgument("symlink %r has a NUL byte in its target"
+                                             % member.name)
+            kinds[relative] = kind
+        reader.drain()
+        return LayerScan(path, reader.digest, compression, reader.size, count, links_outside)
+
+
+# -- resolving paths inside the root ---------------------------------------
+
+
+def _is_overlay_whiteout(st):
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path):
+    try:
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class _Tree:
+    """Where a layer is written: a root directory, seen alone (naive) or as
+    the upper directory of an overlay over `lowers` (top first)."""
+
+    def __init__(self, root, lowers=None):
+        self.root = os.path.realpath(root)
+        self.lowers = list(lowers or [])
+        self.overlay = lowers is not None
+
+    def lookup(self, relative):
+        """(directory holding it, lstat) of what the snapshot shows at
+        `relative`, or None. With lowers this is overlayfs' merged lookup:
+        upper first; a whiteout hides; a directory merges with the lower
+        directories below it unless it is opaque."""
+        if not self.overlay:
+            try:
+                return self.root, os.lstat(os.path.join(self.root, relative))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        layers = [self.root] + self.lowers
+        parts = relative.split("/")
+        found = None
+        for depth in range(len(parts)):
+            prefix = "/".join(parts[:depth + 1])
+            found, merged = None, []
+            for layer in layers:
+                path = os.path.join(layer, prefix)
+                try:
+                    st = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if found is None and _is_overlay_whiteout(st):
+                    return None
+                if not stat.S_ISDIR(st.st_mode) or _is_overlay_whiteout(st):
+                    if found is None:
+                        found = (layer, st)
+                    break  # a non-directory ends the merge
+                if found is None:
+                    found = (layer, st)
+                merged.append(layer)
+                if _is_opaque(path):
+                    break
+            if found is None:
+                return None
+            layers = merged
+        return found
+
+    def resolve(self, relative):
+        """`relative` with every symlink in it resolved inside the root, as
+        continuity's fs.RootPath: absolute targets start at the root and ".."
+        stops there. The result contains no symlink (in the snapshot's view)."""
+        pending = [p for p in relative.split("/") if p][::-1]
+        done = []
+        followed = 0
+        while pending:
+            part = pending.pop()
+            if part == ".":
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/".join(done + [part])
+            found = self.lookup(candidate)
+            if found is not None and stat.S_ISLNK(found[1].st_mode):
+                followed += 1
+                if followed > MAX_SYMLINKS:
+                    raise errors.InvalidArgument("too many levels of symbolic links in %r"
+                                                 % relative)
+                target = os.readlink(os.path.join(found[0], candidate))
+                if target.startswith("/"):
+                    done = []
+                pending.extend([p for p in target.split("/") if p][::-1])
+                continue
+            done.append(part)
+        return "/".join(done)
+
+    def path(self, relative):
+        """The absolute path in the root, after checking that its directory
+        really is inside the root (a symlink swapped in would show here)."""
+        path = os.path.join(self.root, relative) if relative else self.root
+        directory = os.path.dirname(path) if relative else path
+        real = os.path.realpath(directory)
+        if real != directory or not (real == self.root or real.startswith(self.root + "/")):
+            raise errors.InvalidArgument("refusing to write %s: its directory resolves to %s, "
+                                         "outside the snapshot" % (relative, real))
+        return path
+
+
+# -- writing a layer ---------------------------------------------------------
+
+
+def _time_ns(member, field):
+    """A header time in nanoseconds; PAX records keep the fraction."""
+    text = member.pax_headers.get(field)
+    if text is not None:
+        negative = text.startswith("-")
+        seconds, _dot, fraction = text.lstrip("-").partition(".")
+        value = int(seconds or 0) * 10**9 + int((fraction + "000000000")[:9])
+        return -value if negative else value
+    if field == "mtime":
+        return int(member.mtime) * 10**9
+    return None
+
+
+def _xattrs(member):
+    """The SCHILY.xattr.* records of an entry, as (name, bytes). overlayfs'
+    own trusted.overlay.* are left out: they would steer the kernel's
+    lookups (redirects, metacopy), which is not a layer's business."""
+    prefix = "SCHILY.xattr."
+    return [(key[len(prefix):], value.encode("utf-8", "surrogateescape"))
+            for key, value in member.pax_headers.items()
+            if key.startswith(prefix) and not key.startswith(prefix + "trusted.overlay.")]
+
+
+def _copy_up_directory(lower, upper):
+    """Owner, mode, xattrs (not overlay's own) and times of a lower directory
+    onto the upper directory made for it (containerd's mkparent WithParents),
+    so the merged directory looks as it did."""
+    st = os.lstat(lower)
+    os.chown(upper, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.chmod(upper, stat.S_IMODE(st.st_mode))
+    try:
+        names = os.listxattr(lower, follow_symlinks=False)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith("trusted.overlay."):
+            continue
+        try:
+            os.setxattr(upper, name, os.getxattr(lower, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EPERM):
+                raise
+    os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class _LayerWriter:
+    """Writes the entries of one layer into a _Tree."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.written = set()     # absolute paths this layer wrote (an opaque keeps them)
+        self.directories = {}    # path -> (atime_ns, mtime_ns), set at the very end
+        self.same_owner = os.geteuid() == 0  # as tar: only root can give files away
+
+    def write(self, layer_path, expected_diff_id=None):
+        """Write every entry; return the DiffID (InvalidArgument if it is not
+        `expected_diff_id`: the file changed since it was scanned)."""
+        with _layer_entries(layer_path) as (members, tar, reader, _compression):
+            for member in members:
+                self.entry(tar, member)
+            reader.drain()
+            diff_id = reader.digest
+        if expected_diff_id is not None and diff_id != expected_diff_id:
+            raise errors.InvalidArgument("layer %s changed while it was applied: DiffID %s, "
+                                         "expected %s" % (layer_path, diff_id, expected_diff_id))
+        # Directory times last: writing into a directory changes its mtime.
+        for path, times in self.directories.items():
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.utime(path, ns=times, follow_symlinks=False)
+            except FileNotFoundError:
+                pass  # removed by a later entry of the layer
+        return diff_id
+
+    def entry(self, tar, member):
+        kind = entry_kind(member)
+        relative = clean_name(member.name)
+        whiteout = whiteout_of(relative)
+        if whiteout is not None:
+            if whiteout[0] == "opaque":
+                self.opaque(whiteout[1])
+            elif whiteout[0] == "whiteout":
+                self.whiteout(whiteout[1], whiteout[2], member)
+            return
+        directory, base = posixpath.split(relative)
+        if not base:
+            return  # the root itself: containerd leaves it alone
+        parent = self.tree.resolve(directory)
+        self.make_parents(parent)
+        self.replace(self.tree.path(posixpath.join(parent, base)), kind, tar, member)
+
+    # -- whiteouts
+
+    def existing_directory(self, directory):
+        """`directory` resolved, if the snapshot shows a directory there; else None."""
+        resolved = self.tree.resolve(directory)
+        if resolved == "":
+            return resolved
+        found = self.tree.lookup(resolved)
+        if found is None or not stat.S_ISDIR(found[1].st_mode):
+            return None
+        return resolved
+
+    def whiteout(self, directory, hidden, member):
+        resolved = self.existing_directory(directory)
+        if resolved is None:
+            return  # no such directory: nothing to hide
+        if self.tree.overlay:
+            self.make_parents(resolved)  # the directory may so far be in a lower only
+        path = self.tree.path(posixpath.join(resolved, hidden))
+        fsutil.remove_tree(path)
+        self.written.discard(path)
+        if self.tree.overlay:  # overlayfs' whiteout: a 0/0 character device
+            os.mknod(path, stat.S_IFCHR, 0)  # mode 0, as containerd and the kernel
+            if self.same_owner:
+                os.chown(path, member.uid, member.gid, follow_symlinks=False)
+
+    def opaque(self, directory):
+        resolved = self.existing_directory(directory)
+        if resolved is None:
+            return
+        if self.tree.overlay:
+            self.make_parents(resolved)
+        path = self.tree.path(resolved)
+        self.remove_unwritten(path)
+        if self.tree.overlay:  # the lower directories' entries are hidden by the kernel
+            os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+
+    def remove_unwritten(self, directory):
+        """Remove every entry under `directory` this layer did not write."""
+        with os.scandir(directory) as entries:
+            children = list(entries)
+        for child in children:
+            if child.path not in self.written:
+                fsutil.remove_tree(child.path)
+            elif child.is_dir(follow_symlinks=False):
+                self.remove_unwritten(child.path)
+
+    # -- entries
+
+    def make_parents(self, resolved):
+        """Make the resolved (symlink-free) directory path exist: missing
+        directories are made 0755 or, over an overlay, with the attributes of
+        the lower directory they continue (containerd's mkparent)."""
+        if not resolved:
+            return
+        parts = resolved.split("/")
+        path = self.tree.root
+        for depth in range(len(parts)):
+            relative = "/".join(parts[:depth + 1])
+            # Each step is checked to be a real directory (lstat, not stat)
+            # or made here, so the whole chain stays inside the root.
+            path = os.path.join(path, parts[depth])
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                continue
+            # Over an overlay the upper dir may hold a whiteout here (this
+            # layer deleted the directory); a new directory replaces it.
+            upper_whiteout = self.tree.overlay and st is not None and _is_overlay_whiteout(st)
+            shown = self.tree.lookup(relative) if self.tree.overlay else None
+            if (st is not None and not upper_whiteout) or (
+                    shown is not None and not stat.S_ISDIR(shown[1].st_mode)):
+                raise errors.InvalidArgument("cannot write under %s: it is not a directory"
+                                             % relative)
+            if upper_whiteout:
+                os.unlink(path)
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            if upper_whiteout:  # what the deleted directory held stays deleted
+                os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+            elif shown is not None:
+                _copy_up_directory(os.path.join(shown[0], relative), path)
+
+    def replace(self, path, kind, tar, member):
+        """Write the entry at `path`: what is there is removed first, except
+        a directory where the entry is a directory (they merge)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        merge = st is not None and kind == "directory" and stat.S_ISDIR(st.st_mode)
+        if st is not None and not merge:
+            fsutil.remove_tree(path)
+        self.create(path, kind, tar, member, merge)
+        if st is not None and not merge and self.tree.overlay and kind == "directory":
+            # A directory replacing something in the upper dir must not let
+            # a lower directory at the same path show through.
+            os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+        if kind != "hardlink":  # a hardlink shares the inode its target's entry set up
+            self.set_metadata(path, kind, member)
+        self.written.add(path)
+
+    def create(self, path, kind, tar, member, merge):
+        if kind == "directory":
+            if not merge:
+                os.mkdir(path, 0o700)
+        elif kind == "file":
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(tar.extractfile(member), out, _CHUNK)
+        elif kind == "symlink":
+            os.symlink(member.linkname, path)
+        elif kind == "hardlink":
+            # follow_symlinks=False: a link to a symlink links the symlink
+            # itself, never what it points to.
+            os.link(self.hardlink_target(member), path, follow_symlinks=False)
+        elif kind in ("char device", "block device"):
+            kind_bits = stat.S_IFCHR if kind == "char device" else stat.S_IFBLK
+            os.mknod(path, kind_bits | 0o600, os.makedev(member.devmajor, member.devminor))
+        elif kind == "fifo":
+            os.mkfifo(path, 0o600)
+
+    def hardlink_target(self, member):
+        """The path of a hardlink's target inside the root, as containerd's
+        hardlinkRootPath: the target's directory resolved in the root, its
+        final name not followed."""
+        target = clean_name(member.linkname, "hardlink target of %r" % member.name)
+        directory, base = posixpath.split(target)
+        path = self.tree.path(posixpath.join(self.tree.resolve(directory), base))
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is None or stat.S_ISDIR(st.st_mode):
+            raise errors.InvalidArgument(
+                "hardlink %r: its target %r is not a file of this layer or of the snapshot"
+                % (member.name, member.linkname))
+        return path
+
+    def set_metadata(self, path, kind, member):
+        """Owner, xattrs, mode, times, in containerd's order: chown clears
+        setuid bits and capabilities, so mode and xattrs come after it."""
+        if self.same_owner:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        for name, value in _xattrs(member):
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as err:
+                tolerated = err.errno == errno.EOPNOTSUPP or (
+                    err.errno == errno.EPERM and name.startswith("user.")
+                    and kind not in ("file", "directory"))
+                if not tolerated:
+                    raise
+        if kind != "symlink":  # Linux has no lchmod; a symlink's mode is always 0777
+            os.chmod(path, member.mode & 0o7777)
+        mtime = _time_ns(member, "mtime")
+        atime = max(_time_ns(member, "atime") or mtime, mtime)
+        if kind == "directory":
+            self.directories[path] = (atime, mtime)
+        else:
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+
+def apply_layer_to_directory(tar_path, directory):
+    """Apply the layer at `tar_path` to `directory` (for example a mounted
+    snapshot) with the naive whiteout converter. Returns the DiffID.
+    The layer is scanned first: a hostile one is refused before any write."""
+    scan = inspect_layer(tar_path)
+    return _LayerWriter(_Tree(directory)).write(tar_path, scan.diff_id)
+
+
+# -- layers and snapshots ----------------------------------------------------
+
+
+def _overlay_upper(mounts):
+    """(upperdir, lowerdirs) if `mounts` can be written without mounting as
+    an overlay upper directory, else None (containerd's fast path)."""
+    if len(mounts) != 1 or mounts[0].type != "overlay" or mounts[0].target:
+        return None
+    options = mounts[0].options
+    upper = [o[len("upperdir="):] for o in options if o.startswith("upperdir=")]
+    if not upper or "userxattr" in options or in_user_namespace():
+        return None  # rootless overlay: whiteouts need mknod 0/0 and trusted.* xattrs
+    lowers = []
+    for option in options:
+        if option.startswith("lowerdir="):
+            lowers = option[len("lowerdir="):].split(":")
+    return upper[0], lowers
+
+
+def _bind_source(mounts):
+    """The directory of a single read-write bind mount, else None."""
+    if len(mounts) != 1 or mounts[0].type != "bind" or mounts[0].target:
+        return None
+    return None if mounts[0].read_only else mounts[0].source
+
+
+def _apply_scanned(snapshotter, key, scan, direct=True):
+    info = snapshotter.stat(key)
+    if info.kind != Kind.ACTIVE:
+        raise errors.FailedPrecondition("a layer can only be applied to an active snapshot; "
+                                        "%r is %s" % (key, info.kind))
+    mounts = snapshotter.mounts(key)
+    overlay = _overlay_upper(mounts) if direct else None
+    if overlay is not None and not scan.links_outside_layer:
+        upper, lowers = overlay
+        return _LayerWriter(_Tree(upper, lowers)).write(scan.path, scan.diff_id)
+    source = _bind_source(mounts) if direct else None
+    if source is not None:
+        return _LayerWriter(_Tree(source)).write(scan.path, scan.diff_id)
+    # Mounted: a hardlink to a file of a lower layer, or mounts we cannot
+    # write directly. The kernel then does the copy-up and the whiteouts.
+    target = tempfile.mkdtemp(prefix="snaplab-apply-")
+    try:
+        mountlib.mount_all(mounts, target)
+        try:
+            return _LayerWriter(_Tree(target)).write(scan.path, scan.diff_id)
+        finally:
+            mountlib.unmount_all(target)
+    finally:
+        os.rmdir(target)
+
+
+def apply_layer(snapshotter, key, tar_path, direct=True):
+    """Apply the layer at `tar_path` to the active snapshot `key`; return its
+    DiffID. NotFound if `key` or the file is missing, FailedPrecondition if
+    `key` is not active, InvalidArgument (nothing written) for a layer that is
+    not a tar or would write outside the snapshot. `direct=False` always
+    mounts the snapshot instead of writing its directory."""
+    scan = inspect_layer(tar_path)
+    return _apply_scanned(snapshotter, key, scan, direct)
+
+
+PlannedLayer = collections.namedtuple("PlannedLayer", "path diff_id chain_id present scan")
+AppliedLayer = collections.namedtuple("AppliedLayer", "diff_id chain_id applied")
+
+
+def _committed(snapshotter, name):
+    """True if `name` is a committed snapshot; FailedPrecondition if the name
+    is taken by an active snapshot or a view."""
+    if snapshotter is None:
+        return False
+    try:
+        info = snapshotter.stat(name)
+    except errors.NotFound:
+        return False
+    if info.kind != Kind.COMMITTED:
+        raise errors.FailedPrecondition("chainID %s is the key of a %s snapshot, not of a "
+                                        "committed layer" % (name, info.kind))
+    return True
+
+
+def plan_layers(snapshotter, tar_paths):
+    """Scan each layer (bottom first) and say whether its chainID is already
+    committed. `snapshotter` may be None (no root yet: nothing is present).
+    Writes nothing; InvalidArgument/NotFound as inspect_layer."""
+    if not tar_paths:
+        raise errors.InvalidArgument("no layers given")
+    scans = [inspect_layer(path) for path in tar_paths]
+    chain = chain_ids([scan.diff_id for scan in scans])
+    return [PlannedLayer(scan.path, scan.diff_id, chain_id, _committed(snapshotter, chain_id),
+                         scan)
+            for scan, chain_id in zip(scans, chain)]
+
+
+def _extract_key(chain_id):
+    """containerd's UnpackKeyFormat "extract-<unique> <chainID>"."""
+    unique = "%d-%s" % (time.time_ns() % 10**9,
+                        base64.urlsafe_b64encode(os.urandom(3)).decode("ascii"))
+    return "extract-%s %s" % (unique, chain_id)
+
+
+def _unpack(snapshotter, layer, parent, labels):
+    """Prepare, apply and commit one layer as containerd's unpacker does.
+    Returns False if its chainID turned out to be there already."""
+    for _attempt in range(_PREPARE_TRIES):
+        key = _extract_key(layer.chain_id)
+        try:
+            snapshotter.prepare(key, parent, labels=labels)
+            break
+        except errors.AlreadyExists:
+            if _committed(snapshotter, layer.chain_id):
+                return False
+    else:
+        raise errors.AlreadyExists("no free extract key for %s after %d tries"
+                                   % (layer.chain_id, _PREPARE_TRIES))
+    try:
+        _apply_scanned(snapshotter, key, layer.scan)
+        snapshotter.commit(layer.chain_id, key, labels=labels)
+        return True
+    except errors.AlreadyExists:
+        # Committed meanwhile by someone else: the layer is there, as wanted.
+        snapshotter.remove(key)
+        if _committed(snapshotter, layer.chain_id):
+            return False
+        raise
+    except BaseException:
+        try:
+            snapshotter.remove(key)
+        except errors.SnapshotError:
+            pass  # committed after all, or already gone
+        raise
+
+
+def apply_layers(snapshotter, tar_paths, labels=None, plan=None):
+    """Unpack a chain of layer tars (bottom first) into committed snapshots
+    named by chainID, each on the previous one. A layer whose chainID is
+    already committed is skipped, so running it again changes nothing.
+
+    Each new snapshot gets `labels` plus containerd's
+    containerd.io/snapshot.ref=<chainID>, containerd.io/snapshot/diff-id and
+    (above the first) containerd.io/snapshot/parent-chain-id; labels of
+    existing layers are left alone. `plan` is a plan_layers() result to reuse.
+    Returns [AppliedLayer(diff_id, chain_id, applied)]. A failing layer
+    leaves the layers below it committed and nothing of its own.
+    """
+    labels = labelrules.validate(labels)
+    plan = plan if plan is not None else plan_layers(snapshotter, tar_paths)
+    results = []
+    parent = ""
+    for layer in plan:
+        applied = False
+        if not _committed(snapshotter, layer.chain_id):
+            layer_labels = dict(labels)
+            layer_labels[SNAPSHOT_REF_LABEL] = layer.chain_id
+            layer_labels[DIFF_ID_LABEL] = layer.diff_id
+            if parent:
+                layer_labels[PARENT_CHAIN_ID_LABEL] = parent
+            applied = _unpack(snapshotter, layer, parent, layer_labels)
+        results.append(AppliedLayer(layer.diff_id, layer.chain_id, applied))
+        parent = layer.chain_id
+    return results

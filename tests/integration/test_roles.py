@@ -1,0 +1,445 @@
+"""The roles for real: ansible-playbook against localhost (connection local).
+
+node_storage declares ext4, xfs (ftype=1, reflink) and btrfs on loop files in a
+`snaplab-test-roles-*` temp directory, with a scratch fstab there (the host's
+/etc/fstab is never touched). The cases follow one declaration through its life
+and run in file order: declare (changed), declare again (changed=0), what is
+mounted and recorded, check mode, the safe default, bad declarations, and last
+state: absent. conformance runs a small selection of the suite against
+localhost and must leave the results and the report on the controller.
+
+Whatever happens, each module's fixture runs the absent play and then unmounts
+and detaches anything still left under its own temp directory, and only there.
+"""
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from snaplab import mount as mountlib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MNT_DETACH = 2
+
+
+def _ansible_playbook():
+    beside_python = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    return beside_python if os.path.exists(beside_python) else shutil.which("ansible-playbook")
+
+
+ANSIBLE_PLAYBOOK = _ansible_playbook()
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
+    pytest.mark.skipif(ANSIBLE_PLAYBOOK is None,
+                       reason="ansible-playbook is not installed (requirements.txt)"),
+]
+
+RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                   re.MULTILINE)
+
+PLAYBOOK = """\
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - snaplab.snapshots.{role}
+"""
+
+
+def stage_collection(dest):
+    """The collection as ansible-playbook finds it: DEST/ansible_collections/snaplab/snapshots."""
+    subprocess.run([sys.executable, os.path.join(REPO, "collection", "stage.py"), dest],
+                   check=True, cwd=REPO, capture_output=True, text=True)
+    return dest
+
+
+class Play:
+    """One ansible-playbook run: rc, output, and the recap's counts."""
+
+    def __init__(self, proc):
+        self.rc = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        found = RECAP.search(self.output)
+        assert found, "no PLAY RECAP in:\n" + self.output
+        self.ok, self.changed, self.unreachable, self.failed = map(int, found.groups())
+
+    def __repr__(self):
+        return self.output  # what pytest shows when an assertion on a run fails
+
+
+class Workspace:
+    """A temp directory holding the staged collection, playbooks, and what the
+    roles make; runs the roles against localhost."""
+
+    def __init__(self, name):
+        self.base = tempfile.mkdtemp(prefix="snaplab-test-roles-%s-" % name)
+        self.collections = stage_collection(os.path.join(self.base, "collections"))
+        self.fstab = self.path("fstab")
+        with open(self.fstab, "w"):
+            pass
+        inventory = self.path("inventory")
+        with open(inventory, "w") as f:
+            f.write("localhost ansible_connection=local ansible_python_interpreter=%s\n"
+                    % sys.executable)
+        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections,
+                        ANSIBLE_INVENTORY=inventory, ANSIBLE_NOCOLOR="1",
+                        ANSIBLE_LOCAL_TEMP=self.path("ansible-tmp"),
+                        ANSIBLE_RETRY_FILES_ENABLED="0")
+        self.env.pop("ANSIBLE_CONFIG", None)
+
+    def path(self, *parts):
+        return os.path.join(self.base, *parts)
+
+    def play(self, role, variables, check=False):
+        playbook = self.path("%s.yml" % role)
+        with open(playbook, "w") as f:
+            f.write(PLAYBOOK.format(role=role))
+        extra = self.path("vars.json")
+        with open(extra, "w") as f:
+            json.dump(variables, f)
+        argv = [ANSIBLE_PLAYBOOK, playbook, "-e", "@" + extra] + (["--check"] if check else [])
+        proc = subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True, text=True,
+                              timeout=900)
+        return Play(proc)
+
+    def remove(self):
+        """Unmount and detach whatever is left under this directory (only here), delete it."""
+        problems = []
+        for where in mountlib.mounts_under(self.base):
+            try:
+                mountlib.unmount_all(where)
+            except OSError:
+                try:
+                    mountlib.unmount_all(where, MNT_DETACH)
+                except OSError as err:
+                    problems.append(str(err))
+        for device in loop_devices_under(self.base):
+            done = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True)
+            if done.returncode != 0:
+                problems.append(done.stderr.strip())
+        if not problems:
+            shutil.rmtree(self.base, ignore_errors=True)
+        assert not problems, problems
+
+
+def loop_devices_under(directory):
+    listing = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
+                             capture_output=True, text=True, check=True).stdout
+    devices = json.loads(listing)["loopdevices"] if listing.strip() else []
+    prefix = directory.rstrip("/") + "/"
+    return [d["name"] for d in devices if (d.get("back-file") or "").startswith(prefix)]
+
+
+def findmnt(path):
+    """{source, fstype, options} of what is mounted at path, or None."""
+    done = subprocess.run(["findmnt", "--json", "--nofsroot", "--output", "SOURCE,FSTYPE,OPTIONS",
+                           "--mountpoint", path], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    entry = json.loads(done.stdout)["filesystems"][-1]
+    return dict(entry, options=entry["options"].split(","))
+
+
+def blkid_type(path):
+    done = subprocess.run(["blkid", "--probe", "--output", "value", "--match-tag", "TYPE", path],
+                          capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def fstab_lines(ws):
+    with open(ws.fstab) as f:
+        return [line.split() for line in f if line.strip() and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------- node_storage
+
+def declaration(ws, state="present"):
+    """ext4 and xfs in fstab, btrfs mounted without; a snapshotter root on xfs and ext4."""
+    return {
+        "node_storage_fstab": ws.fstab,
+        "node_storage_filesystems": [
+            {"name": "ext4-data", "fstype": "ext4", "state": state,
+             "loop_file": ws.path("images", "ext4.img"), "size": "256M",
+             "mount_point": ws.path("mnt", "ext4"), "mount_options": ["noatime"],
+             "snapshotter_root": {"path": ws.path("mnt", "ext4", "native"), "backend": "native"}},
+            {"name": "xfs-data", "fstype": "xfs", "state": state, "xfs_ftype": 1,
+             "xfs_reflink": True, "loop_file": ws.path("images", "xfs.img"), "size": "320M",
+             "mount_point": ws.path("mnt", "xfs"), "mount_options": ["noatime", "nodiratime"],
+             "snapshotter_root": {"path": ws.path("mnt", "xfs", "overlay")}},
+            {"name": "btrfs-data", "fstype": "btrfs", "state": state, "persistent": False,
+             "loop_file": ws.path("images", "btrfs.img"), "size": "256M",
+             "mount_point": ws.path("mnt", "btrfs"), "mount_options": ["compress=zstd"]},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def ws():
+    made = Workspace("storage")
+    try:
+        yield made
+    finally:
+        try:
+            made.play("node_storage", declaration(made, "absent"))
+        finally:
+            made.remove()
+
+
+@pytest.fixture(scope="module")
+def declared(ws):
+    """The first run of the declaration."""
+    return ws.play("node_storage", declaration(ws))
+
+
+def test_declaring_filesystems_makes_and_mounts_them(ws, declared):
+    assert declared.rc == 0 and declared.changed > 0, declared
+    for name, fstype in [("ext4", "ext4"), ("xfs", "xfs"), ("btrfs", "btrfs")]:
+        mounted = findmnt(ws.path("mnt", name))
+        assert mounted is not None and mounted["fstype"] == fstype, (name, mounted)
+        assert blkid_type(ws.path("images", name + ".img")) == fstype
+    # loop files are sparse and private
+    image = os.stat(ws.path("images", "xfs.img"))
+    assert image.st_size == 320 * 1024 * 1024 and image.st_blocks * 512 < image.st_size
+    assert stat.S_IMODE(image.st_mode) == 0o600
+
+
+def test_declaring_again_changes_nothing(ws, declared):
+    again = ws.play("node_storage", declaration(ws))
+    assert again.rc == 0 and again.changed == 0, again
+
+
+def test_filesystems_are_mounted_as_declared(ws, declared):
+    assert "noatime" in findmnt(ws.path("mnt", "ext4"))["options"]
+    xfs_options = findmnt(ws.path("mnt", "xfs"))["options"]
+    assert "noatime" in xfs_options and "nodiratime" in xfs_options
+    assert any(o.startswith("compress=zstd") for o in findmnt(ws.path("mnt", "btrfs"))["options"])
+
+    info = subprocess.run(["xfs_info", ws.path("mnt", "xfs")], capture_output=True, text=True,
+                          check=True).stdout
+    assert re.search(r"ftype=1", info) and re.search(r"reflink=1", info), info
+
+    # persistent ones in the (scratch) fstab, through mount's loop option; btrfs not
+    assert sorted(line[:4] for line in fstab_lines(ws)) == [
+        [ws.path("images", "ext4.img"), ws.path("mnt", "ext4"), "ext4", "loop,noatime"],
+        [ws.path("images", "xfs.img"), ws.path("mnt", "xfs"), "xfs", "loop,noatime,nodiratime"],
+    ]
+    for root in (ws.path("mnt", "ext4", "native"), ws.path("mnt", "xfs", "overlay")):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+        assert mountlib.lookup(root).mountpoint == os.path.dirname(root)
+
+
+def test_check_mode_reports_a_new_filesystem_but_makes_nothing(ws, declared):
+    variables = declaration(ws)
+    variables["node_storage_filesystems"].append(
+        {"name": "more", "fstype": "ext4", "loop_file": ws.path("images", "more.img"),
+         "size": "64M", "mount_point": ws.path("mnt", "more")})
+    checked = ws.play("node_storage", variables, check=True)
+    assert checked.rc == 0 and checked.changed > 0, checked
+    assert not os.path.exists(ws.path("images", "more.img"))
+    assert not os.path.exists(ws.path("mnt", "more"))
+    assert len(fstab_lines(ws)) == 2
+
+
+def test_a_loop_file_holding_another_filesystem_is_not_formatted(ws, declared):
+    image = ws.path("images", "taken.img")
+    with open(image, "wb") as f:
+        f.truncate(320 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", image], check=True)
+    taken = {"name": "taken", "fstype": "xfs", "loop_file": image, "size": "320M",
+             "mount_point": ws.path("mnt", "taken")}
+    variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
+                 "node_storage_filesystems": [taken]}
+
+    refused = ws.play("node_storage", variables)
+    assert refused.rc != 0 and refused.failed == 1, refused
+    assert "already holds ext4 (declared: xfs)" in refused.output, refused
+    assert "node_storage_allow_format_existing" in refused.output
+    assert blkid_type(image) == "ext4" and findmnt(ws.path("mnt", "taken")) is None
+
+    variables["node_storage_allow_format_existing"] = True
+    formatted = ws.play("node_storage", variables)
+    assert formatted.rc == 0, formatted
+    assert blkid_type(image) == "xfs" and findmnt(ws.path("mnt", "taken"))["fstype"] == "xfs"
+
+    taken["state"] = "absent"
+    assert ws.play("node_storage", variables).rc == 0
+    assert not os.path.exists(image) and findmnt(ws.path("mnt", "taken")) is None
+
+
+def test_a_mount_point_holding_another_mount_is_not_mounted_over(ws, declared):
+    variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
+                 "node_storage_filesystems": [
+                     {"name": "intruder", "fstype": "ext4", "size": "64M",
+                      "loop_file": ws.path("images", "intruder.img"),
+                      "mount_point": ws.path("mnt", "ext4")}]}
+    refused = ws.play("node_storage", variables)
+    assert refused.rc != 0, refused
+    assert "refusing to mount over it" in refused.output, refused
+    assert findmnt(ws.path("mnt", "ext4"))["source"] != ws.path("images", "intruder.img")
+    variables["node_storage_filesystems"][0]["state"] = "absent"
+    assert ws.play("node_storage", variables).rc == 0  # deletes only its own file
+    assert findmnt(ws.path("mnt", "ext4"))["fstype"] == "ext4"
+    assert ws.path("mnt", "ext4") in [line[1] for line in fstab_lines(ws)]  # not its line
+    assert not os.path.exists(ws.path("images", "intruder.img"))
+
+
+def test_an_fstab_line_of_another_source_is_neither_replaced_nor_removed(ws, declared):
+    foreign = "/dev/disk/by-id/someone-elses %s ext4 defaults 0 0\n" % ws.path("mnt", "theirs")
+    with open(ws.fstab) as f:
+        before = f.read()
+    with open(ws.fstab, "a") as f:
+        f.write(foreign)
+    try:
+        ours = {"name": "ours", "fstype": "ext4", "size": "64M",
+                "loop_file": ws.path("images", "ours.img"), "mount_point": ws.path("mnt", "theirs")}
+        variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
+                     "node_storage_filesystems": [ours]}
+        refused = ws.play("node_storage", variables)
+        assert refused.rc != 0 and "refusing to replace that line" in refused.output, refused
+        assert findmnt(ws.path("mnt", "theirs")) is None
+
+        ours["state"] = "absent"
+        assert ws.play("node_storage", variables).rc == 0
+        with open(ws.fstab) as f:
+            assert foreign in f.read()
+    finally:
+        with open(ws.fstab, "w") as f:
+            f.write(before)
+
+
+def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
+    image = ws.path("images", "disk.img")
+    with open(image, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    try:
+        disk = {"name": "disk", "fstype": "ext4", "device": device,
+                "mount_point": ws.path("mnt", "disk")}
+        variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
+                     "node_storage_filesystems": [disk]}
+        made = ws.play("node_storage", variables)
+        assert made.rc == 0 and made.changed > 0, made
+        assert findmnt(ws.path("mnt", "disk"))["source"] == device
+        assert [device, ws.path("mnt", "disk"), "ext4", "defaults"] in [
+            line[:4] for line in fstab_lines(ws)]
+        assert ws.play("node_storage", variables).changed == 0
+
+        disk["state"] = "absent"
+        removed = ws.play("node_storage", variables)
+        assert removed.rc == 0, removed
+        assert findmnt(ws.path("mnt", "disk")) is None
+        assert device not in [line[0] for line in fstab_lines(ws)]
+        assert blkid_type(device) == "ext4"  # a device's data stays
+
+        variables["node_storage_wipe_absent"] = True
+        wiped = ws.play("node_storage", variables)
+        assert wiped.rc == 0 and wiped.changed == 1, wiped
+        assert blkid_type(device) == ""
+    finally:
+        subprocess.run(["losetup", "--detach", device])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "both", "fstype": "ext4", "device": "/dev/null", "loop_file": "/x.img",
+      "size": "1G", "mount_point": "/x"}, "mutually exclusive"),
+    ({"name": "neither", "fstype": "ext4", "mount_point": "/x"}, "one of the following is required"),
+    ({"name": "zfs-later", "fstype": "reiserfs", "loop_file": "/x.img", "size": "1G",
+      "mount_point": "/x"}, "value of fstype must be one of"),
+    ({"name": "sizeless", "fstype": "ext4", "loop_file": "/x.img", "mount_point": "/x"},
+     "a loop file declared present needs a size (sizeless)"),
+])
+def test_bad_declarations_are_refused_before_anything_changes(ws, entry, message):
+    refused = ws.play("node_storage", {"node_storage_fstab": ws.fstab,
+                                       "node_storage_filesystems": [entry]})
+    assert refused.rc != 0 and refused.changed == 0, refused
+    assert message in refused.output, refused
+    assert not os.path.exists("/x.img") and not os.path.exists("/x")
+
+
+def test_absent_removes_mounts_loop_devices_files_and_fstab_lines(ws, declared):
+    removed = ws.play("node_storage", declaration(ws, "absent"))
+    assert removed.rc == 0 and removed.changed > 0, removed
+    assert mountlib.mounts_under(ws.base) == []
+    assert loop_devices_under(ws.base) == []
+    assert fstab_lines(ws) == []
+    for name in ("ext4", "xfs", "btrfs"):
+        assert not os.path.exists(ws.path("images", name + ".img"))
+        assert not os.path.exists(ws.path("mnt", name))
+
+    again = ws.play("node_storage", declaration(ws, "absent"))
+    assert again.rc == 0 and again.changed == 0, again
+
+
+# ----------------------------------------------------------------- conformance
+
+@pytest.fixture
+def conformance_ws():
+    made = Workspace("conformance")
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+def conformance_vars(ws, **more):
+    return dict({
+        # both backends: a backend's own cases then have a target to run on
+        "conformance_backends": ["native", "overlay"],
+        "conformance_filesystems": ["host-dir"],
+        "conformance_pytest_args": ["-k", "basic"],
+        "conformance_workdir": ws.path("node"),
+        "conformance_results_dir": ws.path("results"),
+    }, **more)
+
+
+def test_conformance_results_and_report_land_on_the_controller(conformance_ws):
+    ws = conformance_ws
+    run = ws.play("conformance", conformance_vars(ws, conformance_label="role-test"))
+    assert run.rc == 0, run
+
+    with open(ws.path("results", "localhost", "results.json")) as f:
+        results = json.load(f)
+    assert results["format"] == "snaplab-conformance/1"
+    assert results["run"]["label"] == "role-test"
+    targets = {r["target"] for r in results["results"]}
+    assert targets == {"native-on-host-dir", "overlay-on-host-dir"}, results
+    assert all(r["outcome"] == "passed" for r in results["results"]), results
+
+    suite = ET.parse(ws.path("results", "localhost", "junit.xml")).getroot().iter("testsuite")
+    suite = next(suite)
+    assert suite.get("name") == "snaplab-conformance-role-test"
+    assert int(suite.get("tests")) == len(results["results"]) and int(suite.get("failures")) == 0
+
+    with open(ws.path("results", "report.md")) as f:
+        report = f.read()
+    assert "| native |" in report and "| overlay |" in report and "host-dir" in report
+    assert os.path.getsize(ws.path("results", "report.html")) > 0
+    assert os.path.exists(ws.path("results", "localhost", "pytest-output.txt"))
+    # the suite removed its filesystems
+    assert os.listdir(ws.path("node", "fs")) == []
+
+
+def test_conformance_harness_error_fails_the_host_with_pytest_output(conformance_ws):
+    ws = conformance_ws
+    run = ws.play("conformance", conformance_vars(
+        ws, conformance_filesystems=["no-such-fs"], conformance_install_packages=False))
+    assert run.rc != 0 and run.failed == 1, run
+    assert "could not run on localhost" in run.output and "no-such-fs" in run.output, run
+    assert os.path.exists(ws.path("results", "localhost", "pytest-output.txt"))
+    assert not os.path.exists(ws.path("results", "report.md"))
+
+
+def test_conformance_runs_nothing_in_check_mode(conformance_ws):
+    ws = conformance_ws
+    checked = ws.play("conformance", conformance_vars(ws), check=True)
+    assert checked.rc == 0 and checked.changed == 0, checked
+    assert not os.path.exists(ws.path("node")) and not os.path.exists(ws.path("results"))
