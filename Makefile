@@ -66,17 +66,26 @@ molecule: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH ANSIBLE_COLLECTIONS_PATH=$(abspath build/collections) \
 	  $(VENV)/bin/molecule test -s default
 
-## make demo: the local conformance matrix, with a report.
+## make demo: the main job, through the collection: node_storage makes
+## loop-backed ext4, xfs, btrfs and ext4-without-d_type, the conformance role
+## runs the suite for native and overlay on them (and a host directory) and
+## renders the matrix; node_storage then takes the filesystems down.
+DEMO_WORKSPACE ?= /var/tmp/snaplab-demo
+DEMO_PLAYBOOK = ANSIBLE_COLLECTIONS_PATH=$(abspath build/collections) \
+	ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 \
+	$(VENV)/bin/ansible-playbook -i localhost, -c local snaplab.snapshots.demo \
+	-e demo_workspace=$(DEMO_WORKSPACE) -e demo_results=$(abspath $(REPORTS))/conformance
 demo: deps
+	rm -rf build/collections
+	$(PY) collection/stage.py build/collections
 	mkdir -p $(REPORTS)
-	$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) conformance -q -rfE \
-	  --junitxml=$(REPORTS)/conformance-junit.xml --results-json=$(REPORTS)/conformance.json \
-	  || true
-	$(PY) -m conformance.report $(REPORTS)/conformance.json \
-	  --markdown $(REPORTS)/conformance.md --html $(REPORTS)/conformance.html
+	rm -rf $(REPORTS)/conformance
+	$(DEMO_PLAYBOOK) || { $(DEMO_PLAYBOOK) -e demo_teardown_only=true; exit 1; }
 	@echo
-	@echo "report: $(REPORTS)/conformance.md, $(REPORTS)/conformance.html" \
-	      "(JUnit: $(REPORTS)/conformance-junit.xml, JSON: $(REPORTS)/conformance.json)"
+	@cat $(REPORTS)/conformance/report.md
+	@echo
+	@echo "report: $(REPORTS)/conformance/report.md and report.html;" \
+	      "per host: $(REPORTS)/conformance/localhost/{results.json,junit.xml,pytest-output.txt}"
 	$(MAKE) --no-print-directory leaks
 
 ## make bench: latency of the core operations (not a test).
@@ -86,7 +95,7 @@ bench: deps
 
 ## make leaks: fail if a run left a snaplab mount or loop device behind.
 leaks:
-	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-' /proc/self/mountinfo; losetup -a | grep -E 'snaplab-conformance-|snaplab-test-')"; \
+	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo' /proc/self/mountinfo; losetup -a | grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo')"; \
 	if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; exit 1; fi; \
 	echo "no snaplab mounts or loop devices left behind"
 

@@ -5,6 +5,9 @@ Choose what to run (options, or the environment variables beside them):
   --filesystems ext4,xfs,btrfs,...    SNAPLAB_FILESYSTEMS
   --results-json PATH                 write the JSON result file for the report
   --fs-dir DIR                        where loop images and mounts go (default /tmp)
+  --filesystem-at NAME=PATH           use a filesystem already mounted at PATH (made
+                                      by node_storage, say) instead of making one;
+                                      repeatable                    SNAPLAB_FILESYSTEM_AT
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -42,6 +45,10 @@ def pytest_addoption(parser):
                     help="write the run's results as JSON for `python3 -m conformance.report`")
     group.addoption("--fs-dir", default=os.environ.get("SNAPLAB_FS_DIR"),
                     help="directory for loop images and mount points (default: the temp dir)")
+    group.addoption("--filesystem-at", action="append", metavar="NAME=PATH",
+                    default=_split(os.environ.get("SNAPLAB_FILESYSTEM_AT", "")),
+                    help="use the filesystem already mounted at PATH as NAME (e.g. "
+                         "xfs=/var/lib/snaplab/xfs) instead of making a loop-backed one")
 
 
 def pytest_configure(config):
@@ -101,7 +108,13 @@ def _umask_zero():
 
 @pytest.fixture(scope="session")
 def filesystem_pool(request):
-    pool = FilesystemPool(request.config.getoption("--fs-dir"))
+    provided = {}
+    for pair in request.config.getoption("--filesystem-at"):
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise pytest.UsageError("--filesystem-at takes NAME=PATH, not %r" % pair)
+        provided[name] = path
+    pool = FilesystemPool(request.config.getoption("--fs-dir"), provided=provided)
     yield pool
     pool.destroy()
 

@@ -54,11 +54,12 @@ class FilesystemUnavailable(Exception):
 class Filesystem:
     """A made and mounted filesystem; `mountpoint` is where roots go."""
 
-    def __init__(self, spec, mountpoint, loop_device=None, image=None):
+    def __init__(self, spec, mountpoint, loop_device=None, image=None, provided=False):
         self.spec = spec
         self.mountpoint = mountpoint
         self.loop_device = loop_device
         self.image = image
+        self.provided = provided  # made by someone else: only our directory in it is removed
 
 
 def _run(argv):
@@ -76,10 +77,16 @@ class FilesystemPool:
     what a killed run leaves behind is recognisable as ours.
     """
 
-    def __init__(self, base_dir=None):
+    def __init__(self, base_dir=None, provided=None):
         self.base = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=base_dir)
         self._made = {}
         self._failed = {}
+        # name -> mount point of filesystems someone else made: used, never removed
+        self._provided = dict(provided or {})
+        unknown = sorted(set(self._provided) - set(FILESYSTEMS))
+        if unknown:
+            raise errors.InvalidArgument("unknown filesystem %s (known: %s)" % (
+                ", ".join(unknown), ", ".join(FILESYSTEMS)))
 
     def get(self, name):
         if name in self._failed:
@@ -92,7 +99,22 @@ class FilesystemPool:
                 raise
         return self._made[name]
 
+    def _use_provided(self, spec, path):
+        """A filesystem mounted by someone else; check it is what it claims."""
+        if not os.path.isdir(path):
+            raise FilesystemUnavailable("%s: %s is not a directory" % (spec.name, path))
+        if spec.fstype is not None:
+            found = mountlib.lookup(path).fstype
+            if found != spec.fstype:
+                raise FilesystemUnavailable("%s at %s is %s, not %s" % (
+                    spec.name, path, found, spec.fstype))
+        # The cases' own directories go in a subdirectory that is ours to remove.
+        mountpoint = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=path)
+        return Filesystem(spec, mountpoint, provided=True)
+
     def _make(self, spec):
+        if spec.name in self._provided:
+            return self._use_provided(spec, self._provided[spec.name])
         mountpoint = os.path.join(self.base, spec.name)
         os.mkdir(mountpoint)
         if spec.fstype is None:
@@ -134,6 +156,8 @@ class FilesystemPool:
                     _run(["losetup", "-d", fs.loop_device])
                 except FilesystemUnavailable as err:
                     problems.append(str(err))
+            if fs.provided and not problems:
+                shutil.rmtree(fs.mountpoint, ignore_errors=True)
         self._made.clear()
         if not problems:
             shutil.rmtree(self.base, ignore_errors=True)
