@@ -9,7 +9,6 @@ directory, also when the test fails.
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,6 @@ from snaplab import errors
 from snaplab import mount as mountlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MNT_DETACH = 2
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -33,9 +31,9 @@ INVALID_ARGUMENT = errors.InvalidArgument.exit_code
 class Lab:
     """A temp directory with a snapshotter root and mount targets in it."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, base):
         self.backend = backend
-        self.base = tempfile.mkdtemp(prefix="snaplab-test-cli-")
+        self.base = base
         self.root = os.path.join(self.base, "root")
         self.targets = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLAB_")}
@@ -67,21 +65,6 @@ class Lab:
         self.targets.append(path)
         return path
 
-    def cleanup(self):
-        problems = []
-        # Only mounts at or below our own temp directory, latest first.
-        for where in mountlib.mounts_under(self.base):
-            try:
-                mountlib.unmount_all(where)
-            except OSError:
-                try:
-                    mountlib.unmount_all(where, MNT_DETACH)
-                except OSError as err:
-                    problems.append(str(err))
-        if not problems:
-            shutil.rmtree(self.base, ignore_errors=True)
-        assert not problems, problems
-
 
 def _overlay_usable(directory):
     from snaplab.backends.overlay import overlay_in_kernel
@@ -89,14 +72,11 @@ def _overlay_usable(directory):
 
 
 @pytest.fixture(params=["native", "overlay"])
-def lab(request):
+def lab(request, scratch_dir):
     if request.param == "overlay" and not _overlay_usable(tempfile.gettempdir()):
         pytest.skip("overlay cannot run on %s here" % tempfile.gettempdir())
-    made = Lab(request.param)
-    try:
-        yield made
-    finally:
-        made.cleanup()
+    with scratch_dir("snaplab-test-cli-") as base:
+        yield Lab(request.param, base)
 
 
 def write_file(path, size):

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,23 +28,9 @@ import pytest
 from snaplab import layers, open_snapshotter
 from snaplab import mount as mountlib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MNT_DETACH = 2
 BACKENDS = ["native", "overlay"]
 
-
-def _ansible_playbook():
-    beside_python = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    return beside_python if os.path.exists(beside_python) else shutil.which("ansible-playbook")
-
-
-ANSIBLE_PLAYBOOK = _ansible_playbook()
-
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
-    pytest.mark.skipif(ANSIBLE_PLAYBOOK is None,
-                       reason="ansible-playbook is not installed (requirements.txt)"),
-]
+pytestmark = pytest.mark.needs_root_and_ansible_playbook
 
 
 def run(*argv):
@@ -99,16 +84,15 @@ def write_layer(directory, name, compression, entries):
 
 
 class Workspace:
-    def __init__(self):
-        self.base = tempfile.mkdtemp(prefix="snaplab-test-layer-mount-")
+    def __init__(self, base, collections, ansible_playbook):
+        self.base = base
+        self.ansible_playbook = ansible_playbook
         self.loop_device = None
-        subprocess.run([sys.executable, os.path.join(REPO, "collection", "stage.py"),
-                        self.path("collections")], check=True, cwd=REPO, capture_output=True)
         inventory = self.path("inventory")
         with open(inventory, "w") as f:
             f.write("localhost ansible_connection=local ansible_python_interpreter=%s\n"
                     % sys.executable)
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.path("collections"),
+        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections,
                         ANSIBLE_INVENTORY=inventory, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                         ANSIBLE_LOCAL_TEMP=self.path("ansible-tmp"),
@@ -137,7 +121,7 @@ class Workspace:
         extra = self.path(name + "-vars.json")
         with open(extra, "w") as f:
             json.dump(variables, f)
-        argv = [ANSIBLE_PLAYBOOK, playbook, "-e", "@" + extra]
+        argv = [self.ansible_playbook, playbook, "-e", "@" + extra]
         argv += (["--check"] if check else []) + (["--diff"] if diff else [])
         proc = subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True,
                               text=True, timeout=600)
@@ -150,38 +134,17 @@ class Workspace:
                    for play in report["plays"] for task in play["tasks"]}
         return proc.returncode, results, proc.stdout + proc.stderr
 
-    def remove(self):
-        """Unmount and detach whatever is left under this directory (only here), delete it."""
-        problems = []
-        for where in mountlib.mounts_under(self.base):
-            try:
-                mountlib.unmount_all(where)
-            except OSError:
-                try:
-                    mountlib.unmount_all(where, MNT_DETACH)
-                except OSError as err:
-                    problems.append(str(err))
-        if self.loop_device:
-            done = subprocess.run(["losetup", "--detach", self.loop_device],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                problems.append(done.stderr.strip())
-        if not problems:
-            shutil.rmtree(self.base, ignore_errors=True)
-        assert not problems, problems
-
 
 @pytest.fixture(scope="module")
-def ws():
-    made = Workspace()
-    try:
+def ws(scratch_dir, stage_collection, ansible_playbook):
+    with scratch_dir("snaplab-test-layer-mount-") as base:
+        made = Workspace(base, stage_collection(os.path.join(base, "collections")),
+                         ansible_playbook)
         made.make_ext4()
         made.chain = [write_layer(made.base, name, compression, entries)
                       for name, compression, entries in CHAIN]
         made.extra = write_layer(made.base, *EXTRA)
         yield made
-    finally:
-        made.remove()
 
 
 def chain_paths(ws):

@@ -24,29 +24,17 @@ from snaplab import mount as mountlib
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _ansible_playbook():
-    beside_python = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    return beside_python if os.path.exists(beside_python) else shutil.which("ansible-playbook")
-
-
-ANSIBLE_PLAYBOOK = _ansible_playbook()
-
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
-    pytest.mark.skipif(ANSIBLE_PLAYBOOK is None,
-                       reason="ansible-playbook is not installed (requirements.txt)"),
-]
+pytestmark = pytest.mark.needs_root_and_ansible_playbook
 
 
 class Lab:
     """The staged collection, an ext4 and source trees, in one temp directory."""
 
-    def __init__(self):
+    def __init__(self, ansible_playbook):
         self.base = tempfile.mkdtemp(prefix="snaplab-test-collection-")
         self.pool = FilesystemPool(base_dir=self.base)
         self.collections = os.path.join(self.base, "collections")
-        subprocess.run([sys.executable, os.path.join(REPO, "collection", "stage.py"),
-                        self.collections], check=True, capture_output=True)
+        self.ansible_playbook = ansible_playbook
         self.sources = os.path.join(self.base, "sources")
         make_tree(os.path.join(self.sources, "base"),
                   {"etc/os-release": "base\n", "etc/motd": "from base\n", "bin/sh": "#!\n"})
@@ -82,9 +70,10 @@ def make_tree(top, files):
 
 
 @pytest.fixture(scope="module")
-def lab():
-    made = Lab()
+def lab(stage_collection, ansible_playbook):
+    made = Lab(ansible_playbook)
     try:
+        stage_collection(made.collections)
         yield made
     finally:
         made.destroy()
@@ -114,7 +103,7 @@ class Root:
         playbook = os.path.join(self.lab.base, "play.yml")
         with open(playbook, "w") as f:
             json.dump(play, f)  # JSON is YAML
-        argv = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local",
+        argv = [self.lab.ansible_playbook, "-i", "localhost,", "-c", "local",
                 "-e", "ansible_python_interpreter=" + sys.executable, playbook]
         argv += ["--check"] if check else []
         argv += ["--diff"] if diff else []

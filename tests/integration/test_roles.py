@@ -15,33 +15,16 @@ and detaches anything still left under its own temp directory, and only there.
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from snaplab import mount as mountlib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MNT_DETACH = 2
-
-
-def _ansible_playbook():
-    beside_python = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    return beside_python if os.path.exists(beside_python) else shutil.which("ansible-playbook")
-
-
-ANSIBLE_PLAYBOOK = _ansible_playbook()
-
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),
-    pytest.mark.skipif(ANSIBLE_PLAYBOOK is None,
-                       reason="ansible-playbook is not installed (requirements.txt)"),
-]
+pytestmark = pytest.mark.needs_root_and_ansible_playbook
 
 RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
                    re.MULTILINE)
@@ -52,13 +35,6 @@ PLAYBOOK = """\
   roles:
     - snaplab.snapshots.{role}
 """
-
-
-def stage_collection(dest):
-    """The collection as ansible-playbook finds it: DEST/ansible_collections/snaplab/snapshots."""
-    subprocess.run([sys.executable, os.path.join(REPO, "collection", "stage.py"), dest],
-                   check=True, cwd=REPO, capture_output=True, text=True)
-    return dest
 
 
 class Play:
@@ -79,9 +55,10 @@ class Workspace:
     """A temp directory holding the staged collection, playbooks, and what the
     roles make; runs the roles against localhost."""
 
-    def __init__(self, name):
-        self.base = tempfile.mkdtemp(prefix="snaplab-test-roles-%s-" % name)
-        self.collections = stage_collection(os.path.join(self.base, "collections"))
+    def __init__(self, base, collections, ansible_playbook):
+        self.base = base
+        self.collections = collections
+        self.ansible_playbook = ansible_playbook
         self.fstab = self.path("fstab")
         with open(self.fstab, "w"):
             pass
@@ -105,37 +82,11 @@ class Workspace:
         extra = self.path("vars.json")
         with open(extra, "w") as f:
             json.dump(variables, f)
-        argv = [ANSIBLE_PLAYBOOK, playbook, "-e", "@" + extra] + (["--check"] if check else [])
+        argv = [self.ansible_playbook, playbook, "-e", "@" + extra]
+        argv += ["--check"] if check else []
         proc = subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True, text=True,
                               timeout=900)
         return Play(proc)
-
-    def remove(self):
-        """Unmount and detach whatever is left under this directory (only here), delete it."""
-        problems = []
-        for where in mountlib.mounts_under(self.base):
-            try:
-                mountlib.unmount_all(where)
-            except OSError:
-                try:
-                    mountlib.unmount_all(where, MNT_DETACH)
-                except OSError as err:
-                    problems.append(str(err))
-        for device in loop_devices_under(self.base):
-            done = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True)
-            if done.returncode != 0:
-                problems.append(done.stderr.strip())
-        if not problems:
-            shutil.rmtree(self.base, ignore_errors=True)
-        assert not problems, problems
-
-
-def loop_devices_under(directory):
-    listing = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
-                             capture_output=True, text=True, check=True).stdout
-    devices = json.loads(listing)["loopdevices"] if listing.strip() else []
-    prefix = directory.rstrip("/") + "/"
-    return [d["name"] for d in devices if (d.get("back-file") or "").startswith(prefix)]
 
 
 def findmnt(path):
@@ -182,15 +133,14 @@ def declaration(ws, state="present"):
 
 
 @pytest.fixture(scope="module")
-def ws():
-    made = Workspace("storage")
-    try:
-        yield made
-    finally:
+def ws(scratch_dir, stage_collection, ansible_playbook):
+    with scratch_dir("snaplab-test-roles-storage-") as base:
+        made = Workspace(base, stage_collection(os.path.join(base, "collections")),
+                         ansible_playbook)
         try:
-            made.play("node_storage", declaration(made, "absent"))
+            yield made
         finally:
-            made.remove()
+            made.play("node_storage", declaration(made, "absent"))
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +315,8 @@ def test_bad_declarations_are_refused_before_anything_changes(ws, entry, message
     assert not os.path.exists("/x.img") and not os.path.exists("/x")
 
 
-def test_absent_removes_mounts_loop_devices_files_and_fstab_lines(ws, declared):
+def test_absent_removes_mounts_loop_devices_files_and_fstab_lines(ws, declared,
+                                                                 loop_devices_under):
     removed = ws.play("node_storage", declaration(ws, "absent"))
     assert removed.rc == 0 and removed.changed > 0, removed
     assert mountlib.mounts_under(ws.base) == []
@@ -382,12 +333,10 @@ def test_absent_removes_mounts_loop_devices_files_and_fstab_lines(ws, declared):
 # ----------------------------------------------------------------- conformance
 
 @pytest.fixture
-def conformance_ws():
-    made = Workspace("conformance")
-    try:
-        yield made
-    finally:
-        made.remove()
+def conformance_ws(scratch_dir, stage_collection, ansible_playbook):
+    with scratch_dir("snaplab-test-roles-conformance-") as base:
+        yield Workspace(base, stage_collection(os.path.join(base, "collections")),
+                        ansible_playbook)
 
 
 def conformance_vars(ws, **more):
