@@ -55,7 +55,6 @@ snapshot is removed again.
 
 import dataclasses
 import os
-import stat
 import tempfile
 import time
 from typing import Dict, List, Optional
@@ -491,45 +490,11 @@ def copy_into_mounted(mounts, directory):
     try:
         mountlib.mount_all(mounts, target)
         try:
-            copy_into(directory, target)
+            fsutil.merge_tree(directory, target)
         finally:
             mountlib.unmount_all(target)
     finally:
         os.rmdir(target)
-
-
-def copy_into(source, target):
-    """Copy the entries of directory `source` on top of directory `target`,
-    as `cp -a source/. target/` would: a directory on both sides is merged
-    and takes the source's owner, mode, xattrs and times; anything else in
-    the source replaces what is at its path. `target` itself keeps its own
-    metadata. Entries are copied as fsutil.copy_tree copies them.
-    """
-    links = {}  # hardlinked inodes copied so far, shared across the whole copy
-    merged = []  # directories on both sides: metadata set last, deepest first
-    pending = [(source, target)]
-    while pending:
-        src_dir, dst_dir = pending.pop()
-        with os.scandir(src_dir) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                dst = os.path.join(dst_dir, entry.name)
-                try:
-                    there = os.lstat(dst)
-                except FileNotFoundError:
-                    there = None
-                if stat.S_ISDIR(st.st_mode) and there and stat.S_ISDIR(there.st_mode):
-                    merged.append((entry.path, dst, st))
-                    pending.append((entry.path, dst))
-                    continue
-                if there is not None:
-                    fsutil.remove_tree(dst)
-                if stat.S_ISDIR(st.st_mode):
-                    fsutil.copy_tree(entry.path, dst)
-                else:
-                    fsutil._copy_non_dir(entry.path, dst, st, links)
-    for src_dir, dst_dir, st in reversed(merged):
-        fsutil._copy_metadata(src_dir, dst_dir, st)
 
 
 # -- reporting ---------------------------------------------------------------

@@ -86,6 +86,40 @@ def copy_tree(src, dst):
         _copy_metadata(src_dir, dst_dir, st)
 
 
+def merge_tree(source, target):
+    """Copy the entries of directory `source` on top of directory `target`,
+    as `cp -a source/. target/` would: a directory on both sides is merged
+    and takes the source's owner, mode, xattrs and times; anything else in
+    the source replaces what is at its path. `target` itself keeps its own
+    metadata. Entries are copied as copy_tree copies them.
+    """
+    links = {}  # hardlinked inodes copied so far, shared across the whole copy
+    merged = []  # directories on both sides: metadata set last, deepest first
+    pending = [(source, target)]
+    while pending:
+        src_dir, dst_dir = pending.pop()
+        with os.scandir(src_dir) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                dst = os.path.join(dst_dir, entry.name)
+                try:
+                    there = os.lstat(dst)
+                except FileNotFoundError:
+                    there = None
+                if stat.S_ISDIR(st.st_mode) and there and stat.S_ISDIR(there.st_mode):
+                    merged.append((entry.path, dst, st))
+                    pending.append((entry.path, dst))
+                    continue
+                if there is not None:
+                    remove_tree(dst)
+                if stat.S_ISDIR(st.st_mode):
+                    copy_tree(entry.path, dst)
+                else:
+                    _copy_non_dir(entry.path, dst, st, links)
+    for src_dir, dst_dir, st in reversed(merged):
+        _copy_metadata(src_dir, dst_dir, st)
+
+
 def _copy_non_dir(source, target, st, links):
     mode = st.st_mode
     if st.st_nlink > 1:

@@ -312,7 +312,7 @@ def test_a_committed_snapshot_gets_its_directory_on_top_of_its_parent(snapshotte
 def test_a_failed_fill_leaves_no_temporary_snapshot(snapshotter, tmp_path, monkeypatch):
     def broken(source, target):
         raise OSError("disk on fire")
-    monkeypatch.setattr(declare, "copy_into", broken)
+    monkeypatch.setattr(declare.fsutil, "merge_tree", broken)
     src = tmp_path / "src"
     src.mkdir()
     with pytest.raises(OSError, match="disk on fire"):
