@@ -28,16 +28,11 @@ import uuid
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BESIDE_PYTHON = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-ANSIBLE_PLAYBOOK = BESIDE_PYTHON if os.path.exists(BESIDE_PYTHON) else shutil.which("ansible-playbook")
 PIDFILE = "/run/zfs-fuse.pid"  # the role's default node_storage_zfs_fuse_pidfile
 MARKER = PIDFILE + ".node_storage"
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="pools, fuse mounts and apt need root"),
-    pytest.mark.skipif(ANSIBLE_PLAYBOOK is None,
-                       reason="ansible-playbook is not installed (requirements.txt)"),
+    pytest.mark.needs_root_and_ansible_playbook,
     pytest.mark.skipif(not os.path.exists("/dev/fuse") and not os.path.exists("/sys/module/zfs"),
                        reason="neither kernel zfs nor /dev/fuse (for zfs-fuse)"),
 ]
@@ -98,15 +93,14 @@ class ZfsWorkspace:
     """A temp directory with the staged collection, a scratch fstab, and the
     loop file and mount point of one zfs declaration; runs node_storage."""
 
-    def __init__(self):
+    def __init__(self, ansible_playbook, stage_collection):
+        self.ansible_playbook = ansible_playbook
         self.base = tempfile.mkdtemp(prefix="snaplab-test-zfs-")
         # Every pool this test makes starts with this run's unique prefix.
         self.pool_prefix = "snaplabtest%s" % uuid.uuid4().hex[:8]
         self.pool = self.pool_prefix + "a"
         self.daemon_was_running = bool(zfs_fuse_pids())
-        collections = self.path("collections")
-        subprocess.run([sys.executable, os.path.join(REPO, "collection", "stage.py"), collections],
-                       check=True, cwd=REPO, capture_output=True, text=True)
+        collections = stage_collection(self.path("collections"))
         self.fstab = self.path("fstab")
         open(self.fstab, "w").close()
         inventory = self.path("inventory")
@@ -138,7 +132,7 @@ class ZfsWorkspace:
         extra = self.path("vars.json")
         with open(extra, "w") as f:
             json.dump(variables, f)
-        argv = [ANSIBLE_PLAYBOOK, playbook, "-e", "@" + extra] + (["--check"] if check else [])
+        argv = [self.ansible_playbook, playbook, "-e", "@" + extra] + (["--check"] if check else [])
         return Play(subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True, text=True,
                                    timeout=900))
 
@@ -171,8 +165,8 @@ class ZfsWorkspace:
 
 
 @pytest.fixture(scope="module")
-def ws():
-    workspace = ZfsWorkspace()
+def ws(ansible_playbook, stage_collection):
+    workspace = ZfsWorkspace(ansible_playbook, stage_collection)
     try:
         yield workspace
     finally:

@@ -59,6 +59,15 @@ def fail(module, err, **result):
     module.fail_json(msg=str(err) or type(err).__name__, error_class=error_class(err), **result)
 
 
+def run_module(module, run):
+    """Every module's main(): exit_json with what run(module) returns, or
+    fail_json for the errors the core raises on purpose."""
+    try:
+        module.exit_json(**run(module))
+    except EXPECTED_ERRORS as err:
+        fail(module, err)
+
+
 def info_dict(info):
     """An Info as modules return it."""
     return dict(key=info.name, kind=info.kind.filter_value, parent=info.parent,

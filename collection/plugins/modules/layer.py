@@ -176,7 +176,7 @@ error_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root)
+    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import layers
 
 ARGUMENT_SPEC = dict(
@@ -222,10 +222,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        module.exit_json(**run(module))
-    except EXPECTED_ERRORS as err:
-        fail(module, err)
+    run_module(module, run)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, mount_dicts, open_root)
+    SNAPSHOTTER_ARGUMENT_SPEC, mount_dicts, open_root, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import errors
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import mount as mountlib
 
@@ -300,10 +300,7 @@ def run(module):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        module.exit_json(**run(module))
-    except EXPECTED_ERRORS as err:
-        fail(module, err)
+    run_module(module, run)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ error_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, info_dict, mount_dicts, open_root)
+    SNAPSHOTTER_ARGUMENT_SPEC, info_dict, mount_dicts, open_root, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import errors
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab.types import Kind
 
@@ -211,10 +211,7 @@ def main():
         mutually_exclusive=[("keys", "filters")],
         supports_check_mode=True,
     )
-    try:
-        module.exit_json(**run(module))
-    except EXPECTED_ERRORS as err:
-        fail(module, err)
+    run_module(module, run)
 
 
 if __name__ == "__main__":
