@@ -174,12 +174,11 @@ def open_snapshotter(target, test_dir):
         try:
             sn = target.open(root, **options)
         except errors.FailedPrecondition as refusal:
-            if target.expected_refusal():
+            refusal = target.expected_refusal()
+            if refusal:
                 # One reason for all cases (no temp paths) so the report can
                 # group them; the refusal's own text is checked elsewhere.
-                pytest.skip("%s refuses %s, as it must (no %s); see "
-                            "backend_accepts_or_refuses_the_filesystem" % (
-                                target.backend, target.filesystem, target.expected_refusal()))
+                pytest.skip(refusal.skip_reason(target))
             raise
         opened.append(sn)
         return sn

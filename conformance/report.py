@@ -27,6 +27,8 @@ import html
 import json
 import sys
 
+from .resultlog import REFUSAL_SKIP
+
 FORMAT = "snaplab-conformance/1"
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 RESULT_KEYS = ("target", "backend", "filesystem", "case", "nodeid", "outcome", "duration", "reason")
@@ -197,7 +199,10 @@ def build_matrix(results, known_failures=()):
 
     for cell in cells.values():
         c = cell["counts"]
-        cell["color"] = "red" if c["fail"] else "green" if c["pass"] + c["xpass"] else "grey"
+        cell["refused"] = refusal_of(cell)
+        # A refusal the suite expects is not a failure, but nothing ran there.
+        cell["color"] = ("red" if c["fail"] else "grey" if cell["refused"]
+                         else "green" if c["pass"] + c["xpass"] else "grey")
         cell["results"].sort(key=lambda i: (i["target"], i["case"]))
 
     def order(i):
@@ -219,10 +224,23 @@ def build_matrix(results, known_failures=()):
     }
 
 
+def refusal_of(cell):
+    """The short reason when the backend refused this filesystem (as the
+    suite expects: every skip of the cell is that refusal), else None."""
+    reasons = {i["reason"] for i in cell["results"] if i["status"] == "skip"}
+    if cell["counts"]["fail"] or len(reasons) != 1:
+        return None
+    found = REFUSAL_SKIP.match(reasons.pop() or "")
+    return found.group(2) if found else None
+
+
 def cell_text(cell):
     c = cell["counts"]
     # "pass" always shows so a cell never reads empty; the rest only when non-zero.
     parts = ["%d pass" % c["pass"]] + ["%d %s" % (c[k], k) for k in COUNTS[1:] if c[k]]
+    if cell.get("refused"):
+        # The refusal itself passed; the rest could not run there.
+        parts.insert(0, "refuses (%s)" % cell["refused"])
     return " · ".join(parts)
 
 

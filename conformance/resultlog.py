@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import socket
 
 FORMAT = "snaplab-conformance/1"
@@ -205,3 +206,15 @@ class ResultLog:
 
     def pytest_sessionfinish(self, session):
         self.write()
+
+
+# A case skipped because the backend refused the filesystem, as the suite
+# expects there: the report reads these back to mark the cell "refuses".
+# The filesystem is not named, so that one reason groups all its targets.
+REFUSAL_SKIP = re.compile(r"^(\S+) refuses the filesystem, as it must \(([^)]*)\)")
+
+
+def refusal_skip_reason(backend, reason, explanation=None):
+    """The skip reason of a refused target's cases; REFUSAL_SKIP parses it."""
+    text = "%s refuses the filesystem, as it must (%s)" % (backend, reason)
+    return text + (": " + explanation if explanation else "")

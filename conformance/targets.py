@@ -12,7 +12,10 @@ import subprocess
 import tempfile
 
 from snaplab import backends, errors
+from snaplab.backends import aufs
 from snaplab import mount as mountlib
+
+from . import resultlog
 
 MIB = 1024 * 1024
 
@@ -44,7 +47,7 @@ FILESYSTEMS = {spec.name: spec for spec in [
 ]}
 
 DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir"]
-DEFAULT_BACKENDS = ["native", "overlay"]
+DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs"]
 
 
 class FilesystemUnavailable(Exception):
@@ -172,6 +175,35 @@ def _kernel_hint(spec):
     return ""
 
 
+ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS in the kernel; zfs-fuse
+
+
+def openzfs_version():
+    """(major, minor) of the kernel's OpenZFS module; (0, 0) without one."""
+    try:
+        with open("/sys/module/zfs/version") as version:
+            return tuple(int(part) for part in version.read().split("-")[0].split(".")[:2])
+    except (OSError, ValueError):
+        return (0, 0)
+
+
+class Refusal:
+    """What a backend's refusal of a filesystem must say: `reason` (why),
+    and each of `fixes` (how to fix it, or what to use instead)."""
+
+    def __init__(self, reason, *fixes, explanation=None):
+        self.reason = reason
+        self.fixes = fixes
+        self.explanation = explanation  # shown in the report; no temp paths in it
+
+    def __str__(self):
+        return self.reason
+
+    def skip_reason(self, target):
+        """Why the target's cases are skipped (the report marks the cell refused)."""
+        return resultlog.refusal_skip_reason(target.backend, self.reason, self.explanation)
+
+
 class Target:
     """A snaplab backend on one filesystem, e.g. overlay-on-xfs."""
 
@@ -188,11 +220,32 @@ class Target:
     def spec(self):
         return FILESYSTEMS[self.filesystem]
 
+    def fstype(self):
+        """The type of the filesystem roots go on, as mounted (host-dir is
+        whatever the host has; zfs is "zfs" or zfs-fuse's "fuse.zfs")."""
+        made = getattr(self, "fs", None)
+        if made is not None:
+            return mountlib.lookup(made.mountpoint).fstype
+        return self.spec.fstype
+
     def expected_refusal(self):
-        """The word the backend's refusal must contain where it must refuse
-        this filesystem, or None where it must work."""
-        if self.backend == "overlay" and not self.spec.d_type:
-            return "d_type"
+        """The Refusal the backend must give on this filesystem, or None
+        where it must work."""
+        fstype = self.fstype()
+        if self.backend == "aufs":
+            return Refusal("not runnable", "overlay backend",
+                           explanation=aufs.why_not_runnable())
+        if self.backend == "btrfs" and fstype != "btrfs":
+            return Refusal("not btrfs", "mkfs.btrfs")
+        if self.backend == "zfs" and fstype not in ZFS_FSTYPES:
+            return Refusal("not a ZFS dataset", "zfs create")
+        if self.backend == "overlay":
+            if not self.spec.d_type:
+                return Refusal("d_type", "ftype=1", "filetype")
+            if fstype == "fuse.zfs" or (fstype == "zfs" and openzfs_version() < (2, 2)):
+                # overlayfs needs RENAME_WHITEOUT and tmpfile from its upper
+                # filesystem: FUSE has neither, OpenZFS has both since 2.2.
+                return Refusal("overlay upper", "ext4, xfs or btrfs")
         return None
 
     def open(self, root, **options):
@@ -211,4 +264,5 @@ def all_targets(backend_names, filesystem_names):
     return [Target(b, f) for b in backend_names for f in filesystem_names]
 
 
-__all__ = ["FILESYSTEMS", "FilesystemPool", "FilesystemUnavailable", "Target", "all_targets"]
+__all__ = ["FILESYSTEMS", "FilesystemPool", "FilesystemUnavailable", "Refusal", "Target",
+           "all_targets"]

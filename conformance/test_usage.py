@@ -16,21 +16,35 @@ from .helpers import apply_to_mounts
 MIB = 1024 * 1024
 
 FULL_COPY_BACKENDS = {"native"}
+# zfs reports the dataset's `used` bytes and no inode count (-1), as containerd's zfs.
+INODES_NOT_COUNTED = {"zfs"}
 
 
-def test_usage_of_empty_active_snapshot_counts_its_root(snapshotter):
+def _counts_inodes(target, usage):
+    counted = target.backend not in INODES_NOT_COUNTED
+    assert (usage.inodes != -1) == counted, "inodes %s for %s" % (usage.inodes, target.backend)
+    return counted
+
+
+def test_usage_of_empty_active_snapshot_is_not_zero(snapshotter, target):
+    # containerd's zfs and devmapper cases: an empty snapshot still costs
+    # something (its root directory; a dataset's metadata).
     snapshotter.prepare("empty", "")
     usage = snapshotter.usage("empty")
-    assert usage.inodes >= 1
-    assert usage.size >= 0
+    if _counts_inodes(target, usage):
+        assert usage.inodes >= 1
+        assert usage.size >= 0  # btrfs directories have no blocks of their own
+    else:
+        assert usage.size > 0
 
 
-def test_usage_of_one_mib_file_is_at_least_one_mib(snapshotter, work):
+def test_usage_of_one_mib_file_is_at_least_one_mib(snapshotter, work, target):
     mounts = snapshotter.prepare("layer", "")
     apply_to_mounts(mounts, work, fstest.create_random_file("/a", 12345679, MIB, 0o644))
     active = snapshotter.usage("layer")
     assert active.size >= MIB
-    assert active.inodes >= 2
+    if _counts_inodes(target, active):
+        assert active.inodes >= 2
 
 
 def test_committed_usage_is_the_value_measured_at_commit(snapshotter, work):
@@ -64,6 +78,11 @@ def test_usage_of_child_excludes_its_parent(snapshotter, work, target):
     assert 2 * MIB <= layer2.size < 3 * MIB
     snapshotter.commit("committed-2", "layer-2")
     assert snapshotter.usage("committed-2") == layer2
+    # and a grandchild excludes both (containerd's TestZFSUsage layer-3)
+    mounts = snapshotter.prepare("layer-3", "committed-2")
+    apply_to_mounts(mounts, work, fstest.create_random_file("/three", 3, MIB, 0o644))
+    layer3 = snapshotter.usage("layer-3")
+    assert MIB <= layer3.size < layer2.size
 
 
 def test_usage_counts_hardlinked_data_once(snapshotter, work):

@@ -13,10 +13,28 @@ def _overlay():
     return OverlaySnapshotter
 
 
+def _btrfs():
+    from .btrfs import BtrfsSnapshotter
+    return BtrfsSnapshotter
+
+
+def _zfs():
+    from .zfs import ZfsSnapshotter
+    return ZfsSnapshotter
+
+
+def _aufs():
+    from .aufs import AufsSnapshotter
+    return AufsSnapshotter
+
+
 # name -> loader; imported lazily so one backend's needs never break another.
 BACKENDS = {
     "native": _native,
     "overlay": _overlay,
+    "btrfs": _btrfs,
+    "zfs": _zfs,
+    "aufs": _aufs,
 }
 
 

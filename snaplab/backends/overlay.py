@@ -7,6 +7,7 @@ at mount time, so Commit moves nothing and a rebase needs no disk work.
 """
 
 import os
+import tempfile
 
 from .. import errors
 from .. import fsutil
@@ -16,6 +17,10 @@ from .base import StorageEntry, StoreSnapshotter, directory_entries
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
+
+
+# Upper filesystems overlayfs is known to take: no probe mount for them.
+_KNOWN_UPPER_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs", "f2fs")
 
 
 def in_user_namespace():
@@ -66,6 +71,36 @@ class OverlaySnapshotter(StoreSnapshotter):
                 "if it is ext4, enable the filetype feature (tune2fs -O filetype, then "
                 "e2fsck -f) or reformat without -O ^filetype"
                 % (path, backing.fstype, backing.source))
+        if backing.fstype not in _KNOWN_UPPER_FILESYSTEMS:
+            self._probe_upper(path, backing)
+
+    @staticmethod
+    def _probe_upper(path, backing):
+        """Mount a tiny overlay with its upper in `path`: the kernel decides.
+
+        overlayfs needs xattrs, RENAME_WHITEOUT and O_TMPFILE from the upper
+        filesystem; FUSE (zfs-fuse) and OpenZFS before 2.2 lack some of them
+        and the kernel refuses the mount ("upper fs missing required
+        features"). Only filesystems not known to work pay for the probe.
+        """
+        probe = tempfile.mkdtemp(prefix="overlay-probe-", dir=path)
+        try:
+            for name in ("lower", "upper", "work", "merged"):
+                os.mkdir(os.path.join(probe, name))
+            options = ["lowerdir=" + os.path.join(probe, "lower"),
+                       "upperdir=" + os.path.join(probe, "upper"),
+                       "workdir=" + os.path.join(probe, "work")]
+            merged = os.path.join(probe, "merged")
+            try:
+                mountlib.mount(Mount("overlay", "overlay", options=options), merged)
+            except mountlib.MountError as err:
+                raise errors.FailedPrecondition(
+                    "overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
+                    "layer (%s); put the root on ext4, xfs or btrfs, or use --backend native"
+                    % (path, backing.fstype, backing.mountpoint, err)) from None
+            mountlib.unmount(merged)
+        finally:
+            fsutil.remove_tree(probe)
 
     def setup_layout(self):
         os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)

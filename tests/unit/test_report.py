@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conformance import report
+from conformance import report, resultlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -74,6 +74,26 @@ def test_markdown_matrix_counts_each_cell(one_run, capsys):
     assert rows["overlay"] == ["✅ 1 pass · 1 skip", "❌ 1 pass · 1 fail · 1 skip"]
     # native never ran on xfs: the cell says so instead of looking empty or green.
     assert rows["native"] == ["✅ 1 pass · 1 xfail", "—"]
+
+
+def test_a_refused_filesystem_is_grey_and_says_why(tmp_path, capsys):
+    refused = resultlog.refusal_skip_reason("aufs", "not runnable", "kernel 6.1 has no aufs")
+    path = write_run(tmp_path / "run.json", [
+        result("aufs-on-ext4", "backend_accepts_or_refuses_the_filesystem"),
+        result("aufs-on-ext4", "prepare_commit_view", "skipped", refused),
+        result("overlay-on-ext4", "prepare_commit_view"),
+        # a skip for another reason beside the refusal: not a plain refusal
+        result("overlay-on-xfs", "backend_accepts_or_refuses_the_filesystem"),
+        result("overlay-on-xfs", "prepare_commit_view", "skipped",
+               resultlog.refusal_skip_reason("overlay", "d_type")),
+        result("overlay-on-xfs", "usage_counts_inodes", "skipped", "needs CAP_SYS_ADMIN"),
+    ])
+    code, out, _ = run_main(capsys, path)
+    assert code == 0
+    _, rows = table_rows(out)
+    assert rows["aufs"] == ["⚪ refuses (not runnable) · 1 pass · 1 skip", "—"]
+    assert rows["overlay"] == ["✅ 1 pass", "✅ 1 pass · 2 skip"]
+    assert "kernel 6.1 has no aufs" in out
 
 
 def test_markdown_lists_failures_and_grouped_skips(one_run, capsys):

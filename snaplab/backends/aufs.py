@@ -1,0 +1,41 @@
+"""aufs: the fifth snapshotter of the talk, gone from current kernels.
+
+aufs was never merged into Linux; distributions carried it as a patch
+(Debian's aufs-dkms, last in bullseye, and Ubuntu's kernels until 20.10), and
+containerd's aufs snapshotter (containerd/aufs) was removed in containerd 2.0.
+snaplab does not implement it: opening it probes the kernel and refuses with
+the reason, so the conformance matrix shows aufs as not runnable (and why)
+instead of leaving it out.
+"""
+
+import os
+
+from .. import errors
+from .base import StoreSnapshotter
+
+
+def kernel_has_aufs():
+    try:
+        with open("/proc/filesystems") as known:
+            return any(line.split()[-1] == "aufs" for line in known if line.strip())
+    except OSError:
+        return False
+
+
+def why_not_runnable():
+    """The reason aufs cannot be run here (it never can with snaplab)."""
+    kernel = os.uname().release
+    if not kernel_has_aufs():
+        return ("aufs is not runnable: kernel %s has no aufs (/proc/filesystems does not "
+                "list it). aufs was never merged into Linux, Debian dropped aufs-dkms after "
+                "bullseye and containerd removed its aufs snapshotter in 2.0; use the overlay "
+                "backend" % kernel)
+    return ("aufs is not runnable: kernel %s has aufs, but snaplab has no aufs backend "
+            "(containerd removed its aufs snapshotter in 2.0); use the overlay backend" % kernel)
+
+
+class AufsSnapshotter(StoreSnapshotter):
+    name = "aufs"
+
+    def check_filesystem(self, path):
+        raise errors.FailedPrecondition(why_not_runnable())
