@@ -7,6 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 REPORTS ?= reports
 APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd
+# ZFS for the zfs backend: OpenZFS's tools where the kernel has the module,
+# else zfs-fuse (a daemon; the kernel needs only FUSE). Both are in contrib.
+ZFS_PACKAGE := $(if $(wildcard /sys/module/zfs),zfsutils-linux,zfs-fuse)
+CONTRIB_PACKAGES := $(ZFS_PACKAGE)
 # Keep one test from hanging CI forever; the slowest case (128 layers) takes < 1 min.
 PYTEST_TIMEOUT ?= 900
 
@@ -14,12 +18,20 @@ PYTEST_TIMEOUT ?= 900
 
 all: test
 
+## Debian's contrib component is enabled (Components lines and `deb` lines
+## of Debian's own archives that name main get contrib) only when a contrib
+## package is missing; nothing else in the apt sources changes.
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(APT_PACKAGES) $(CONTRIB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do \
+	    [ -f $$f ] || continue; \
+	    perl -pi -e 's/^(Components:(?!.*\bcontrib\b).*\bmain\b.*?)\s*$$/$$1 contrib\n/; \
+	                 s{^(deb(?:-src)?\s(?!.*\bcontrib\b)(?:\[[^\]]*\]\s+)?\S+/debian(?:-security)?/?\s.*\bmain\b.*?)\s*$$}{$$1 contrib\n}' $$f; \
+	  done; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
