@@ -4,8 +4,8 @@ robust tree removal.
 
 copy_tree, disk_usage and diff_usage follow containerd/continuity
 (fs.CopyDir, fs.DiskUsage and fs.DiffUsage), because the conformance cases
-and the stored usage of committed snapshots depend on their exact behaviour. Everything is Linux-only and
-standard library only.
+and the stored usage of committed snapshots depend on their exact
+behaviour. Everything is Linux-only and standard library only.
 """
 
 import ctypes

@@ -96,12 +96,14 @@ def _ioctl(fd, request, argument, what, path):
 
 
 def _split(path):
-    """(parent directory, name as bytes) of the entry `path`."""
-    path = os.path.abspath(path)
-    name = os.fsencode(os.path.basename(path))
+    """(parent directory, name as bytes) of the entry `path`, taken as written:
+    normalising first would turn "a/b/.." into "a", another entry."""
+    parent, name = os.path.split(os.fspath(path))
+    name = os.fsencode(name)
     if not name or name in (b".", b"..") or len(name) > 255:
-        raise errors.InvalidArgument("bad subvolume name in %r" % path)
-    return os.path.dirname(path), name
+        raise errors.InvalidArgument("no subvolume name (or one of over 255 bytes) in %r"
+                                     % (path,))
+    return parent or ".", name
 
 
 def create_subvolume(path):
