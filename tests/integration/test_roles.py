@@ -17,38 +17,15 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 
+from snaplab import backends
 from snaplab import mount as mountlib
+from tests.integration.playbooks import LocalAnsible, declare_snapshots
 
 pytestmark = pytest.mark.needs_root_and_ansible_playbook
-
-RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                   re.MULTILINE)
-
-PLAYBOOK = """\
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - snaplab.snapshots.{role}
-"""
-
-
-class Play:
-    """One ansible-playbook run: rc, output, and the recap's counts."""
-
-    def __init__(self, proc):
-        self.rc = proc.returncode
-        self.output = proc.stdout + proc.stderr
-        found = RECAP.search(self.output)
-        assert found, "no PLAY RECAP in:\n" + self.output
-        self.ok, self.changed, self.unreachable, self.failed = map(int, found.groups())
-
-    def __repr__(self):
-        return self.output  # what pytest shows when an assertion on a run fails
 
 
 class Workspace:
@@ -57,36 +34,16 @@ class Workspace:
 
     def __init__(self, base, collections, ansible_playbook):
         self.base = base
-        self.collections = collections
-        self.ansible_playbook = ansible_playbook
         self.fstab = self.path("fstab")
         with open(self.fstab, "w"):
             pass
-        inventory = self.path("inventory")
-        with open(inventory, "w") as f:
-            f.write("localhost ansible_connection=local ansible_python_interpreter=%s\n"
-                    % sys.executable)
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections,
-                        ANSIBLE_INVENTORY=inventory, ANSIBLE_NOCOLOR="1",
-                        ANSIBLE_LOCAL_TEMP=self.path("ansible-tmp"),
-                        ANSIBLE_RETRY_FILES_ENABLED="0")
-        self.env.pop("ANSIBLE_CONFIG", None)
+        self.ansible = LocalAnsible(base, collections, ansible_playbook)
 
     def path(self, *parts):
         return os.path.join(self.base, *parts)
 
     def play(self, role, variables, check=False):
-        playbook = self.path("%s.yml" % role)
-        with open(playbook, "w") as f:
-            f.write(PLAYBOOK.format(role=role))
-        extra = self.path("vars.json")
-        with open(extra, "w") as f:
-            json.dump(variables, f)
-        argv = [self.ansible_playbook, playbook, "-e", "@" + extra]
-        argv += ["--check"] if check else []
-        proc = subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True, text=True,
-                              timeout=900)
-        return Play(proc)
+        return self.ansible.role(role, variables, check)
 
 
 def findmnt(path):
@@ -113,7 +70,7 @@ def fstab_lines(ws):
 # ---------------------------------------------------------------- node_storage
 
 def declaration(ws, state="present"):
-    """ext4 and xfs in fstab, btrfs mounted without; a snapshotter root on xfs and ext4."""
+    """ext4 and xfs in fstab, btrfs mounted without; a snapshotter root on each."""
     return {
         "node_storage_fstab": ws.fstab,
         "node_storage_filesystems": [
@@ -127,7 +84,8 @@ def declaration(ws, state="present"):
              "snapshotter_root": {"path": ws.path("mnt", "xfs", "overlay")}},
             {"name": "btrfs-data", "fstype": "btrfs", "state": state, "persistent": False,
              "loop_file": ws.path("images", "btrfs.img"), "size": "256M",
-             "mount_point": ws.path("mnt", "btrfs"), "mount_options": ["compress=zstd"]},
+             "mount_point": ws.path("mnt", "btrfs"), "mount_options": ["compress=zstd"],
+             "snapshotter_root": {"path": ws.path("mnt", "btrfs", "btrfs"), "backend": "btrfs"}},
         ],
     }
 
@@ -184,6 +142,34 @@ def test_filesystems_are_mounted_as_declared(ws, declared):
     for root in (ws.path("mnt", "ext4", "native"), ws.path("mnt", "xfs", "overlay")):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
         assert mountlib.lookup(root).mountpoint == os.path.dirname(root)
+
+
+def test_snapshot_module_declares_snapshots_on_each_root(ws, declared):
+    """The roots node_storage made take the backends they were made for."""
+    content = ws.path("content")
+    os.makedirs(os.path.join(content, "etc"), exist_ok=True)
+    with open(os.path.join(content, "etc", "hostname"), "w") as f:
+        f.write("node-1\n")
+    snapshots = [{"key": "base", "source": {"directory": content}},
+                 {"key": "app", "parent": "base", "state": "active"}]
+    for root, backend in [(ws.path("mnt", "ext4", "native"), "native"),
+                          (ws.path("mnt", "xfs", "overlay"), "overlay"),
+                          (ws.path("mnt", "btrfs", "btrfs"), "btrfs")]:
+        play, result = declare_snapshots(ws.ansible, root, backend, snapshots)
+        assert play.rc == 0 and play.changed == 1, play
+        mounts = {s["key"]: s["mounts"] for s in result["snapshots"]}["app"]
+        if backend == "btrfs":  # a subvolume of the root's device, by id
+            assert mounts[0]["type"] == "btrfs"
+            assert mounts[0]["source"] == findmnt(ws.path("mnt", "btrfs"))["source"]
+            assert mounts[0]["options"][0].startswith("subvolid="), mounts
+        again, _ = declare_snapshots(ws.ansible, root, backend, snapshots)
+        assert again.rc == 0 and again.changed == 0, again
+        with backends.open_snapshotter(root, backend) as sn:
+            assert {(i.name, i.kind.name) for i in sn.list()} == {
+                ("base", "COMMITTED"), ("app", "ACTIVE")}
+            # tidy for the absent play: snapshots live inside the filesystem anyway
+            sn.remove("app")
+            sn.remove("base")
 
 
 def test_check_mode_reports_a_new_filesystem_but_makes_nothing(ws, declared):
@@ -306,6 +292,9 @@ def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
       "mount_point": "/x"}, "value of fstype must be one of"),
     ({"name": "sizeless", "fstype": "ext4", "loop_file": "/x.img", "mount_point": "/x"},
      "a loop file declared present needs a size (sizeless)"),
+    ({"name": "wrong-root", "fstype": "ext4", "loop_file": "/x.img", "size": "1G",
+      "mount_point": "/x", "snapshotter_root": {"path": "/x/r", "backend": "btrfs"}},
+     "a btrfs or zfs snapshotter_root needs a filesystem of that type (wrong-root (btrfs on ext4))"),
 ])
 def test_bad_declarations_are_refused_before_anything_changes(ws, entry, message):
     refused = ws.play("node_storage", {"node_storage_fstab": ws.fstab,

@@ -22,7 +22,10 @@ options:
     required: true
   backend:
     description:
-      - The snapshotter backend, for example V(overlay) or V(native).
+      - The snapshotter backend. V(overlay) and V(native) take a root on any suitable
+        filesystem, V(btrfs) a root on btrfs, V(zfs) a root that is the mount point of a ZFS
+        dataset (the node_storage role makes one for a C(snapshotter_root) with backend
+        V(zfs)). V(aufs) is not runnable on current kernels and says why.
       - A root belongs to the backend that created it; naming another one fails with
         RV(error_class=FailedPrecondition) and the right name.
     type: str
@@ -31,7 +34,7 @@ options:
     description:
       - Options of the backend, as keyword arguments. The overlay backend takes
         C(async_remove) (bool), C(mount_options) (list of strings) and C(upperdir_label) (bool);
-        the native backend takes none.
+        native, btrfs and zfs take none.
       - An option the backend does not know fails with RV(error_class=InvalidArgument).
     type: dict
     default: {}
