@@ -39,11 +39,8 @@ def _snapshot_path(root, name, sn):
 
 def _subvolumes_below(path):
     """Every subvolume root (a directory with inode 256) at or below `path`."""
-    found = []
-    for directory, _, _ in os.walk(path):
-        if os.lstat(directory).st_ino == SUBVOLUME_ROOT_INO:
-            found.append(directory)
-    return found
+    return [walked[0] for walked in os.walk(path)
+            if os.lstat(walked[0]).st_ino == SUBVOLUME_ROOT_INO]
 
 
 def _listed_subvolumes(root, fs_mountpoint):

@@ -297,21 +297,14 @@ class BtrfsSnapshotter(StoreSnapshotter):
     def _make_staged_subvolume(self, snap):
         """The snapshot's subvolume under a new-* name (a crash leaves only
         that, which cleanup() removes), complete but for the rename."""
-        for _ in range(100):
-            staging = os.path.join(self.snapshots_dir, "new-" + os.urandom(6).hex())
-            try:
-                if snap.parent_ids:
-                    snapshot_subvolume(self.path_of(snap.parent_ids[0]), staging,
-                                       readonly=snap.kind == Kind.VIEW)
-                else:
-                    create_subvolume(staging)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError(errno.EEXIST, "no free new-* name", self.snapshots_dir)
+        # 64 random bits: a name already taken (EEXIST, nothing made) is
+        # not worth a retry loop.
+        staging = os.path.join(self.snapshots_dir, "new-" + os.urandom(8).hex())
         if snap.parent_ids:
+            snapshot_subvolume(self.path_of(snap.parent_ids[0]), staging,
+                               readonly=snap.kind == Kind.VIEW)
             return staging
+        create_subvolume(staging)
         try:
             # 0755 whatever the umask: containerd's RootPermission case.
             os.chmod(staging, 0o755)
