@@ -115,10 +115,17 @@ class MetaStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if write:
-                self._retry_locked(lambda: self._db.execute("COMMIT"))
-            else:
+            if not write:
                 self._db.execute("ROLLBACK")
+                return
+            try:
+                self._retry_locked(lambda: self._db.execute("COMMIT"))
+            except BaseException:
+                # A COMMIT that failed leaves the transaction open: end it,
+                # so the connection is usable and nothing half-done stays.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self):
         with self._lock:

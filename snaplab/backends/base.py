@@ -119,15 +119,24 @@ class StoreSnapshotter(Snapshotter):
         labelrules.validate_key(name, "name")
         labelrules.validate_key(key)
         labels = labelrules.validate(labels)
-        with self.store.transaction(write=True) as tx:
-            info = tx.get_info(key)[1]  # NotFound before anything else
-            usage = Usage()
-            snap = None
-            if info.kind == Kind.ACTIVE:
-                snap = tx.get_snapshot(key)
-                usage = self.commit_usage(snap)
-            snapshot_id = tx.commit_active(key, name, usage, labels, parent)
-            self.commit_storage(snap, snapshot_id)
+        stored = None
+        try:
+            with self.store.transaction(write=True) as tx:
+                info = tx.get_info(key)[1]  # NotFound before anything else
+                usage = Usage()
+                snap = None
+                if info.kind == Kind.ACTIVE:
+                    snap = tx.get_snapshot(key)
+                    usage = self.commit_usage(snap)
+                snapshot_id = tx.commit_active(key, name, usage, labels, parent)
+                self.commit_storage(snap, snapshot_id)
+                stored = (snap, snapshot_id)
+        except BaseException:
+            # The metadata was rolled back after the disk work was done:
+            # the snapshot is still active, so its data must be too.
+            if stored is not None:
+                self.undo_commit_storage(*stored)
+            raise
 
     def remove(self, key):
         labelrules.validate_key(key)
@@ -218,6 +227,9 @@ class StoreSnapshotter(Snapshotter):
 
     def commit_storage(self, snap, snapshot_id):
         """On-disk work of Commit, inside the tx (none when data stays in place)."""
+
+    def undo_commit_storage(self, snap, snapshot_id):
+        """Reverse commit_storage when the metadata transaction failed after it."""
 
     def remove_storage(self, snapshot_id, kind):
         """On-disk work of Remove inside the tx (e.g. a rename); orphans go after."""

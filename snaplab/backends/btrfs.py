@@ -335,6 +335,10 @@ class BtrfsSnapshotter(StoreSnapshotter):
         if snap is not None:
             set_readonly(self.path_of(snapshot_id))
 
+    def undo_commit_storage(self, snap, snapshot_id):
+        if snap is not None:
+            set_readonly(self.path_of(snapshot_id), False)
+
     def storage_entries(self):
         return directory_entries(self.snapshots_dir)
 

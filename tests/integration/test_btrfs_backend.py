@@ -148,3 +148,30 @@ def test_refusal_on_a_filesystem_that_is_not_btrfs(scratch_dir):
         proc = lab.run("prepare", "a", code=errors.FailedPrecondition.exit_code)
         assert "not btrfs" in proc.stderr and "mkfs.btrfs" in proc.stderr
         assert not os.path.exists(lab.root)
+
+
+def test_commit_whose_metadata_fails_leaves_the_snapshot_writable(lab, monkeypatch):
+    """Commit makes the subvolume read-only before the metadata COMMIT: if that
+    COMMIT fails (a full disk, say; injected here), the snapshot is still
+    active in the metadata, and its subvolume must be writable again."""
+    from snaplab import backends
+    from snaplab.backends import btrfs
+
+    with backends.open_snapshotter(lab.root, "btrfs") as sn:
+        sn.prepare("work", "")
+        real = sn.store._retry_locked
+
+        def failing_commit(call):
+            if getattr(call, "__code__", None) and "COMMIT" in call.__code__.co_consts:
+                raise errors.SnapshotError("injected: the metadata COMMIT failed")
+            return real(call)
+
+        monkeypatch.setattr(sn.store, "_retry_locked", failing_commit)
+        with pytest.raises(errors.SnapshotError, match="injected"):
+            sn.commit("done", "work")
+        monkeypatch.setattr(sn.store, "_retry_locked", real)
+        path = os.path.join(lab.root, "snapshots", "1")
+        assert not btrfs.is_readonly(path)
+        assert sn.stat("work").kind.name == "ACTIVE"
+        sn.commit("done", "work")  # and the store is usable again
+        assert btrfs.is_readonly(path)
