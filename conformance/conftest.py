@@ -137,12 +137,17 @@ def test_dir(target):
     base = tempfile.mkdtemp(prefix="case-", dir=target.fs.mountpoint)
     os.chmod(base, 0o777)
     yield base
-    leaked = mountlib.mounts_under(base)
+    # Not leaks: the mounts of datasets made for zfs roots (zfs's own).
+    leaked = target.fs.leaked_mounts_under(base)
     for where in leaked:
         mountlib.unmount_all(where)
+    # Those datasets go before the directories they are mounted on.
+    problems = target.fs.release_under(base)
     shutil.rmtree(base, ignore_errors=True)
     if leaked:
         pytest.fail("the test left mounts behind: %s" % ", ".join(leaked))
+    if problems:
+        pytest.fail("the test's root datasets could not be destroyed: %s" % "; ".join(problems))
 
 
 @pytest.fixture

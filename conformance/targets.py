@@ -6,13 +6,19 @@ the real, loop-backed filesystems those roots live on, on the running kernel.
 A new backend joins by adding a Target kind here, not by editing cases.
 """
 
+import contextlib
+import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 
 from snaplab import backends, errors
 from snaplab.backends import aufs
+from snaplab.backends import zfs as zfsbackend
+from snaplab.backends.zfs import ZFS_FSTYPES
 from snaplab import mount as mountlib
 
 from . import resultlog
@@ -32,6 +38,30 @@ class FilesystemSpec:
         self.d_type = d_type
 
 
+def kernel_zfs():
+    """Whether OpenZFS is in the running kernel (module loaded)."""
+    return os.path.exists("/sys/module/zfs")
+
+
+class ZfsSpec(FilesystemSpec):
+    """A ZFS dataset in a pool on a loop device: kernel OpenZFS, else zfs-fuse.
+
+    Its fstype is what the dataset mounts as, which depends on the road taken.
+    """
+
+    def __init__(self):
+        super().__init__("zfs", None, None, 1024, "a ZFS dataset (kernel OpenZFS, else "
+                         "zfs-fuse) in a pool on a loop device")
+
+    @property
+    def fstype(self):
+        return "zfs" if kernel_zfs() else "fuse.zfs"
+
+    @fstype.setter
+    def fstype(self, _value):
+        pass  # always derived from the kernel, see the getter
+
+
 FILESYSTEMS = {spec.name: spec for spec in [
     FilesystemSpec("ext4", "ext4", ["mkfs.ext4", "-q", "-F"], 256, "ext4 on a loop device"),
     # xfsprogs >= 5.19 will not make an xfs smaller than 300 MiB
@@ -44,9 +74,10 @@ FILESYSTEMS = {spec.name: spec for spec in [
                    "ext4 without the filetype feature (no d_type) on a loop device",
                    d_type=False),
     FilesystemSpec("host-dir", None, None, 0, "a plain directory on the host's filesystem"),
+    ZfsSpec(),
 ]}
 
-DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir"]
+DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir", "zfs"]
 DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs"]
 
 
@@ -63,6 +94,33 @@ class Filesystem:
         self.loop_device = loop_device
         self.image = image
         self.provided = provided  # made by someone else: only our directory in it is removed
+
+    def leaked_mounts_under(self, directory):
+        """What is mounted at or below `directory` that a test left behind, latest first."""
+        return mountlib.mounts_under(directory)
+
+    def release_under(self, directory):
+        """Remove what the harness made for the roots below `directory` (nothing
+        here); returns the problems."""
+        return []
+
+    def destroy(self):
+        """Unmount and detach it (delete our directory in a provided one);
+        returns the problems."""
+        problems = []
+        for where in mountlib.mounts_under(self.mountpoint):
+            try:
+                mountlib.unmount_all(where)
+            except mountlib.MountError as err:
+                problems.append(str(err))
+        if self.loop_device:
+            try:
+                _run(["losetup", "-d", self.loop_device])
+            except FilesystemUnavailable as err:
+                problems.append(str(err))
+        if self.provided and not problems:
+            shutil.rmtree(self.mountpoint, ignore_errors=True)
+        return problems
 
 
 def _run(argv):
@@ -116,6 +174,10 @@ class FilesystemPool:
         return Filesystem(spec, mountpoint, provided=True)
 
     def _make(self, spec):
+        if isinstance(spec, ZfsSpec):
+            if spec.name in self._provided:
+                return ZfsFilesystem.use_provided(spec, self._provided[spec.name])
+            return ZfsFilesystem.make(spec, self.base)
         if spec.name in self._provided:
             return self._use_provided(spec, self._provided[spec.name])
         mountpoint = os.path.join(self.base, spec.name)
@@ -149,18 +211,7 @@ class FilesystemPool:
         """Unmount, detach and delete everything; report what could not be."""
         problems = []
         for fs in self._made.values():
-            for where in mountlib.mounts_under(fs.mountpoint):
-                try:
-                    mountlib.unmount_all(where)
-                except mountlib.MountError as err:
-                    problems.append(str(err))
-            if fs.loop_device:
-                try:
-                    _run(["losetup", "-d", fs.loop_device])
-                except FilesystemUnavailable as err:
-                    problems.append(str(err))
-            if fs.provided and not problems:
-                shutil.rmtree(fs.mountpoint, ignore_errors=True)
+            problems += fs.destroy()
         self._made.clear()
         if not problems:
             shutil.rmtree(self.base, ignore_errors=True)
@@ -175,7 +226,245 @@ def _kernel_hint(spec):
     return ""
 
 
-ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS in the kernel; zfs-fuse
+# -- zfs ---------------------------------------------------------------------
+
+ZFS_POOL_PREFIX = "snaplab-conformance-"
+ZFS_FUSE_WAIT_S = 30  # for the daemon to answer after start, or to exit after SIGTERM
+
+
+def _zfs(*argv):
+    """`zfs argv...` for the harness; FilesystemUnavailable if it fails."""
+    try:
+        return zfsbackend.run_zfs(*argv)
+    except zfsbackend.ZfsError as err:
+        raise FilesystemUnavailable(str(err)) from None
+
+
+def zfs_fuse_pids():
+    """Pids of the running zfs-fuse daemons (there is at most one per machine)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as stat:
+                    fields = stat.read().rsplit(")", 1)
+                    name, state = fields[0].split("(", 1)[1], fields[1].split()[0]
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if name == "zfs-fuse" and state != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def _zpool_answers():
+    return subprocess.run(["zpool", "list", "-H"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, check=False).returncode == 0
+
+
+def start_zfs_fuse(pidfile):
+    """Start a zfs-fuse daemon (it daemonizes) and wait until it answers."""
+    _run(["zfs-fuse", "--pidfile", pidfile, "--fuse-attr-timeout", "0"])
+    deadline = time.monotonic() + ZFS_FUSE_WAIT_S
+    while not _zpool_answers():
+        if time.monotonic() > deadline:
+            stop_zfs_fuse(pidfile)
+            raise FilesystemUnavailable("zfs-fuse started but did not answer within %d s"
+                                        % ZFS_FUSE_WAIT_S)
+        time.sleep(0.1)
+
+
+def stop_zfs_fuse(pidfile):
+    """SIGTERM the daemon of `pidfile` (only if that pid is still the zfs-fuse
+    started with it) and wait until it has exited; returns the problems."""
+    try:
+        with open(pidfile) as text:
+            pid = int(text.read().strip())
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            ours = os.fsencode(pidfile) in cmdline.read().split(b"\0")
+    except (OSError, ValueError):
+        return []  # no pidfile, or the daemon is gone
+    if not ours or pid not in zfs_fuse_pids():
+        return []
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + ZFS_FUSE_WAIT_S
+    while pid in zfs_fuse_pids():  # it unmounts and syncs on the way out
+        if time.monotonic() > deadline:
+            return ["zfs-fuse (pid %d) did not exit within %d s of SIGTERM" % (pid, ZFS_FUSE_WAIT_S)]
+        time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pidfile)
+    return []
+
+
+def _zfs_unavailable_reason():
+    """Why neither kernel zfs nor zfs-fuse can be used here (None if one can)."""
+    if not kernel_zfs() and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "zfs"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+    if kernel_zfs():
+        if shutil.which("zpool") is None:
+            return ("the kernel has zfs but its tools are not installed: apt-get install "
+                    "zfsutils-linux (Debian contrib)")
+        return None
+    if shutil.which("zfs-fuse") is None or shutil.which("zpool") is None:
+        return "zfs-fuse is not installed: apt-get install zfs-fuse (Debian contrib)"
+    if not os.path.exists("/dev/fuse"):
+        return "the kernel has no zfs module and no /dev/fuse for zfs-fuse"
+    return None
+
+
+class ZfsFilesystem(Filesystem):
+    """A ZFS dataset mounted where the roots go.
+
+    A zfs backend root must be a dataset's mount point, so make_root_dataset
+    gives each root a child dataset <dataset>/r<N>; release_under destroys
+    them. Other backends use plain directories in the dataset.
+    """
+
+    def __init__(self, spec, mountpoint, dataset, pool=None, loop_device=None, image=None,
+                 daemon_pidfile=None, provided=False):
+        super().__init__(spec, mountpoint, loop_device, image, provided)
+        self.dataset = dataset
+        self.pool = pool  # the pool we made (None: the dataset is someone else's)
+        self.daemon_pidfile = daemon_pidfile  # set if we started zfs-fuse
+        self.root_datasets = {}  # root path -> the dataset made for it
+        self._root_numbers = itertools.count(1)
+
+    @classmethod
+    def make(cls, spec, base):
+        """A 1 GiB pool on a loop device over a sparse file, its own root
+        dataset not mounted, <pool>/fs mounted at <base>/zfs."""
+        reason = _zfs_unavailable_reason()
+        if reason:
+            raise FilesystemUnavailable(reason)
+        fs = cls(spec, os.path.join(base, spec.name), dataset=None,
+                 image=os.path.join(base, spec.name + ".img"))
+        try:
+            os.mkdir(fs.mountpoint)
+            if not kernel_zfs() and not zfs_fuse_pids():
+                fs.daemon_pidfile = os.path.join(base, "zfs-fuse.pid")
+                start_zfs_fuse(fs.daemon_pidfile)
+            with open(fs.image, "wb") as sparse:
+                sparse.truncate(spec.size_mib * MIB)
+            fs.loop_device = _run(["losetup", "--find", "--show", fs.image])
+            pool = ZFS_POOL_PREFIX + os.urandom(5).hex()
+            # cachefile=none: no later zfs start imports this test pool again.
+            _run(["zpool", "create", "-o", "cachefile=none", "-m", "none", pool, fs.loop_device])
+            fs.pool = pool
+            fs.dataset = pool + "/fs"
+            _zfs("create", "-o", "mountpoint=" + fs.mountpoint, fs.dataset)
+        except BaseException:
+            problems = fs.destroy()
+            if problems:
+                raise FilesystemUnavailable("making the zfs pool failed, and its clean-up "
+                                            "too: " + "; ".join(problems))
+            raise
+        return fs
+
+    @classmethod
+    def use_provided(cls, spec, path):
+        """The dataset mounted at `path` by someone else (node_storage, say):
+        the cases' directories go in a directory of ours inside it."""
+        if not os.path.isdir(path):
+            raise FilesystemUnavailable("%s: %s is not a directory" % (spec.name, path))
+        found = mountlib.lookup(path)
+        if found.fstype not in ZFS_FSTYPES or found.mountpoint != os.path.realpath(path):
+            raise FilesystemUnavailable("zfs at %s: it is not the mount point of a ZFS dataset "
+                                        "(it is on %s %s)" % (path, found.fstype, found.source))
+        mountpoint = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=path)
+        return cls(spec, mountpoint, dataset=found.source, provided=True)
+
+    def make_root_dataset(self, root):
+        """A new dataset <dataset>/r<N> mounted at `root` (zfs makes the directory)."""
+        root = os.path.realpath(root)
+        for number in self._root_numbers:
+            name = "%s/r%d" % (self.dataset, number)
+            try:
+                zfsbackend.run_zfs("create", "-o", "mountpoint=" + root, name)
+            except zfsbackend.ZfsError as err:
+                if "already exists" in err.stderr:
+                    continue  # someone else's, in a provided dataset
+                zfsbackend.destroy_dataset(name)  # made but not mounted, say
+                raise
+            self.root_datasets[root] = name
+            return name
+
+    def _homes(self):
+        """{mount point: dataset} of the datasets zfs itself mounts under ours."""
+        homes = {}
+        for line in _zfs("list", "-H", "-o", "name,mountpoint", "-r", "-t", "filesystem",
+                         self.dataset).splitlines():
+            name, where = line.split("\t", 1)
+            if where.startswith("/"):
+                homes[os.path.realpath(where)] = name
+        return homes
+
+    def leaked_mounts_under(self, directory):
+        # Each dataset's own mount at its mount point is zfs's; anything else
+        # (a bind of a dataset, a second mount on a mount point) is a leak.
+        homes = self._homes()
+        directory = os.path.realpath(directory)
+        leaked, seen = [], set()
+        for entry in mountlib.mount_table():
+            if not (entry.mountpoint == directory
+                    or entry.mountpoint.startswith(directory.rstrip("/") + "/")):
+                continue
+            if (entry.fstype in ZFS_FSTYPES and entry.root == "/"
+                    and homes.get(entry.mountpoint) == entry.source
+                    and entry.mountpoint not in seen):
+                seen.add(entry.mountpoint)
+                continue
+            leaked.append(entry.mountpoint)
+        return leaked[::-1]
+
+    def release_under(self, directory):
+        directory = os.path.realpath(directory)
+        problems = []
+        for root, name in list(self.root_datasets.items()):
+            if root == directory or root.startswith(directory.rstrip("/") + "/"):
+                try:
+                    zfsbackend.destroy_dataset(name, dependents=True)
+                    del self.root_datasets[root]
+                except zfsbackend.ZfsError as err:
+                    problems.append(str(err))
+        return problems
+
+    def destroy(self):
+        problems = []
+        if self.dataset:  # else making the pool failed before the dataset
+            try:
+                for where in self.leaked_mounts_under(self.mountpoint):
+                    try:
+                        mountlib.unmount_all(where)
+                    except mountlib.MountError as err:
+                        problems.append(str(err))
+            except FilesystemUnavailable as err:
+                problems.append(str(err))
+            problems += self.release_under(self.mountpoint)
+        if self.provided:
+            if not problems:
+                shutil.rmtree(self.mountpoint, ignore_errors=True)
+            return problems
+        if self.pool and not problems:
+            try:
+                # zfs-fuse says "pool is busy" while datasets are mounted.
+                zfsbackend.destroy_dataset(self.dataset, dependents=True)
+                _run(["zpool", "destroy", "-f", self.pool])
+                self.pool = None
+            except (zfsbackend.ZfsError, FilesystemUnavailable) as err:
+                problems.append(str(err))
+        if self.loop_device and not self.pool:
+            try:
+                _run(["losetup", "-d", self.loop_device])
+                self.loop_device = None
+            except FilesystemUnavailable as err:
+                problems.append(str(err))
+        if self.image and not self.loop_device:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.image)
+        if self.daemon_pidfile and not self.pool:
+            problems += stop_zfs_fuse(self.daemon_pidfile)
+        return problems
 
 
 def openzfs_version():
@@ -240,17 +529,36 @@ class Target:
         if self.backend == "zfs" and fstype not in ZFS_FSTYPES:
             return Refusal("not a ZFS dataset", "zfs create")
         if self.backend == "overlay":
+            if fstype == "fuse.zfs":
+                # zfs-fuse's readdir gives DT_UNKNOWN: the d_type check
+                # refuses it before the probe of the upper would.
+                return Refusal("d_type", explanation="zfs-fuse fills in no d_type")
             if not self.spec.d_type:
                 return Refusal("d_type", "ftype=1", "filetype")
-            if fstype == "fuse.zfs" or (fstype == "zfs" and openzfs_version() < (2, 2)):
+            if fstype == "zfs" and openzfs_version() < (2, 2):
                 # overlayfs needs RENAME_WHITEOUT and tmpfile from its upper
                 # filesystem: FUSE has neither, OpenZFS has both since 2.2.
                 return Refusal("overlay upper", "ext4, xfs or btrfs")
         return None
 
     def open(self, root, **options):
-        """A snapshotter on `root`; raises what the backend raises."""
+        """A snapshotter on `root`; raises what the backend raises.
+
+        A zfs backend root on the zfs filesystem is first made a dataset of
+        its own, when it does not exist yet (or is an empty directory).
+        """
+        fs = getattr(self, "fs", None)
+        if self.backend == "zfs" and isinstance(fs, ZfsFilesystem) and _fresh(root):
+            fs.make_root_dataset(root)
         return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
+
+
+def _fresh(root):
+    """Whether nothing is at `root` yet but, at most, an empty directory."""
+    if not os.path.lexists(root):
+        return True
+    return (os.path.isdir(root) and not os.path.islink(root) and not os.listdir(root)
+            and not mountlib.is_mountpoint(root))
 
 
 def all_targets(backend_names, filesystem_names):

@@ -1,0 +1,283 @@
+"""zfs: every snapshot is a ZFS dataset (reference §3.4, containerd/zfs).
+
+The root is the mount point of a dataset of its own, <rootds> (it holds
+metadata.db). Snapshot <id> is the dataset <rootds>/<id>, whatever its kind;
+a committed one is frozen in the ZFS snapshot <rootds>/<id>@snapshot. A
+parentless snapshot is a new dataset (`zfs create`), one with a parent a
+`zfs clone` of the parent's @snapshot: O(1), copy on write, and its `used`
+counts only its own changes.
+
+Two mount modes, chosen from the root's filesystem type:
+- OpenZFS in the kernel ("zfs"): containerd's shape. Datasets have
+  mountpoint=legacy and the caller mounts them: Mount(type="zfs",
+  source="<rootds>/<id>").
+- zfs-fuse ("fuse.zfs"): its datasets cannot be mounted with mount(2), and
+  it refuses legacy ones, so each dataset is mounted by the daemon at
+  <root>/snapshots/<id> and the caller gets a bind mount of that. Commit
+  sets mountpoint=none on the committed dataset (its data lives on in the
+  immutable @snapshot and its clones).
+
+Deviations from containerd's zfs snapshotter, and why:
+- Views are clones with readonly=on (containerd's are writable clones with
+  only an "ro" mount option), and Mounts() of a view says "ro" (containerd's
+  Mounts() returns the rw form); active mounts say "rw".
+- Usage forces a transaction group sync first: `used` lags the data written
+  until the txg syncs (seconds), so an unsynced figure is too small.
+- Remove refuses (FailedPrecondition) while the dataset is mounted anywhere
+  but its own zfs-fuse mount point, instead of letting `zfs destroy`
+  unmount it under the caller.
+- cleanup() destroys orphan datasets (containerd's zfs has no Cleanup).
+"""
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from .. import errors
+from .. import mount as mountlib
+from ..types import Kind, Mount, Usage
+from .base import StorageEntry, StoreSnapshotter
+
+log = logging.getLogger("snaplab")
+
+ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS in the kernel; zfs-fuse
+FUSE_FSTYPE = "fuse.zfs"
+SNAPSHOT_SUFFIX = "@snapshot"  # containerd's name for a committed snapshot's ZFS snapshot
+# Inheriting a user property that is not set changes nothing, but it is a
+# "sync task": zfs waits for a transaction group sync to run it. After it
+# `used` counts everything written before (it lags up to seconds otherwise).
+SYNC_PROPERTY = "snaplab:sync"
+NUMERIC = re.compile(r"[0-9]+")
+# zfs-fuse unmounts asynchronously: a destroy right after an unmount may
+# still find the dataset busy for a moment. Seconds to wait between tries.
+BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
+class ZfsError(errors.SnapshotError, OSError):
+    """A zfs command failed; the message has the command and zfs's own words."""
+
+    def __init__(self, argv, stderr):
+        self.argv = list(argv)
+        self.stderr = stderr
+        super().__init__("%s failed: %s" % (" ".join(self.argv), stderr or "no message"))
+
+    @property
+    def missing(self):
+        return "does not exist" in self.stderr
+
+    @property
+    def busy(self):
+        return "busy" in self.stderr
+
+
+def run_zfs(*argv):
+    """Run `zfs argv...`; its stdout, or ZfsError with its stderr."""
+    command = ("zfs",) + argv
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, check=False)
+    except FileNotFoundError:
+        raise ZfsError(command, "zfs is not installed (zfsutils-linux, or zfs-fuse)") from None
+    if done.returncode != 0:
+        raise ZfsError(command, done.stderr.strip())
+    return done.stdout
+
+
+def sync_dataset(dataset):
+    """Wait for a transaction group sync of the dataset's pool: until then
+    `used` (and st_blocks) do not count what was written since the last one."""
+    run_zfs("inherit", SYNC_PROPERTY, dataset)
+
+
+def destroy_dataset(dataset, dependents=False):
+    """`zfs destroy -r` the dataset with its snapshots and children (`-R`:
+    and their clones too); a missing dataset is fine.
+
+    What zfs-fuse has mounted of it is unmounted first, deepest first: its
+    destroy of a mounted dataset unmounts it and then finds it busy. Its
+    unmount also completes asynchronously, so "busy" is retried a little.
+    If the destroy fails for good, those mounts are put back.
+    """
+    mounted = sorted({entry.source for entry in mountlib.mount_table()
+                      if entry.fstype == FUSE_FSTYPE and (
+                          entry.source == dataset or entry.source.startswith(dataset + "/"))},
+                     key=lambda name: name.count("/"), reverse=True)
+    unmounted = []
+    try:
+        for name in mounted:
+            run_zfs("unmount", name)
+            unmounted.append(name)
+        delays = iter(BUSY_RETRY_DELAYS if unmounted else ())
+        while True:
+            try:
+                run_zfs("destroy", "-R" if dependents else "-r", dataset)
+                return
+            except ZfsError as err:
+                if err.missing:
+                    return
+                delay = next(delays, None) if err.busy else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+    except BaseException:
+        for name in reversed(unmounted):  # where Mounts() says they are
+            with contextlib.suppress(ZfsError):
+                run_zfs("mount", name)
+        raise
+
+
+class ZfsSnapshotter(StoreSnapshotter):
+    name = "zfs"
+
+    def check_filesystem(self, path):
+        # `path` is the root or, when the root is missing, its nearest
+        # existing ancestor: a root must already be a dataset's mount point.
+        backing = mountlib.lookup(path)
+        root = os.path.realpath(self.root)
+        if backing.fstype in ZFS_FSTYPES and backing.mountpoint == root:
+            if shutil.which("zfs") is None:
+                raise errors.FailedPrecondition(
+                    "zfs backend: %s is a ZFS dataset, but the zfs command is not installed "
+                    "(zfsutils-linux, or zfs-fuse)" % root)
+            # Kept: every operation names datasets and picks the mount mode by these.
+            self.root_dataset = backing.source
+            self.fuse = backing.fstype == FUSE_FSTYPE
+            self.real_root = root
+            return
+        if path != self.root:
+            why = "it does not exist"
+        elif backing.fstype in ZFS_FSTYPES:
+            why = ("it is a directory in the dataset %s mounted at %s; each root needs a "
+                   "dataset of its own" % (backing.source, backing.mountpoint))
+        else:
+            why = "it is on %s (%s)" % (backing.fstype, backing.source)
+        parent = backing.source if backing.fstype in ZFS_FSTYPES else "<pool>"
+        raise errors.FailedPrecondition(
+            "zfs backend: %s is not a ZFS dataset's mount point (%s); create one with "
+            "`zfs create -o mountpoint=%s %s/<name>`" % (root, why, root, parent))
+
+    def setup_layout(self):
+        if self.fuse:
+            os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+
+    @property
+    def snapshots_dir(self):
+        return os.path.join(self.real_root, "snapshots")
+
+    def dataset_of(self, snapshot_id):
+        return "%s/%s" % (self.root_dataset, snapshot_id)
+
+    def home_of(self, snapshot_id):
+        """Where zfs-fuse mounts the snapshot's dataset (None with kernel zfs)."""
+        return os.path.join(self.snapshots_dir, str(snapshot_id)) if self.fuse else None
+
+    # -- hooks -------------------------------------------------------------
+
+    def create_storage(self, snap, info):
+        properties = ["-o", "mountpoint=%s" % (self.home_of(snap.id) or "legacy")]
+        if snap.kind == Kind.VIEW:
+            properties += ["-o", "readonly=on"]
+        dataset = self.dataset_of(snap.id)
+        if snap.parent_ids:
+            run_zfs("clone", *properties, self.dataset_of(snap.parent_ids[0]) + SNAPSHOT_SUFFIX,
+                    dataset)
+        else:
+            run_zfs("create", *properties, dataset)
+
+    def snapshot_mounts(self, snap, info):
+        mode = "rw" if snap.kind == Kind.ACTIVE else "ro"
+        dataset = self.dataset_of(snap.id)
+        home = self.home_of(snap.id)
+        if home is None:
+            return [Mount(type="zfs", source=dataset, options=[mode])]
+        if not mountlib.is_mountpoint(home):
+            # Unmounted behind our back (a destroy that failed busy unmounts
+            # first): a bind of the empty directory would hide the data.
+            run_zfs("mount", dataset)
+        return [Mount(type="bind", source=home, options=["rbind", mode])]
+
+    def active_usage(self, snap):
+        dataset = self.dataset_of(snap.id)
+        sync_dataset(dataset)
+        used = int(run_zfs("get", "-Hp", "-o", "value", "used", dataset))
+        return Usage(size=used, inodes=-1)  # zfs counts no inodes (containerd: -1)
+
+    def commit_storage(self, snap, snapshot_id):
+        if snap is None:
+            return
+        dataset = self.dataset_of(snapshot_id)
+        run_zfs("snapshot", dataset + SNAPSHOT_SUFFIX)
+        if self.fuse:
+            try:
+                run_zfs("set", "mountpoint=none", dataset)
+            except BaseException:
+                with contextlib.suppress(ZfsError):
+                    self.undo_commit_storage(snap, snapshot_id)
+                raise
+            self._remove_home(snapshot_id)
+
+    def undo_commit_storage(self, snap, snapshot_id):
+        if snap is None:
+            return
+        dataset = self.dataset_of(snapshot_id)
+        if self.fuse:  # zfs-fuse mounts it back (and makes the directory)
+            run_zfs("set", "mountpoint=" + self.home_of(snapshot_id), dataset)
+        run_zfs("destroy", dataset + SNAPSHOT_SUFFIX)
+
+    def remove_storage(self, snapshot_id, kind):
+        # Inside the transaction (as containerd): if zfs refuses, the
+        # snapshot stays, metadata and data alike.
+        dataset = self.dataset_of(snapshot_id)
+        home = self.home_of(snapshot_id)
+        held = [entry.mountpoint for entry in mountlib.mount_table()
+                if entry.source == dataset and entry.fstype in ZFS_FSTYPES
+                and entry.mountpoint != home]
+        if held:
+            raise errors.FailedPrecondition(
+                "zfs backend: the dataset %s of snapshot id %s is mounted at %s; unmount it "
+                "before removing the snapshot" % (dataset, snapshot_id, ", ".join(held)))
+        destroy_dataset(dataset)
+        self._remove_home(snapshot_id)
+
+    def storage_entries(self):
+        listing = run_zfs("list", "-H", "-o", "name", "-d", "1", "-t", "filesystem",
+                          self.root_dataset)
+        prefix = self.root_dataset + "/"
+        ids = {name[len(prefix):] for name in listing.splitlines()
+               if name.startswith(prefix) and NUMERIC.fullmatch(name[len(prefix):])}
+        if self.fuse:  # mount point directories left by a crash between destroy and rmdir
+            with contextlib.suppress(FileNotFoundError):
+                ids.update(name for name in os.listdir(self.snapshots_dir)
+                           if NUMERIC.fullmatch(name))
+        return [StorageEntry(i, self.dataset_of(i)) for i in sorted(ids, key=int)]
+
+    def storage_entries_of(self, snapshot_id):
+        # Cheap: whether the dataset still exists is destroy's question.
+        return [StorageEntry(str(snapshot_id), self.dataset_of(snapshot_id))]
+
+    def remove_storage_entries(self, entries):
+        for entry in entries:
+            destroy_dataset(entry.path)
+            self._remove_home(entry.id)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _remove_home(self, snapshot_id):
+        """zfs-fuse leaves the mount point directory behind; remove it if empty."""
+        home = self.home_of(snapshot_id)
+        if home is None:
+            return
+        try:
+            os.rmdir(home)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("zfs backend: cannot remove the mount point %s: %s", home, err)
+
+
+__all__ = ["ZfsSnapshotter", "ZfsError", "run_zfs", "sync_dataset", "destroy_dataset",
+           "ZFS_FSTYPES", "SNAPSHOT_SUFFIX"]
