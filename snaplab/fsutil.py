@@ -279,6 +279,20 @@ def _copy_xattrs(source, target):
 # disk_usage
 
 
+def settle_zfs(path):
+    """On ZFS, wait for a transaction group sync first: st_blocks counts only
+    synced data and lags what was written by seconds (kernel OpenZFS and
+    zfs-fuse alike). Elsewhere nothing: block-device filesystems (a real
+    major number) are known without reading the mount table."""
+    if os.major(os.stat(path).st_dev) != 0:
+        return
+    from . import mount as mountlib
+    from .backends import zfs
+    where = mountlib.lookup(path)
+    if where.fstype in zfs.ZFS_FSTYPES:
+        zfs.sync_dataset(where.source)
+
+
 def disk_usage(path):
     """Usage of the tree at `path` as continuity's fs.DiskUsage counts it.
 
@@ -289,6 +303,7 @@ def disk_usage(path):
     walk is skipped (the tree of an active snapshot may be in use).
     """
     path = os.fspath(path)
+    settle_zfs(path)
     root = os.lstat(path)
     seen = {(root.st_dev, root.st_ino)}
     size = root.st_blocks * _BLOCK_UNIT
