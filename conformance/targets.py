@@ -7,6 +7,7 @@ A new backend joins by adding a Target kind here, not by editing cases.
 """
 
 import contextlib
+import copy
 import itertools
 import os
 import shutil
@@ -138,8 +139,9 @@ class FilesystemPool:
     what a killed run leaves behind is recognisable as ours.
     """
 
-    def __init__(self, base_dir=None, provided=None):
+    def __init__(self, base_dir=None, provided=None, sizes_mib=None):
         self.base = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=base_dir)
+        self._sizes_mib = dict(sizes_mib or {})  # name -> loop file size instead of the spec's
         self._made = {}
         self._failed = {}
         # name -> mount point of filesystems someone else made: used, never removed
@@ -153,8 +155,12 @@ class FilesystemPool:
         if name in self._failed:
             raise FilesystemUnavailable(self._failed[name])
         if name not in self._made:
+            spec = FILESYSTEMS[name]
+            if name in self._sizes_mib:
+                spec = copy.copy(spec)
+                spec.size_mib = self._sizes_mib[name]
             try:
-                self._made[name] = self._make(FILESYSTEMS[name])
+                self._made[name] = self._make(spec)
             except FilesystemUnavailable as unavailable:
                 self._failed[name] = str(unavailable)
                 raise

@@ -16,17 +16,18 @@ daemon only if this test started it, and removes its temp directory.
 
 import json
 import os
-import re
 import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
 import pytest
+
+from snaplab import backends
+from tests.integration.playbooks import LocalAnsible, declare_snapshots
 
 PIDFILE = "/run/zfs-fuse.pid"  # the role's default node_storage_zfs_fuse_pidfile
 MARKER = PIDFILE + ".node_storage"
@@ -36,40 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse") and not os.path.exists("/sys/module/zfs"),
                        reason="neither kernel zfs nor /dev/fuse (for zfs-fuse)"),
 ]
-
-RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                   re.MULTILINE)
-PLAYBOOK = """\
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - snaplab.snapshots.node_storage
-"""
-
-
-class Play:
-    """One ansible-playbook run: rc, output, and the recap's counts."""
-
-    def __init__(self, proc):
-        self.rc = proc.returncode
-        self.output = proc.stdout + proc.stderr
-        found = RECAP.search(self.output)
-        assert found, "no PLAY RECAP in:\n" + self.output
-        self.ok, self.changed, self.unreachable, self.failed = map(int, found.groups())
-
-    def failed_at(self, task):
-        """Whether the play stopped on a task whose name starts with `task`."""
-        headers = re.findall(r"^TASK \[snaplab\.snapshots\.node_storage : ([^\]]*)\]", self.output, re.MULTILINE)
-        return self.rc != 0 and bool(headers) and headers[-1].startswith(task)
-
-    def changed_tasks(self):
-        """The names (before " | entry") of the role's tasks that reported a change."""
-        blocks = re.split(r"^TASK \[snaplab\.snapshots\.node_storage : ", self.output, flags=re.MULTILINE)[1:]
-        return [block.split(" | ")[0] for block in blocks if re.search(r"^changed:", block, re.MULTILINE)]
-
-    def __repr__(self):
-        return self.output
-
 
 def run(*argv):
     """argv's result; a missing program (no zpool before zfs-fuse is installed) is rc 127."""
@@ -94,22 +61,15 @@ class ZfsWorkspace:
     loop file and mount point of one zfs declaration; runs node_storage."""
 
     def __init__(self, ansible_playbook, stage_collection):
-        self.ansible_playbook = ansible_playbook
         self.base = tempfile.mkdtemp(prefix="snaplab-test-zfs-")
         # Every pool this test makes starts with this run's unique prefix.
         self.pool_prefix = "snaplabtest%s" % uuid.uuid4().hex[:8]
         self.pool = self.pool_prefix + "a"
         self.daemon_was_running = bool(zfs_fuse_pids())
-        collections = stage_collection(self.path("collections"))
         self.fstab = self.path("fstab")
         open(self.fstab, "w").close()
-        inventory = self.path("inventory")
-        with open(inventory, "w") as f:
-            f.write("localhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
-        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_INVENTORY=inventory,
-                        ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=self.path("ansible-tmp"),
-                        ANSIBLE_RETRY_FILES_ENABLED="0")
-        self.env.pop("ANSIBLE_CONFIG", None)
+        self.ansible = LocalAnsible(self.base, stage_collection(self.path("collections")),
+                                    ansible_playbook)
         self.loop_file = self.path("images", "zfs.img")
         self.mount_point = self.path("mnt", "zfs")
         self.root = os.path.join(self.mount_point, "snapshots")
@@ -126,15 +86,7 @@ class ZfsWorkspace:
         return {"node_storage_filesystems": [entry], "node_storage_fstab": self.fstab}
 
     def play(self, variables, check=False):
-        playbook = self.path("node_storage.yml")
-        with open(playbook, "w") as f:
-            f.write(PLAYBOOK)
-        extra = self.path("vars.json")
-        with open(extra, "w") as f:
-            json.dump(variables, f)
-        argv = [self.ansible_playbook, playbook, "-e", "@" + extra] + (["--check"] if check else [])
-        return Play(subprocess.run(argv, cwd=self.base, env=self.env, capture_output=True, text=True,
-                                   timeout=900))
+        return self.ansible.role("node_storage", variables, check)
 
     def remove(self):
         """Export this run's pools, stop a daemon this test started, delete the directory."""
@@ -213,6 +165,32 @@ def test_dataset_is_mounted_at_mount_point(ws):
     assert open(ws.fstab).read() == ""
     if not os.path.exists("/sys/module/zfs") and not ws.daemon_was_running:
         assert os.path.exists(MARKER), "the role did not record that it started zfs-fuse"
+
+
+def test_snapshotter_root_is_a_dataset_the_zfs_backend_takes(ws):
+    listed = run("zfs", "list", "-H", "-o", "name,mountpoint", ws.pool + "/snaplab/snapshots")
+    assert listed.stdout.split() == [ws.pool + "/snaplab/snapshots", ws.root], listed.stderr
+    content = ws.path("content")
+    os.makedirs(content)
+    with open(os.path.join(content, "motd"), "w") as f:
+        f.write("hello from zfs\n")
+    snapshots = [{"key": "base", "source": {"directory": content}},
+                 {"key": "app", "parent": "base", "state": "active"}]
+    play, result = declare_snapshots(ws.ansible, ws.root, "zfs", snapshots)
+    assert play.rc == 0 and play.changed == 1, play
+    assert [s["kind"] for s in result["snapshots"]] == ["committed", "active"]
+    again, _ = declare_snapshots(ws.ansible, ws.root, "zfs", snapshots)
+    assert again.rc == 0 and again.changed == 0, again
+    # one dataset per snapshot under the root's dataset; the committed one has @snapshot
+    names = run("zfs", "list", "-H", "-r", "-t", "all", "-o", "name",
+                ws.pool + "/snaplab/snapshots").stdout.split()
+    assert len(names) == 4 and sum(name.endswith("@snapshot") for name in names) == 1, names
+    with backends.open_snapshotter(ws.root, "zfs") as sn:
+        sn.remove("app")
+        sn.remove("base")
+    names = run("zfs", "list", "-H", "-r", "-t", "all", "-o", "name",
+                ws.pool + "/snaplab/snapshots").stdout.split()
+    assert names == [ws.pool + "/snaplab/snapshots"]
 
 
 def test_check_mode_changes_nothing(ws):
