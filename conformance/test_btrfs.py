@@ -43,10 +43,13 @@ def _subvolumes_below(path):
             if os.lstat(walked[0]).st_ino == SUBVOLUME_ROOT_INO]
 
 
-def _listed_subvolumes(root, fs_mountpoint):
-    """Subvolumes under `root` as `btrfs subvolume list` sees them (paths from the top)."""
-    below = os.path.relpath(root, fs_mountpoint) + "/"
-    paths = [line.split(" path ", 1)[1] for line in _btrfs("subvolume", "list", fs_mountpoint)
+def _listed_subvolumes(root):
+    """Subvolumes under `root` as `btrfs subvolume list` sees them. It names them
+    from the top of the filesystem, which is where the btrfs is mounted: the
+    target's own directory may be deeper (a filesystem node_storage made)."""
+    top = mountlib.lookup(root).mountpoint
+    below = os.path.relpath(root, top) + "/"
+    paths = [line.split(" path ", 1)[1] for line in _btrfs("subvolume", "list", top)
              .splitlines() if " path " in line]
     return [p for p in paths if p.startswith(below)]
 
@@ -123,7 +126,7 @@ def test_committed_data_is_read_only_on_disk(open_snapshotter, root, work):
         assert f.read() == b"a"
 
 
-def test_nothing_is_left_after_removing_everything(open_snapshotter, root, work, target):
+def test_nothing_is_left_after_removing_everything(open_snapshotter, root, work):
     sn = open_snapshotter(root)
     apply_to_mounts(sn.prepare("l1", ""), work, fstest.create_file("/a", b"a", 0o644))
     sn.commit("c1", "l1")
@@ -133,16 +136,16 @@ def test_nothing_is_left_after_removing_everything(open_snapshotter, root, work,
     sn.view("view", "c2")
     sn.view("empty-view", "")
     sn.prepare("empty-active", "")
-    assert len(_listed_subvolumes(root, target.fs.mountpoint)) == 6
+    assert len(_listed_subvolumes(root)) == 6
     for key in ("active", "view", "empty-view", "empty-active", "c2", "c1"):
         sn.remove(key)
     sn.cleanup()
     assert os.listdir(os.path.join(root, "snapshots")) == []
     assert _subvolumes_below(root) == []
-    assert _listed_subvolumes(root, target.fs.mountpoint) == []
+    assert _listed_subvolumes(root) == []
 
 
-def test_cleanup_removes_orphans_and_keeps_live_snapshots(open_snapshotter, root, target):
+def test_cleanup_removes_orphans_and_keeps_live_snapshots(open_snapshotter, root):
     sn = open_snapshotter(root)
     sn.prepare("live", "")
     snapshots = os.path.join(root, "snapshots")
@@ -154,17 +157,17 @@ def test_cleanup_removes_orphans_and_keeps_live_snapshots(open_snapshotter, root
     _btrfs("property", "set", os.path.join(snapshots, "998"), "ro", "true")
     _btrfs("subvolume", "create", os.path.join(snapshots, "new-0123abcd"))
     os.makedirs(os.path.join(snapshots, "new-plain", "deep"))
-    assert len(_listed_subvolumes(root, target.fs.mountpoint)) == 5
+    assert len(_listed_subvolumes(root)) == 5
     sn.cleanup()
     assert os.listdir(snapshots) == ["1"]
     assert _subvolumes_below(root) == [os.path.join(snapshots, "1")]
-    assert _listed_subvolumes(root, target.fs.mountpoint) == [
-        os.path.relpath(os.path.join(snapshots, "1"), target.fs.mountpoint)]
+    assert _listed_subvolumes(root) == [
+        os.path.relpath(os.path.join(snapshots, "1"), mountlib.lookup(root).mountpoint)]
     assert sn.stat("live").kind == Kind.ACTIVE
 
 
 @pytest.mark.parametrize("commit_first", [False, True], ids=["active", "committed"])
-def test_remove_deletes_nested_subvolumes(open_snapshotter, root, work, target, commit_first):
+def test_remove_deletes_nested_subvolumes(open_snapshotter, root, work, commit_first):
     """A user made subvolumes inside an active snapshot; Remove takes them too
     (inside a committed, read-only one as well)."""
     sn = open_snapshotter(root)
@@ -179,10 +182,10 @@ def test_remove_deletes_nested_subvolumes(open_snapshotter, root, work, target, 
     if commit_first:
         sn.commit("committed", "layer")
         key = "committed"
-    assert len(_listed_subvolumes(root, target.fs.mountpoint)) == 3
+    assert len(_listed_subvolumes(root)) == 3
     sn.remove(key)
     assert os.listdir(os.path.join(root, "snapshots")) == []
-    assert _listed_subvolumes(root, target.fs.mountpoint) == []
+    assert _listed_subvolumes(root) == []
 
 
 def test_usage_counts_changed_metadata_and_not_deleted_files(open_snapshotter, root, work):
@@ -205,15 +208,15 @@ def test_usage_counts_changed_metadata_and_not_deleted_files(open_snapshotter, r
     assert sn.usage("c2") == usage
 
 
-def test_view_of_a_missing_parent_creates_no_subvolume(open_snapshotter, root, target):
+def test_view_of_a_missing_parent_creates_no_subvolume(open_snapshotter, root):
     sn = open_snapshotter(root)
     with pytest.raises(errors.NotFound):
         sn.view("view", "no-such-parent")
     assert os.listdir(os.path.join(root, "snapshots")) == []
-    assert _listed_subvolumes(root, target.fs.mountpoint) == []
+    assert _listed_subvolumes(root) == []
 
 
-def test_failed_snapshot_leaves_no_row_and_no_subvolume(open_snapshotter, root, target):
+def test_failed_snapshot_leaves_no_row_and_no_subvolume(open_snapshotter, root):
     """The parent's subvolume vanished behind the backend's back: Prepare on
     it fails, and neither the snapshot nor a staged subvolume remains."""
     sn = open_snapshotter(root)
@@ -226,4 +229,4 @@ def test_failed_snapshot_leaves_no_row_and_no_subvolume(open_snapshotter, root, 
     with pytest.raises(errors.NotFound):
         sn.stat("child")
     assert os.listdir(os.path.join(root, "snapshots")) == []
-    assert _listed_subvolumes(root, target.fs.mountpoint) == []
+    assert _listed_subvolumes(root) == []
