@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""The lab matrix (labs/matrix.yml): releases, VM sizes, filesystems, cells.
+
+    python3 -m labs.matrix check            validate the matrix (exit 1 on problems)
+    python3 -m labs.matrix cells [RELEASE]  the cells, one `release filesystem backend` a line
+    python3 -m labs.matrix vars RELEASE     the scenario's declaration for RELEASE's VM (JSON)
+
+The YAML is read through Ruby's YAML (Psych), the parser the Vagrantfile
+uses, so that both sides read the same data and labs/ stays standard-library
+Python (Ruby is there wherever Vagrant is).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+LABS = os.path.dirname(os.path.abspath(__file__))
+MATRIX = os.path.join(LABS, "matrix.yml")
+
+# Keep in step with the Vagrantfile, which derives the same names.
+DISK_SERIAL_PREFIX = "snaplab-"
+# virtio-blk serials are at most 20 bytes (longer ones are cut, and the
+# /dev/disk/by-id name with them).
+SERIAL_MAX = 20
+MOUNT_BASE = "/srv/snaplab"
+FSTYPES = ("ext4", "xfs", "btrfs", "zfs")
+# The suite's filesystem names (conformance/targets.py) that a VM disk can hold.
+SUITE_FILESYSTEMS = ("ext4", "xfs", "xfs-noftype", "btrfs", "zfs")
+BACKENDS = ("native", "overlay", "btrfs", "zfs", "aufs")
+RELEASE_KEYS = {"box", "kernel", "ssh_port", "mac", "filesystems", "memory_mib", "cpus",
+                "disk_size"}
+SIZE = re.compile(r"^[1-9][0-9]*[MG]$")
+MAC = re.compile(r"^52:54:00(:[0-9a-f]{2}){3}$")
+
+
+class MatrixError(Exception):
+    """The matrix cannot be read, or is not valid; the message says why."""
+
+
+def load(path=MATRIX):
+    """The matrix as plain data, parsed by Ruby's YAML."""
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        raise MatrixError("ruby is not installed (it comes with vagrant: make lab-deps)")
+    script = "require 'yaml'; require 'json'; print JSON.generate(YAML.safe_load(File.read(ARGV[0])))"
+    done = subprocess.run([ruby, "-e", script, path], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    if done.returncode != 0:
+        raise MatrixError("%s: %s" % (path, done.stderr.strip()))
+    return json.loads(done.stdout)
+
+
+def problems(data):
+    """Everything wrong with the matrix, as sentences (empty: valid)."""
+    found = []
+    if not isinstance(data, dict):
+        return ["the matrix is not a mapping"]
+    unknown = set(data) - {"defaults", "releases", "filesystems", "backends"}
+    if unknown:
+        found.append("unknown top-level keys: %s" % ", ".join(sorted(unknown)))
+    filesystems = data.get("filesystems") or {}
+    backends = data.get("backends") or {}
+    releases = data.get("releases") or {}
+    if not releases:
+        found.append("no releases")
+    for name, fs in filesystems.items():
+        if name not in SUITE_FILESYSTEMS:
+            found.append("filesystem %s: not one the suite knows (%s)" % (name, ", ".join(SUITE_FILESYSTEMS)))
+        if not isinstance(fs, dict) or fs.get("fstype") not in FSTYPES:
+            found.append("filesystem %s: fstype must be one of %s" % (name, ", ".join(FSTYPES)))
+            continue
+        if fs.get("root_backend") not in BACKENDS:
+            found.append("filesystem %s: root_backend must be one of %s" % (name, ", ".join(BACKENDS)))
+        elif name not in backends.get(fs["root_backend"], []):
+            found.append("filesystem %s: its root_backend %s does not apply to it (backends:)"
+                         % (name, fs["root_backend"]))
+        if fs["fstype"] == "zfs" and not fs.get("zfs_pool"):
+            found.append("filesystem %s: zfs needs zfs_pool" % name)
+        if len(DISK_SERIAL_PREFIX + name) > SERIAL_MAX:
+            found.append("filesystem %s: disk serial %s%s is longer than %d bytes"
+                         % (name, DISK_SERIAL_PREFIX, name, SERIAL_MAX))
+    for backend, names in backends.items():
+        if backend not in BACKENDS:
+            found.append("backend %s: not a snaplab backend (%s)" % (backend, ", ".join(BACKENDS)))
+        for name in names or []:
+            if name not in filesystems:
+                found.append("backend %s: filesystem %s is not declared" % (backend, name))
+    ports, macs = {}, {}
+    for name in releases:
+        undeclared = [fs for fs in (releases[name] or {}).get("filesystems") or []
+                      if fs not in filesystems]
+        if undeclared:
+            found.append("release %s: filesystem %s is not declared under filesystems:"
+                         % (name, ", ".join(undeclared)))
+            continue
+        try:
+            rel = release(data, name)
+        except MatrixError as err:
+            found.append(str(err))
+            continue
+        unknown = set(releases[name]) - RELEASE_KEYS
+        if unknown:
+            found.append("release %s: unknown keys %s" % (name, ", ".join(sorted(unknown))))
+        if not re.match(r"^[a-z0-9._/-]+$", str(rel["box"])):
+            found.append("release %s: box %r is not a Vagrant box name" % (name, rel["box"]))
+        port = rel["ssh_port"]
+        if not isinstance(port, int) or not 1024 <= port <= 65535 - 21000:
+            found.append("release %s: ssh_port %r must be 1024..%d (the tunnel uses +20000 "
+                         "and +21000)" % (name, port, 65535 - 21000))
+        else:
+            for other, used in ports.items():
+                if {port, port + 20000, port + 21000} & {used, used + 20000, used + 21000}:
+                    found.append("release %s: ssh_port %d clashes with %s's" % (name, port, other))
+            ports[name] = port
+        if not MAC.match(str(rel["mac"])):
+            found.append("release %s: mac %r must be 52:54:00:xx:xx:xx, lower case"
+                         % (name, rel["mac"]))
+        elif rel["mac"] in macs.values():
+            found.append("release %s: mac %s is used twice" % (name, rel["mac"]))
+        macs[name] = rel["mac"]
+        if not isinstance(rel["memory_mib"], int) or rel["memory_mib"] < 512:
+            found.append("release %s: memory_mib must be an integer >= 512" % name)
+        if not isinstance(rel["cpus"], int) or rel["cpus"] < 1:
+            found.append("release %s: cpus must be an integer >= 1" % name)
+        if not rel["filesystems"]:
+            found.append("release %s: no filesystems" % name)
+        for disk in rel["disks"]:
+            if not SIZE.match(str(disk["size"])):
+                found.append("release %s: disk %s size %r must be like 512M or 2G"
+                             % (name, disk["name"], disk["size"]))
+        if len(set(rel["filesystems"])) != len(rel["filesystems"]):
+            found.append("release %s: a filesystem is listed twice" % name)
+    return found
+
+
+def validate(data):
+    """`data`, or MatrixError listing its problems."""
+    found = problems(data)
+    if found:
+        raise MatrixError("labs/matrix.yml is not valid:\n  " + "\n  ".join(found))
+    return data
+
+
+def release(data, name):
+    """One release with the defaults applied and its disks spelled out."""
+    releases = data.get("releases") or {}
+    if name not in releases:
+        raise MatrixError("unknown release %r: one of %s" % (name, ", ".join(releases)))
+    own = releases[name] or {}
+    defaults = data.get("defaults") or {}
+    merged = dict(defaults)
+    merged.update(own)
+    for key in ("box", "ssh_port", "mac", "filesystems"):
+        if key not in merged:
+            raise MatrixError("release %s: %s is missing" % (name, key))
+    sizes = dict(defaults.get("disk_size") or {})
+    sizes.update(own.get("disk_size") or {})
+    disks = []
+    for fs in merged["filesystems"]:
+        if fs not in sizes:
+            raise MatrixError("release %s: no disk_size for %s" % (name, fs))
+        disks.append({"name": fs, "size": sizes[fs], "serial": DISK_SERIAL_PREFIX + fs,
+                      "device": "/dev/disk/by-id/virtio-" + DISK_SERIAL_PREFIX + fs})
+    merged.update(name=name, disks=disks, memory_mib=merged.get("memory_mib", 2048),
+                  cpus=merged.get("cpus", 2))
+    merged.pop("disk_size", None)
+    return merged
+
+
+def cells(data, releases=None):
+    """(release, filesystem, backend) where the backend applies, in matrix order."""
+    found = []
+    for name in releases or list(data["releases"]):
+        for fs in release(data, name)["filesystems"]:
+            for backend, where in data["backends"].items():
+                if fs in where:
+                    found.append((name, fs, backend))
+    return found
+
+
+def scenario_vars(data, name):
+    """What the lab scenario declares for `name`'s VM: node_storage's
+    filesystems (one per data disk), the suite's --filesystem-at map, the
+    backends to run, and the snapshotter roots converge declares a chain on."""
+    rel = release(data, name)
+    storage, at, roots = [], {}, []
+    for disk in rel["disks"]:
+        fs = data["filesystems"][disk["name"]]
+        mount_point = "%s/%s" % (MOUNT_BASE, disk["name"])
+        entry = {"name": "lab-" + disk["name"], "fstype": fs["fstype"],
+                 "device": disk["device"], "mount_point": mount_point}
+        root = {"path": "%s/%s" % (mount_point, fs["root_backend"]), "backend": fs["root_backend"]}
+        if fs["fstype"] == "xfs":
+            entry["xfs_ftype"] = fs.get("xfs_ftype", 1)
+            entry["xfs_reflink"] = entry["xfs_ftype"] == 1
+        if fs["fstype"] == "zfs":
+            entry["zfs_pool"] = fs["zfs_pool"]
+        else:
+            # noatime: the suite's Usage reads st_blocks, not atimes, and TCG
+            # is slow enough without an inode write per read.
+            entry["mount_options"] = ["noatime"]
+        entry["snapshotter_root"] = root
+        storage.append(entry)
+        at[disk["name"]] = mount_point
+        roots.append(dict(root, filesystem=disk["name"]))
+    backends = [b for b in data["backends"] if any(fs in data["backends"][b] for fs in rel["filesystems"])]
+    return {"lab_release": name, "lab_box": rel["box"], "lab_kernel": str(rel.get("kernel", "")),
+            "lab_filesystems": storage, "lab_filesystem_at": at, "lab_backends": backends,
+            "lab_suite_filesystems": list(rel["filesystems"]), "lab_roots": roots}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m labs.matrix", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--matrix", default=MATRIX, help="default: %(default)s")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check", help="validate the matrix")
+    p = commands.add_parser("cells", help="list the cells")
+    p.add_argument("releases", nargs="*", metavar="RELEASE")
+    p = commands.add_parser("vars", help="the scenario's declaration for RELEASE (JSON)")
+    p.add_argument("release", metavar="RELEASE")
+    args = parser.parse_args(argv)
+    try:
+        data = validate(load(args.matrix))
+        if args.command == "check":
+            print("%s: %d releases, %d cells" % (args.matrix, len(data["releases"]), len(cells(data))))
+        elif args.command == "cells":
+            for cell in cells(data, args.releases or None):
+                print(" ".join(cell))
+        elif args.command == "vars":
+            print(json.dumps(scenario_vars(data, args.release), indent=2))
+    except MatrixError as err:
+        print("error: %s" % err, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
