@@ -194,6 +194,23 @@ def ours_volume(name):
     return name.startswith(DOMAIN_PREFIX) or name.startswith(BOX_VOLUME_PREFIX)
 
 
+QEMU_LOG_DIR = "/var/log/libvirt/qemu"
+
+
+def collect_logs(dest):
+    """Move libvirt's logs of the lab's domains (qemu's log, the serial
+    console) into `dest`: they belong to the run, not to /var/log."""
+    moved = []
+    if not os.path.isdir(QEMU_LOG_DIR):
+        return moved
+    for name in sorted(os.listdir(QEMU_LOG_DIR)):
+        if name.startswith(DOMAIN_PREFIX) and name.endswith(".log"):
+            os.makedirs(dest, exist_ok=True)
+            shutil.move(os.path.join(QEMU_LOG_DIR, name), os.path.join(dest, name))
+            moved.append("log %s -> %s" % (name, dest))
+    return moved
+
+
 def cleanup(box_volumes=True):
     """Remove the lab's domains (stopped first) and volumes; returns what was
     removed. Only names the lab owns (module docstring)."""
@@ -266,6 +283,7 @@ def down(state_path, box_volumes=True):
     if answers():
         try:
             done += cleanup(box_volumes=box_volumes)
+            done += collect_logs(os.path.dirname(os.path.abspath(state_path)))
             if "pool" in state and state["pool"] is None and pool_info() is not None:
                 info = pool_info()
                 left = [v for v in volumes() if not ours_volume(v)]

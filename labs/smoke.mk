@@ -49,9 +49,10 @@ lab-smoke: lab-deps venv
 	  left="$$(virsh -q -c qemu:///system list --all --name 2>/dev/null | grep '^snaplab-lab-'; \
 	          virsh -q -c qemu:///system vol-list default 2>/dev/null | grep -E 'snaplab-(lab-|VAGRANTSLASH-)'; \
 	          virsh -q -c qemu:///system net-list --name 2>/dev/null | sed 's/^/active network /'; \
-	          pgrep -a qemu-system)"; \
+	          pgrep -af 'qemu-system.*guest=snaplab-lab-')"; \
 	  if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; rc=1; fi; \
 	  "$$venv/bin/python" -m labs.libvirt report; \
+	  echo "qemu processes: $$(pgrep -c qemu-system || true)"; \
 	  step "done"; \
 	  echo "== lab-smoke: $$([ $$rc -eq 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s (step times: $$reports/timings.txt)"; \
 	  exit $$rc; }; \
@@ -60,7 +61,7 @@ lab-smoke: lab-deps venv
 	step "box $(LAB_SMOKE_RELEASE) (labs/boxes.py, cached)"; \
 	$(LAB_PYTHON) labs/boxes.py build $(LAB_SMOKE_RELEASE) || { rc=1; exit 1; }; \
 	step "stage the collection"; \
-	rm -rf build/collections && "$$venv/bin/python" collection/stage.py build/collections >/dev/null || { rc=1; exit 1; }; \
+	rm -rf build/lab/collections && "$$venv/bin/python" collection/stage.py build/lab/collections >/dev/null || { rc=1; exit 1; }; \
 	step "molecule test -s lab ($(LAB_SMOKE_RELEASE))"; \
 	molecule test -s lab 2>&1 | tee "$$reports/molecule.log"; \
 	[ $${PIPESTATUS[0]} -eq 0 ] || rc=1; \

@@ -54,6 +54,14 @@ PROBE_MARKERS = ("Run /init as init process", "Freeing unused kernel image",
                  "Run /sbin/init as init process")
 
 
+# Lines of `vagrant up` that start a phase worth timing, and what to call it.
+UP_PHASES = (("Uploading base box image", "uploading the box into libvirt's pool"),
+             ("Creating image (snapshot", "creating the VM's disks"),
+             ("Starting domain", "starting the domain"),
+             ("Waiting for machine to boot", "booting, until SSH answers"),
+             ("Machine booted and ready", "SSH answers"))
+
+
 class LabError(Exception):
     """A lab VM could not be brought up or down; the message says why."""
 
@@ -98,17 +106,20 @@ def boot_id():
         return f.read().strip()
 
 
-def probe_kvm(image, timeout=PROBE_TIMEOUT_S):
+def probe_kvm(image, timeout=PROBE_TIMEOUT_S, accelerator="kvm"):
     """(usable, reason): boot `image` under KVM with the CPU the lab would
     use (host-passthrough), reading its serial console until the kernel runs
-    userspace or `timeout` passes. Writes go to a throwaway snapshot."""
-    if not os.path.exists("/dev/kvm"):
-        return False, "no /dev/kvm"
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError as err:
-        return False, "/dev/kvm does not open: %s" % err.strerror
-    argv = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
+    userspace or `timeout` passes. Writes go to a throwaway snapshot.
+    (accelerator="tcg" runs the same probe under TCG, for the tests.)"""
+    if accelerator == "kvm":
+        if not os.path.exists("/dev/kvm"):
+            return False, "no /dev/kvm"
+        try:
+            os.close(os.open("/dev/kvm", os.O_RDWR))
+        except OSError as err:
+            return False, "/dev/kvm does not open: %s" % err.strerror
+    cpu = "host" if accelerator == "kvm" else "max"
+    argv = ["qemu-system-x86_64", "-accel", accelerator, "-cpu", cpu, "-m", "512", "-smp", "1",
             "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-snapshot",
             "-drive", "file=%s,if=virtio,format=qcow2" % image, "-serial", "stdio"]
     start = time.monotonic()
@@ -125,14 +136,15 @@ def probe_kvm(image, timeout=PROBE_TIMEOUT_S):
                 seen = (seen + chunk)[-65536:]
                 text = seen.decode(errors="replace")
                 if any(marker in text for marker in PROBE_MARKERS):
-                    return True, "the box's kernel reached userspace under KVM in %.1f s" % (
-                        time.monotonic() - start)
+                    return True, "the box's kernel reached userspace under %s in %.1f s" % (
+                        accelerator.upper(), time.monotonic() - start)
         process.poll()
         tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["no console output"]
         if process.returncode is not None:
-            return False, "qemu -accel kvm exited (%d): %s" % (process.returncode, tail[0][:200])
-        return False, "the box's kernel did not reach userspace under KVM within %d s (last: %s)" % (
-            timeout, tail[0][:120])
+            return False, "qemu -accel %s exited (%d): %s" % (accelerator, process.returncode,
+                                                              tail[0][:200])
+        return False, "the box's kernel did not reach userspace under %s within %d s (last: %s)" % (
+            accelerator.upper(), timeout, tail[0][:120])
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -232,6 +244,25 @@ def check_ports_free(rel):
                                   err.strerror, rel["name"])) from None
 
 
+def check_loopback_only(release):
+    """Every socket libvirt's daemons and qemu listen on is on 127.0.0.1 (the
+    network rule); the listing is kept in the run directory. LabError if not."""
+    listing = subprocess.run(["ss", "-Hltunp"], stdout=subprocess.PIPE, universal_newlines=True,
+                             check=True).stdout
+    # libvirt names the qemu process after the domain (-name guest=...).
+    pids = set(subprocess.run(["pgrep", "-f", "qemu-system.*guest=%s%s," % (libvirt.DOMAIN_PREFIX, release)],
+                              stdout=subprocess.PIPE, universal_newlines=True).stdout.split())
+    pids |= {str(libvirt.daemon_pid(name)) for name in libvirt.DAEMONS if libvirt.daemon_pid(name)}
+    ours = [line for line in listing.splitlines()
+            if any("pid=%s," % pid in line for pid in pids)]
+    with open(state_path("listeners-%s.txt" % release), "w") as f:
+        f.write("\n".join(ours) + "\n")
+    wrong = [line for line in ours if not line.split()[4].startswith("127.0.0.1:")]
+    if wrong:
+        raise LabError("listening beyond loopback:\n" + "\n".join(wrong))
+    return ours
+
+
 def machine_state(cli, release):
     with contextlib.suppress(subprocess.CalledProcessError):
         for status in cli.status(vm_name=release):
@@ -260,7 +291,19 @@ def up(release, instance_config=None, vars_path=None):
         release, rel["cpus"], rel["memory_mib"],
         ", ".join("%s %s" % (d["name"], d["size"]) for d in rel["disks"])))
     try:
-        cli.up(vm_name=release, provider="libvirt", no_provision=True)
+        with open(log, "a") as out:
+            phase_start = start
+            for line in cli.up(vm_name=release, provider="libvirt", no_provision=True,
+                               stream_output=True):
+                # The box upload draws a progress bar with \r: keep its end only.
+                line = line.rsplit("\r", 1)[-1].replace("\x1b[K", "")
+                now = time.monotonic()
+                out.write("[%6.1f s] %s" % (now - start, line))
+                out.flush()
+                for marker, name in UP_PHASES:
+                    if marker in line:
+                        say("  %s (+%.1f s)" % (name, now - phase_start))
+                        phase_start = now
         conf = cli.conf(vm_name=release)
     except subprocess.CalledProcessError:
         raise LabError("vagrant up %s failed (log %s):\n%s" % (release, log, log_tail(log))) from None
@@ -269,6 +312,16 @@ def up(release, instance_config=None, vars_path=None):
     if conf["HostName"] != "127.0.0.1" or int(conf["Port"]) != rel["ssh_port"]:
         raise LabError("vagrant ssh-config says %s:%s, not 127.0.0.1:%d" % (
             conf["HostName"], conf["Port"], rel["ssh_port"]))
+    try:
+        listening = check_loopback_only(release)
+        networks = libvirt.active_networks()
+        if networks:
+            raise LabError("libvirt networks are active: %s (the lab never starts one)"
+                           % ", ".join(networks))
+    except LabError:
+        destroy(release)  # at once: the VM must not stay reachable beyond loopback
+        raise
+    say("%s: %d sockets, all on 127.0.0.1; no libvirt network active" % (release, len(listening)))
     if instance_config:
         # JSON is YAML: Molecule reads this with yaml.safe_load.
         write_json(os.path.abspath(instance_config), [{

@@ -1,0 +1,148 @@
+"""Tests of labs/libvirt.py and labs/vagrant.py on this machine, for real.
+
+- libvirt: the daemons are started when they do not run and stopped again
+  by `down` (and only those), the state file makes `down` idempotent; needs
+  root and libvirt (make lab-deps).
+- the KVM probe boots the box's kernel; under TCG it must reach userspace
+  (that is how the probe's console reading is checked), and its verdict on
+  this host is printed. Needs the bookworm box.
+- one VM up and down through Vagrant, with the network rule checked while
+  it runs (only 127.0.0.1 listeners, no libvirt network) and the host clean
+  afterwards. Minutes: only with SNAPLAB_LAB=1.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from labs import boxes, libvirt
+
+IS_ROOT = os.geteuid() == 0
+HAVE_LIBVIRT = shutil.which("libvirtd") is not None and shutil.which("virsh") is not None
+needs_libvirt = pytest.mark.skipif(not (IS_ROOT and HAVE_LIBVIRT),
+                                   reason="needs root and libvirt (make lab-deps)")
+needs_lab = pytest.mark.skipif(os.environ.get("SNAPLAB_LAB") != "1",
+                               reason="boots a VM through Vagrant (minutes): set SNAPLAB_LAB=1")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def state_dir():
+    path = tempfile.mkdtemp(prefix="snaplab-test-lab-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_lab_owns_only_its_names():
+    assert libvirt.ours_domain("snaplab-lab-bookworm")
+    assert not libvirt.ours_domain("bookworm")
+    assert libvirt.ours_volume("snaplab-lab-bookworm-vdb.qcow2")
+    assert libvirt.ours_volume("snaplab-VAGRANTSLASH-bookworm_vagrant_box_image_0_1795945300_box.img")
+    assert not libvirt.ours_volume("debian12.qcow2")
+
+
+def test_down_without_up_does_nothing(state_dir):
+    if libvirt.answers():
+        pytest.skip("libvirtd runs here already: down would look for lab domains")
+    assert libvirt.down(os.path.join(state_dir, "none.json")) == []
+
+
+# `down` removes every lab domain: these tests run only where libvirt is not
+# in use already (a lab VM of someone else's run must not be taken down).
+libvirt_idle = pytest.mark.skipif(libvirt.answers() if HAVE_LIBVIRT else False,
+                                  reason="libvirtd runs already (a lab may be using it)")
+
+
+@needs_libvirt
+@libvirt_idle
+def test_up_starts_only_what_is_not_running_and_down_stops_only_that(state_dir):
+    before = {name: libvirt.daemon_pid(name) for name in libvirt.DAEMONS}
+    state = os.path.join(state_dir, "libvirt.json")
+    with libvirt.session(state):
+        assert libvirt.answers()
+        recorded = json.load(open(state))["started"]
+        for name in libvirt.DAEMONS:
+            # Started by us exactly when it was not running before.
+            assert (name in recorded) == (before[name] is None)
+        assert libvirt.active_networks() == []
+    after = {name: libvirt.daemon_pid(name) for name in libvirt.DAEMONS}
+    assert after == before
+    assert not os.path.exists(state)
+
+
+@needs_libvirt
+@libvirt_idle
+def test_down_twice_is_fine(state_dir):
+    state = os.path.join(state_dir, "libvirt.json")
+    libvirt.up(state)
+    libvirt.down(state)
+    assert libvirt.down(state) == []
+
+
+def built_image(release="bookworm"):
+    box = boxes.current_box(release)
+    if not box.is_built():
+        pytest.skip("the %s box is not built: python3 labs/boxes.py build %s" % (release, release))
+    return box.image
+
+
+def test_the_probe_sees_the_kernel_reach_userspace_under_tcg():
+    from labs import vagrant as labvagrant
+    usable, reason = labvagrant.probe_kvm(built_image(), timeout=120, accelerator="tcg")
+    assert usable, reason
+
+
+def test_the_kvm_probe_gives_a_verdict_with_a_reason(capsys):
+    from labs import vagrant as labvagrant
+    usable, reason = labvagrant.probe_kvm(built_image(), timeout=30)
+    with capsys.disabled():
+        print("\nKVM probe on this host: %s (%s)" % ("kvm" if usable else "tcg", reason))
+    assert reason
+
+
+@needs_lab
+@needs_libvirt
+@libvirt_idle
+def test_a_vm_comes_up_on_loopback_only_and_leaves_nothing(state_dir):
+    built_image()
+    env = dict(os.environ, LAB_RUN_DIR=state_dir)
+    python = os.path.join(REPO, ".venv", "bin", "python")
+    config = os.path.join(state_dir, "instance.json")
+    try:
+        subprocess.run([python, "-m", "labs.vagrant", "up", "bookworm", "--instance-config", config],
+                       cwd=REPO, env=env, check=True)
+        instance = json.load(open(config))[0]
+        assert instance["address"] == "127.0.0.1"
+        ssh = ["ssh", "-i", instance["identity_file"], "-p", str(instance["port"]),
+               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "BatchMode=yes", "vagrant@127.0.0.1"]
+        out = subprocess.run(ssh + ["lsblk -dno SERIAL; cat /sys/module/zfs/version"],
+                             stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+        assert "snaplab-zfs" in out and "snaplab-ext4" in out
+        # Listening sockets: loopback only (the VM's forwarded SSH port among them).
+        listeners = subprocess.run(["ss", "-Htlnup"], stdout=subprocess.PIPE,
+                                   universal_newlines=True, check=True).stdout
+        for line in listeners.splitlines():
+            if "qemu" in line or "libvirtd" in line:
+                local = line.split()[4]
+                assert local.startswith("127.0.0.1:"), line
+        assert libvirt.active_networks() == []
+        # The guest reaches nothing: restrict=on user networking.
+        probe = subprocess.run(ssh + ["timeout 5 bash -c 'echo > /dev/tcp/10.0.2.2/22' 2>/dev/null "
+                                      "&& echo reached || echo isolated"],
+                               stdout=subprocess.PIPE, universal_newlines=True).stdout
+        assert "isolated" in probe
+    finally:
+        subprocess.run([python, "-m", "labs.vagrant", "down"], cwd=REPO, env=env, check=True)
+    if libvirt.answers():
+        assert not [d for d in libvirt.domains() if libvirt.ours_domain(d)]
+        assert not [v for v in libvirt.volumes() if libvirt.ours_volume(v)]
+    # libvirt names the qemu process after the domain (-name guest=snaplab-lab-...).
+    assert subprocess.run(["pgrep", "-f", "qemu-system.*guest=snaplab-lab-"],
+                          stdout=subprocess.DEVNULL).returncode == 1
