@@ -455,9 +455,14 @@ class ZfsFilesystem(Filesystem):
             try:
                 # zfs-fuse says "pool is busy" while datasets are mounted.
                 zfsbackend.destroy_dataset(self.dataset, dependents=True)
+            except zfsbackend.ZfsError as err:
+                # Reported, but the pool is ours: the forced destroy below
+                # unmounts what is left, so nothing stays behind.
+                problems.append(str(err))
+            try:
                 _run(["zpool", "destroy", "-f", self.pool])
                 self.pool = None
-            except (zfsbackend.ZfsError, FilesystemUnavailable) as err:
+            except FilesystemUnavailable as err:
                 problems.append(str(err))
         if self.loop_device and not self.pool:
             try:

@@ -53,8 +53,10 @@ SNAPSHOT_SUFFIX = "@snapshot"  # containerd's name for a committed snapshot's ZF
 SYNC_PROPERTY = "snaplab:sync"
 NUMERIC = re.compile(r"[0-9]+")
 # zfs-fuse unmounts asynchronously: a destroy right after an unmount may
-# still find the dataset busy for a moment. Seconds to wait between tries.
-BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+# still find the dataset busy for a moment — seconds on a loaded machine (a
+# CI run beside two TCG VMs needed more than 3 s). Seconds between tries,
+# about 15 s in all; a dataset that is really in use fails after that.
+BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0)
 
 
 class ZfsError(errors.SnapshotError, OSError):
