@@ -1,0 +1,1 @@
+"""The VM lab: box builder (boxes.py); the tests import it as labs.boxes."""

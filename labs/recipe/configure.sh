@@ -1,0 +1,34 @@
+#!/bin/sh
+# Runs inside the box's root (chroot) after debootstrap (recipe/rootfs/ was
+# laid down before it). Usage: configure.sh RELEASE VAGRANT_PUBKEY
+set -eu
+release=$1
+pubkey=$2
+
+# No daemons start from package scripts in the chroot (zfsutils-linux would
+# try); seal.sh removes this again.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+
+echo "snaplab-$release" > /etc/hostname
+printf '127.0.0.1 localhost\n127.0.1.1 snaplab-%s\n::1 localhost ip6-localhost ip6-loopback\n' \
+  "$release" > /etc/hosts
+
+# The release's own suite only (no -updates, no -security): the zfs step
+# needs the headers of exactly the kernel debootstrap installed.
+echo "deb http://deb.debian.org/debian $release main contrib" > /etc/apt/sources.list
+
+systemctl enable systemd-networkd.service snaplab-firstboot.service
+# wait-online would hold boot for the tunnel NIC vagrant-libvirt adds, which
+# never gets an address. systemd-firstboot would prompt on the console on a
+# first boot. The apt timers would take the dpkg lock at random times in a
+# guest that has no network to update from anyway.
+systemctl mask systemd-networkd-wait-online.service systemd-firstboot.service \
+  apt-daily.timer apt-daily-upgrade.timer
+
+useradd --create-home --shell /bin/bash --groups sudo vagrant
+# Vagrant's convention (also gives a login on the serial console).
+echo 'vagrant:vagrant' | chpasswd
+chmod 0440 /etc/sudoers.d/vagrant
+install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
+install -m 0600 -o vagrant -g vagrant "$pubkey" /home/vagrant/.ssh/authorized_keys
