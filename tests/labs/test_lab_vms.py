@@ -47,21 +47,24 @@ def test_the_lab_owns_only_its_names():
     assert not libvirt.ours_volume("debian12.qcow2")
 
 
-def test_down_without_up_does_nothing(state_dir):
-    if libvirt.answers():
-        pytest.skip("libvirtd runs here already: down would look for lab domains")
+@pytest.fixture
+def libvirt_idle(monkeypatch):
+    """`down` removes every lab domain and volume: these tests run only where
+    libvirt is not in use (checked when the test runs, not when it is
+    collected), and their `down` looks for names no lab uses, so that a lab
+    VM that comes up meanwhile is never taken down by a test."""
+    if HAVE_LIBVIRT and libvirt.answers():
+        pytest.skip("libvirtd runs already (a lab may be using it)")
+    monkeypatch.setattr(libvirt, "DOMAIN_PREFIX", "snaplab-test-nolab-")
+    monkeypatch.setattr(libvirt, "BOX_VOLUME_PREFIX", "snaplab-test-nolab-")
+
+
+def test_down_without_up_does_nothing(state_dir, libvirt_idle):
     assert libvirt.down(os.path.join(state_dir, "none.json")) == []
 
 
-# `down` removes every lab domain: these tests run only where libvirt is not
-# in use already (a lab VM of someone else's run must not be taken down).
-libvirt_idle = pytest.mark.skipif(libvirt.answers() if HAVE_LIBVIRT else False,
-                                  reason="libvirtd runs already (a lab may be using it)")
-
-
 @needs_libvirt
-@libvirt_idle
-def test_up_starts_only_what_is_not_running_and_down_stops_only_that(state_dir):
+def test_up_starts_only_what_is_not_running_and_down_stops_only_that(state_dir, libvirt_idle):
     before = {name: libvirt.daemon_pid(name) for name in libvirt.DAEMONS}
     state = os.path.join(state_dir, "libvirt.json")
     with libvirt.session(state):
@@ -77,8 +80,7 @@ def test_up_starts_only_what_is_not_running_and_down_stops_only_that(state_dir):
 
 
 @needs_libvirt
-@libvirt_idle
-def test_down_twice_is_fine(state_dir):
+def test_down_twice_is_fine(state_dir, libvirt_idle):
     state = os.path.join(state_dir, "libvirt.json")
     libvirt.up(state)
     libvirt.down(state)
@@ -108,8 +110,9 @@ def test_the_kvm_probe_gives_a_verdict_with_a_reason(capsys):
 
 @needs_lab
 @needs_libvirt
-@libvirt_idle
 def test_a_vm_comes_up_on_loopback_only_and_leaves_nothing(state_dir):
+    if libvirt.answers():
+        pytest.skip("libvirtd runs already (a lab may be using it)")
     built_image()
     env = dict(os.environ, LAB_RUN_DIR=state_dir)
     python = os.path.join(REPO, ".venv", "bin", "python")
