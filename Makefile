@@ -125,3 +125,8 @@ leaks:
 
 clean:
 	rm -rf $(VENV) $(REPORTS) .pytest_cache build *.egg-info
+
+# The VM lab (issue 5, in progress): boxes (labs/lab.mk) and the one-cell
+# smoke run through Vagrant + Molecule (labs/smoke.mk). Not part of `make test` yet.
+include labs/lab.mk
+include labs/smoke.mk
