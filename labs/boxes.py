@@ -461,7 +461,9 @@ class Build:
             code = f.read(440)  # the boot code only; the partition table stays
         with open(self.raw, "r+b") as f:
             f.write(code)
-        self.run(["qemu-img", "convert", "-c", "-O", "qcow2",
+        # zstd compresses ~4x faster than zlib here, and smaller; -W lets the
+        # compressing coroutines write out of order (a new file, nothing to keep).
+        self.run(["qemu-img", "convert", "-c", "-W", "-O", "qcow2",
                   "-o", "compression_type=" + image["qcow2_compression"], self.raw, self.qcow2])
         os.unlink(self.raw)
 

@@ -11,11 +11,11 @@
 
 LAB_PYTHON ?= /usr/bin/python3
 LAB_RELEASES ?= bullseye bookworm trixie
-# Building: debootstrap, extlinux (+ its MBR in syslinux-common), qemu-img.
-# Booting: qemu-system-x86, ssh. The Vagrant side (vagrant-libvirt, libvirtd)
+# Building: debootstrap, sfdisk (fdisk), extlinux (+ its MBR in
+# syslinux-common), qemu-img. Booting: qemu-system-x86, ssh. The Vagrant side (vagrant-libvirt, libvirtd)
 # is for the lab's Vagrantfile; vagrant also ships the insecure key pair the
 # boxes are built with.
-LAB_APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap extlinux syslinux-common \
+LAB_APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap fdisk extlinux syslinux-common \
 	openssh-client vagrant vagrant-libvirt libvirt-daemon-system
 
 .PHONY: lab-deps boxes boxes-check boxes-list

@@ -22,9 +22,10 @@ systemctl enable systemd-networkd.service snaplab-firstboot.service
 # wait-online would hold boot for the tunnel NIC vagrant-libvirt adds, which
 # never gets an address. systemd-firstboot would prompt on the console on a
 # first boot. The apt timers would take the dpkg lock at random times in a
-# guest that has no network to update from anyway.
+# guest that has no network to update from anyway. e2scrub checks LVM
+# snapshots (there is no LVM here) and at boot competes with the way to SSH.
 systemctl mask systemd-networkd-wait-online.service systemd-firstboot.service \
-  apt-daily.timer apt-daily-upgrade.timer
+  apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service e2scrub_all.timer
 
 useradd --create-home --shell /bin/bash --groups sudo vagrant
 # Vagrant's convention (also gives a login on the serial console).
