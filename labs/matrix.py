@@ -31,6 +31,7 @@ FSTYPES = ("ext4", "xfs", "btrfs", "zfs")
 # The suite's filesystem names (conformance/targets.py) that a VM disk can hold.
 SUITE_FILESYSTEMS = ("ext4", "xfs", "xfs-noftype", "btrfs", "zfs")
 BACKENDS = ("native", "overlay", "btrfs", "zfs", "aufs")
+FILESYSTEM_KEYS = {"fstype", "root_backend", "xfs_ftype", "zfs_pool", "on_partition"}
 RELEASE_KEYS = {"box", "kernel", "ssh_port", "mac", "filesystems", "memory_mib", "cpus",
                 "disk_size"}
 SIZE = re.compile(r"^[1-9][0-9]*[MG]$")
@@ -78,8 +79,11 @@ def problems(data):
         elif name not in backends.get(fs["root_backend"], []):
             found.append("filesystem %s: its root_backend %s does not apply to it (backends:)"
                          % (name, fs["root_backend"]))
+        if set(fs) - FILESYSTEM_KEYS:
+            found.append("filesystem %s: unknown keys %s" % (name, ", ".join(sorted(set(fs) - FILESYSTEM_KEYS))))
         if fs["fstype"] == "zfs" and not fs.get("zfs_pool"):
             found.append("filesystem %s: zfs needs zfs_pool" % name)
+        # udev names the partition <by-id name>-part1; the serial must still fit.
         if len(DISK_SERIAL_PREFIX + name) > SERIAL_MAX:
             found.append("filesystem %s: disk serial %s%s is longer than %d bytes"
                          % (name, DISK_SERIAL_PREFIX, name, SERIAL_MAX))
@@ -185,14 +189,19 @@ def cells(data, releases=None):
 def scenario_vars(data, name):
     """What the lab scenario declares for `name`'s VM: node_storage's
     filesystems (one per data disk), the suite's --filesystem-at map, the
-    backends to run, and the snapshotter roots converge declares a chain on."""
+    backends to run, the snapshotter roots converge declares a chain on, and
+    the disks that get one GPT partition first (`on_partition`)."""
     rel = release(data, name)
-    storage, at, roots = [], {}, []
+    storage, at, roots, partitions = [], {}, [], []
     for disk in rel["disks"]:
         fs = data["filesystems"][disk["name"]]
         mount_point = "%s/%s" % (MOUNT_BASE, disk["name"])
         entry = {"name": "lab-" + disk["name"], "fstype": fs["fstype"],
                  "device": disk["device"], "mount_point": mount_point}
+        if fs.get("on_partition"):
+            # udev's by-id name of the disk's first partition.
+            entry["device"] = disk["device"] + "-part1"
+            partitions.append(disk["device"])
         root = {"path": "%s/%s" % (mount_point, fs["root_backend"]), "backend": fs["root_backend"]}
         if fs["fstype"] == "xfs":
             entry["xfs_ftype"] = fs.get("xfs_ftype", 1)
@@ -210,7 +219,8 @@ def scenario_vars(data, name):
     backends = [b for b in data["backends"] if any(fs in data["backends"][b] for fs in rel["filesystems"])]
     return {"lab_release": name, "lab_box": rel["box"], "lab_kernel": str(rel.get("kernel", "")),
             "lab_filesystems": storage, "lab_filesystem_at": at, "lab_backends": backends,
-            "lab_suite_filesystems": list(rel["filesystems"]), "lab_roots": roots}
+            "lab_suite_filesystems": list(rel["filesystems"]), "lab_roots": roots,
+            "lab_partitioned_disks": partitions}
 
 
 def main(argv=None):

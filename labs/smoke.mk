@@ -63,10 +63,25 @@ lab-smoke: lab-deps venv
 	step "stage the collection"; \
 	rm -rf build/lab/collections && "$$venv/bin/python" collection/stage.py build/lab/collections >/dev/null || { rc=1; exit 1; }; \
 	step "molecule test -s lab ($(LAB_SMOKE_RELEASE))"; \
-	molecule test -s lab 2>&1 | tee "$$reports/molecule.log"; \
+	NO_COLOR=1 COLUMNS=200 molecule test -s lab 2>&1 | tee "$$reports/molecule.log" | \
+	while IFS= read -r line; do \
+	  printf '%s\n' "$$line"; \
+	  case "$$line" in \
+	    *"lab ➜ "*": Executing") printf -v t0 '%(%s)T' -1 ;; \
+	    *"lab ➜ "*": Executed"*) printf -v t1 '%(%s)T' -1; action="$${line#*➜ }"; \
+	      printf '  %-32s %5d s\n' "molecule $${action%%:*}" $$((t1 - $${t0:-t1})) >> "$$reports/timings.txt" ;; \
+	  esac; \
+	done; \
 	[ $${PIPESTATUS[0]} -eq 0 ] || rc=1; \
 	step "report (python3 -m conformance.report)"; \
 	if [ -f "$$reports/$(LAB_SMOKE_RELEASE)/results.json" ]; then \
+	  "$$venv/bin/python" -c 'import collections, datetime, json, sys; \
+	    d = json.load(open(sys.argv[1])); p = lambda t: datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ"); \
+	    n = collections.Counter(r["outcome"] for r in d["results"]); \
+	    print("  suite in the VM (%s, %s) %5d s: %s" % (d["run"]["kernel"], d["run"]["distro"], \
+	      (p(d["run"]["finished"]) - p(d["run"]["started"])).total_seconds(), \
+	      ", ".join("%d %s" % (v, k) for k, v in sorted(n.items()))))' \
+	    "$$reports/$(LAB_SMOKE_RELEASE)/results.json" | tee -a "$$reports/timings.txt"; \
 	  "$$venv/bin/python" -m conformance.report "$$reports/$(LAB_SMOKE_RELEASE)/results.json" \
 	    --markdown "$$reports/report.md" --html "$$reports/report.html" >/dev/null; \
 	  [ $$? -le 1 ] || rc=1; \

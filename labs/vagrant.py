@@ -14,8 +14,9 @@ forwarded port, user vagrant, the key `vagrant ssh-config` names); with
 --vars the scenario's declaration for that VM (labs/matrix.py).
 
 `down` destroys every lab VM Vagrant knows, removes the lab's domains and
-volumes that are left anyway, removes the boxes `up` added to Vagrant, and
-stops the daemons `up` started. It is safe to run twice, or after a failed
+volumes that are left anyway, removes the boxes `up` added to Vagrant (adding
+one again takes ~3 s; --keep-boxes keeps them), and stops the daemons `up`
+started. It is safe to run twice, or after a failed
 `up`; Molecule's destroy and `make lab-smoke` end with it.
 
 KVM or TCG: /dev/kvm is not enough (on this machine kind it opens, yet a
@@ -291,7 +292,7 @@ def up(release, instance_config=None, vars_path=None):
         release, rel["cpus"], rel["memory_mib"],
         ", ".join("%s %s" % (d["name"], d["size"]) for d in rel["disks"])))
     try:
-        with open(log, "a") as out:
+        with open(log, "w") as out:  # this `up`'s log only
             phase_start = start
             for line in cli.up(vm_name=release, provider="libvirt", no_provision=True,
                                stream_output=True):

@@ -71,6 +71,9 @@ def test_the_scenario_declaration_matches_node_storage(data):
     assert set(by_fs) == set(declared["lab_filesystem_at"]) == set(declared["lab_suite_filesystems"])
     assert by_fs["zfs"]["zfs_pool"] and "mount_options" not in by_fs["zfs"]
     assert by_fs["zfs"]["snapshotter_root"] == {"path": "/srv/snaplab/zfs/zfs", "backend": "zfs"}
+    # The pool sits on the disk's one partition (matrix.yml: on_partition).
+    assert by_fs["zfs"]["device"] == "/dev/disk/by-id/virtio-snaplab-zfs-part1"
+    assert declared["lab_partitioned_disks"] == ["/dev/disk/by-id/virtio-snaplab-zfs"]
     assert by_fs["xfs-noftype"]["xfs_ftype"] == 0 and by_fs["xfs-noftype"]["xfs_reflink"] is False
     assert by_fs["xfs"]["xfs_ftype"] == 1
     for name, entry in by_fs.items():
@@ -148,6 +151,7 @@ def good(data):
     (lambda d: d["releases"]["trixie"].pop("box"), "box is missing"),
     (lambda d: d["filesystems"]["ext4"].update(root_backend="btrfs"), "does not apply"),
     (lambda d: d["filesystems"]["zfs"].pop("zfs_pool"), "zfs needs zfs_pool"),
+    (lambda d: d["filesystems"]["zfs"].update(raid="z2"), "unknown keys raid"),
     (lambda d: d["filesystems"].update({"ext4-with-a-long-name": {"fstype": "ext4", "root_backend": "native"}}),
      "longer than 20"),
     (lambda d: d["backends"].update(devmapper=["ext4"]), "not a snaplab backend"),
