@@ -67,9 +67,9 @@ lab-smoke: lab-deps venv
 	while IFS= read -r line; do \
 	  printf '%s\n' "$$line"; \
 	  case "$$line" in \
-	    *"lab ➜ "*": Executing") printf -v t0 '%(%s)T' -1 ;; \
-	    *"lab ➜ "*": Executed"*) printf -v t1 '%(%s)T' -1; action="$${line#*➜ }"; \
-	      printf '  %-32s %5d s\n' "molecule $${action%%:*}" $$((t1 - $${t0:-t1})) >> "$$reports/timings.txt" ;; \
+	    *"[lab > "*"] Executing") printf -v t0 '%(%s)T' -1 ;; \
+	    *"[lab > "*"] Executed"*) printf -v t1 '%(%s)T' -1; action="$${line#*\[lab > }"; \
+	      printf '  %-32s %5d s\n' "molecule $${action%%]*}" $$((t1 - $${t0:-t1})) >> "$$reports/timings.txt" ;; \
 	  esac; \
 	done; \
 	[ $${PIPESTATUS[0]} -eq 0 ] || rc=1; \
