@@ -220,7 +220,6 @@ class Build:
         self.box_file = os.path.join(work, "disk.box")
         self.log_path = os.path.join(work, "build.log")
         self.verbose = verbose
-        self.loops = []
         self.steps = {}
         self.cpu = {}
         self.facts = {}
@@ -323,12 +322,10 @@ class Build:
     def loop_device(self, path, offset):
         loop = self.run(["losetup", "--find", "--show", "--offset", str(offset), path],
                         capture=True).strip()
-        self.loops.append(loop)
         try:
             yield loop
         finally:
             subprocess.run(["losetup", "--detach", loop], check=False)
-            self.loops.remove(loop)
 
     # -- steps (their source is part of the recipe hash) ------------------
 
@@ -799,7 +796,6 @@ class GuestVM:
                 # Own session: a Ctrl-C reaches us, and we stop qemu in order.
                 self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
-            self.started = time.monotonic()
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -46,6 +46,14 @@ def cache(tmp, monkeypatch):
     return path
 
 
+@pytest.fixture
+def no_preflight(monkeypatch):
+    """The build's host checks pass (the tests that use this replace the
+    build itself, so they run without the lab's packages installed)."""
+    monkeypatch.setattr(boxes, "missing_tools", lambda tools: [])
+    monkeypatch.setattr(boxes, "find_vagrant_key", lambda patterns: "/dev/null")
+
+
 def fake_built(box, box_bytes=100, image_bytes=200, **facts):
     """Files in the cache as a finished build leaves them (small stand-ins)."""
     with open(box.box, "wb") as f:
@@ -221,8 +229,17 @@ def test_list_names_each_release_and_its_recipe(cache, capsys):
     assert "bookworm  recipe" in out and "built" in out
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="the build refuses non-root users first")
+def test_a_build_without_the_host_commands_names_them_before_starting(cache, monkeypatch):
+    monkeypatch.setattr(boxes, "missing_tools", lambda tools: ["sfdisk"])
+    with pytest.raises(boxes.BoxError, match="missing host commands sfdisk: make lab-deps"):
+        boxes.build("bookworm")
+    assert os.listdir(cache) == []
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (mount)")
-def test_an_interrupted_build_leaves_no_mount_work_directory_or_box(cache, tmp, monkeypatch):
+def test_an_interrupted_build_leaves_no_mount_work_directory_or_box(cache, tmp, monkeypatch,
+                                                                    no_preflight):
     # A build interrupted with its chroot's /dev bind-mounted: the mount is
     # undone, the host side untouched, and nothing in the cache looks built.
     outside = os.path.join(tmp, "outside")
@@ -245,7 +262,8 @@ def test_an_interrupted_build_leaves_no_mount_work_directory_or_box(cache, tmp, 
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (mount)")
-def test_a_dead_build_s_work_directory_is_cleaned_by_the_next_build(cache, tmp, monkeypatch):
+def test_a_dead_build_s_work_directory_is_cleaned_by_the_next_build(cache, tmp, monkeypatch,
+                                                                    no_preflight):
     outside = os.path.join(tmp, "outside")
     os.makedirs(outside)
     stale_dev = os.path.join(cache, ".work-bookworm-dead", "root", "dev")
