@@ -6,7 +6,8 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPORTS ?= reports
-APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd
+APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd \
+	containerd
 # ZFS for the zfs backend: OpenZFS's tools where the kernel has the module,
 # else zfs-fuse (a daemon; the kernel needs only FUSE). Both are in contrib.
 ZFS_PACKAGE := $(if $(wildcard /sys/module/zfs),zfsutils-linux,zfs-fuse)
@@ -40,6 +41,7 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m snaplab_grpc.stubs
 	touch $@
 
 venv: $(VENV)/.installed
