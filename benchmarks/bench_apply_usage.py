@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Apply-layer throughput against `tar -x`, and Usage against `du -s`, on one filesystem.
+
+    python3 benchmarks/bench_apply_usage.py [--layer-mib 200] [--rounds 5]
+        [--files 100000] [--at DIR] [--only apply|usage] [--json OUT] [--markdown OUT]
+
+Everything happens on one filesystem: a loop-backed ext4 the benchmark makes
+(and removes, also on failure), or a directory given with --at.
+
+Apply. A generated, uncompressed PAX layer of --layer-mib MiB shaped like an
+image layer (thousands of files of mixed sizes, a few big ones, nested
+directories, owners and modes, symlinks, hardlinks), and a small second layer
+on top of it with whiteouts, an opaque directory and replaced files. snaplab
+applies each with layers.apply_layer (what `snaplab apply-layer`/`apply-layers`
+and the Ansible module use: a scan of the whole layer, then the write) to an
+active overlay snapshot (layer 2 to a child of layer 1 committed); `tar -x`
+(GNU tar, as root: owners and modes kept) extracts the same tars into a plain
+directory of the same filesystem. tar does not interpret whiteouts (it writes
+the .wh. files as they are): the layer-2 row compares the cost of the same
+bytes, not the same result. Fairness: before each timed apply, everything is
+synced and the page cache dropped (echo 3 > /proc/sys/vm/drop_caches), so both
+read the tar from disk; the order of the two alternates by round. Two times
+are kept: until the extractor returns, and until syncfs(2) of the filesystem
+returns (data on disk). Throughput is layer bytes / time; the median of the
+rounds is reported.
+
+Usage. An active overlay snapshot whose upper directory holds --files files
+(sizes 0-16 KiB and a few larger, 100 per directory, 1% hardlinked, some
+symlinks). snaplab's Usage (the backend's usage(): fsutil.disk_usage of the
+upper directory, size and inodes in one walk) against `du -s -B1` and
+`du -s --inodes` of that directory, warm (after a first untimed pass) and
+cold (caches dropped before each run), median of the rounds. The results are
+checked equal (du counts hardlinks once, as continuity's DiskUsage).
+"""
+
+import argparse
+import ctypes
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conformance.targets import FilesystemPool  # noqa: E402
+from snaplab import open_snapshotter, layers  # noqa: E402
+
+MIB = 1024 * 1024
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# -- fairness helpers -------------------------------------------------------
+
+
+def can_drop_caches():
+    return os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def settle(drop):
+    """Write everything out and, if `drop`, empty the page cache, dentries and inodes."""
+    os.sync()
+    if drop:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+
+
+def syncfs(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def timed(action, fs_root):
+    """(seconds until `action` returns, seconds until its data is on disk)."""
+    clock = time.perf_counter
+    started = clock()
+    action()
+    returned = clock()
+    syncfs(fs_root)
+    return returned - started, clock() - started
+
+
+# -- the layers --------------------------------------------------------------
+
+
+def _file_size(rng):
+    """Sizes as in a distribution's files: mostly small, a tail of larger ones."""
+    pick = rng.random()
+    if pick < 0.55:
+        return rng.randint(0, 2048)
+    if pick < 0.85:
+        return rng.randint(2048, 16384)
+    if pick < 0.97:
+        return rng.randint(16384, 131072)
+    return rng.randint(131072, 524288)
+
+
+class LayerBuilder:
+    """Writes a PAX tar entry by entry (directories before what they hold)."""
+
+    def __init__(self, path, seed):
+        self.tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
+        self.rng = random.Random(seed)
+        self.mtime = 1700000000
+
+    def _info(self, name, kind, mode, uid=0):
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.mode = mode
+        info.uid = info.gid = uid
+        info.uname = info.gname = "root" if uid == 0 else ""
+        info.mtime = self.mtime + self.rng.randint(0, 10**6)
+        return info
+
+    def directory(self, name, mode=0o755):
+        self.tar.addfile(self._info(name, tarfile.DIRTYPE, mode))
+
+    def file(self, name, size, mode=0o644, uid=0):
+        info = self._info(name, tarfile.REGTYPE, mode, uid)
+        info.size = size
+        self.tar.addfile(info, io.BytesIO(os.urandom(size)))
+        return size
+
+    def symlink(self, name, target):
+        info = self._info(name, tarfile.SYMTYPE, 0o777)
+        info.linkname = target
+        self.tar.addfile(info)
+
+    def hardlink(self, name, target):
+        info = self._info(name, tarfile.LNKTYPE, 0o644)
+        info.linkname = target
+        self.tar.addfile(info)
+
+    def close(self):
+        self.tar.close()
+
+
+def make_layers(directory, layer_mib, seed=6):
+    """(base layer path, its entry counts, top layer path, its counts)."""
+    rng = random.Random(seed)
+    base_path = os.path.join(directory, "layer-base.tar")
+    base = LayerBuilder(base_path, seed)
+    budget = layer_mib * MIB
+    big_files = 4
+    big_size = budget * 2 // 5 // big_files  # 40% in a few big files (libraries, a database)
+    small_budget = budget - big_files * big_size
+    top_dirs = ["usr", "usr/bin", "usr/lib", "usr/share", "etc", "var", "var/lib", "opt"]
+    for name in top_dirs:
+        base.directory(name)
+    dirs = list(top_dirs)
+    files = []
+    counts = {"files": 0, "dirs": len(dirs), "symlinks": 0, "hardlinks": 0}
+    written = 0
+    while written < small_budget:
+        if rng.random() < 0.06 or len(dirs) < 40:  # a new directory, up to 5 deep
+            parent = rng.choice([d for d in dirs if d.count("/") < 4])
+            name = "%s/d%04d" % (parent, len(dirs))
+            base.directory(name, rng.choice([0o755, 0o755, 0o750, 0o700]))
+            dirs.append(name)
+            counts["dirs"] += 1
+            continue
+        name = "%s/f%06d%s" % (rng.choice(dirs), len(files), rng.choice([".so", ".py", ".txt", ""]))
+        size = min(_file_size(rng), small_budget - written)
+        written += base.file(name, size, rng.choice([0o644, 0o644, 0o755, 0o600]),
+                             rng.choice([0, 0, 0, 1000]))
+        files.append(name)
+        counts["files"] += 1
+    for i in range(big_files):
+        written += base.file("usr/lib/big-%d.bin" % i, big_size)
+        counts["files"] += 1
+    for i in range(max(1, counts["files"] // 20)):  # symlinks, relative and absolute
+        target = rng.choice(files)
+        link = "%s/l%05d" % (rng.choice(dirs), i)
+        base.symlink(link, "/" + target if i % 2 else os.path.relpath(target, os.path.dirname(link)))
+        counts["symlinks"] += 1
+    linked = rng.sample(files, max(1, counts["files"] // 40))
+    for i, target in enumerate(linked):
+        base.hardlink("%s/h%05d" % (rng.choice(dirs), i), target)
+        counts["hardlinks"] += 1
+    base.close()
+    counts["bytes"] = os.path.getsize(base_path)
+
+    top_path = os.path.join(directory, "layer-top.tar")
+    top = LayerBuilder(top_path, seed + 1)
+    top_counts = {"replaced files": 0, "whiteouts": 0, "opaque dirs": 1}
+    for parent in sorted({os.path.dirname(f) for f in files[:400]}):
+        top.directory(parent)
+    for name in rng.sample(files, 200):  # updated files (a package upgrade)
+        top.file(name, _file_size(rng))
+        top_counts["replaced files"] += 1
+    gone = set()
+    for name in rng.sample(files, 40):  # deleted files
+        if name not in gone:
+            top.file(os.path.join(os.path.dirname(name), ".wh." + os.path.basename(name)), 0)
+            gone.add(name)
+            top_counts["whiteouts"] += 1
+    opaque = dirs[len(dirs) // 2]  # a directory emptied and refilled
+    top.file(opaque + "/.wh..wh..opq", 0)
+    for i in range(20):
+        top.file("%s/new-%02d" % (opaque, i), _file_size(rng))
+    top.close()
+    top_counts["bytes"] = os.path.getsize(top_path)
+    return base_path, counts, top_path, top_counts
+
+
+# -- apply ---------------------------------------------------------------------
+
+
+def upper_of(sn, key):
+    """The directory an overlay snapshot writes to (a bind source without a parent)."""
+    (mount,) = sn.mounts(key)
+    if mount.type == "bind":
+        return mount.source
+    for option in mount.options:
+        if option.startswith("upperdir="):
+            return option[len("upperdir="):]
+    raise RuntimeError("%s is not an overlay snapshot with an upper directory" % key)
+
+
+def bench_apply(sn, work, fs_root, base_tar, top_tar, rounds, drop):
+    samples = {("base", "snaplab"): [], ("base", "tar"): [],
+               ("top", "snaplab"): [], ("top", "tar"): []}
+
+    def run_snaplab(r):
+        key = "apply-%d" % r
+        sn.prepare(key, "")
+        settle(drop)
+        samples[("base", "snaplab")].append(
+            timed(lambda: layers.apply_layer(sn, key, base_tar), fs_root))
+        sn.commit("base-%d" % r, key)
+        sn.prepare(key + "-top", "base-%d" % r)
+        settle(drop)
+        samples[("top", "snaplab")].append(
+            timed(lambda: layers.apply_layer(sn, key + "-top", top_tar), fs_root))
+        sn.remove(key + "-top")
+        sn.remove("base-%d" % r)
+
+    def run_tar(r):
+        target = tempfile.mkdtemp(prefix="tar-%d-" % r, dir=work)
+        for which, tar_path in (("base", base_tar), ("top", top_tar)):
+            settle(drop)
+            samples[(which, "tar")].append(timed(lambda: subprocess.run(
+                ["tar", "-x", "-f", tar_path, "-C", target], check=True), fs_root))
+        shutil.rmtree(target)
+
+    for r in range(rounds):
+        order = (run_snaplab, run_tar) if r % 2 == 0 else (run_tar, run_snaplab)
+        for run in order:
+            run(r)
+        print("  apply round %d: %s" % (r, ", ".join(
+            "%s/%s %.2fs" % (which, tool, times[-1][0])
+            for (which, tool), times in samples.items())), flush=True)
+    return samples
+
+
+# -- usage ---------------------------------------------------------------------
+
+
+def fill_tree(directory, files, seed=7):
+    """`files` files (100 a directory), 1% hardlinks and 1% symlinks among them."""
+    rng = random.Random(seed)
+    data = os.urandom(1 << 20)
+    made = []
+    for i in range(files):
+        sub = os.path.join(directory, "d%03d" % (i // 10000), "e%03d" % (i // 100 % 100))
+        if i % 100 == 0:
+            os.makedirs(sub, exist_ok=True)
+        path = os.path.join(sub, "f%06d" % i)
+        if i % 100 == 50 and made:
+            os.link(rng.choice(made), path)
+        elif i % 100 == 75:
+            os.symlink("f%06d" % (i - 1), path)
+        else:
+            size = _file_size(rng) // 8 if rng.random() < 0.95 else _file_size(rng)
+            with open(path, "wb") as f:
+                f.write(data[:size])
+            made.append(path)
+
+
+def run_du(directory, *options):
+    out = subprocess.run(["du", "-s"] + list(options) + [directory], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def bench_usage(sn, work, files, rounds, drop):
+    key = "usage-%d" % files
+    sn.prepare(key, "")
+    upper = upper_of(sn, key)
+    started = time.perf_counter()
+    fill_tree(upper, files)
+    print("  %d files written in %.1f s" % (files, time.perf_counter() - started), flush=True)
+    usage = sn.usage(key)
+    checks = {"size": (usage.size, run_du(upper, "-B1")),
+              "inodes": (usage.inodes, run_du(upper, "--inodes"))}
+    tools = {"snaplab": lambda: sn.usage(key),
+             "du -s": lambda: run_du(upper, "-B1"),
+             "du -s --inodes": lambda: run_du(upper, "--inodes")}
+    results = {}
+    clock = time.perf_counter
+    for cache in ("warm", "cold"):
+        if cache == "cold" and not drop:
+            continue
+        samples = {tool: [] for tool in tools}
+        for r in range(rounds):
+            names = list(tools) if r % 2 == 0 else list(tools)[::-1]
+            for tool in names:
+                if cache == "cold":
+                    settle(True)
+                else:
+                    tools[tool]()  # warm: the tree's inodes are in memory
+                started = clock()
+                tools[tool]()
+                samples[tool].append(clock() - started)
+        results[cache] = samples
+        print("  usage %s: %s" % (cache, ", ".join(
+            "%s %.3fs" % (tool, statistics.median(s)) for tool, s in samples.items())),
+            flush=True)
+    sn.remove(key)
+    return checks, results
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def apply_table(samples, base_counts, top_counts, drop):
+    lines = ["| layer | until | snaplab MiB/s | tar -x MiB/s | snaplab ÷ tar (goal ≥ 0.9) |",
+             "|---|---|---|---|---|"]
+    figures = {}
+    for which, counts in (("base", base_counts), ("top", top_counts)):
+        mib = counts["bytes"] / MIB
+        for index, until in ((0, "returned"), (1, "on disk (syncfs)")):
+            snaplab = statistics.median(t[index] for t in samples[(which, "snaplab")])
+            tar = statistics.median(t[index] for t in samples[(which, "tar")])
+            figures["%s %s" % (which, until)] = {"snaplab_s": snaplab, "tar_s": tar,
+                                                 "ratio": tar / snaplab}
+            label = "%s %.0f MiB" % (which, mib) if index == 0 else ""
+            lines.append("| %s | %s | %.1f (%.2f s) | %.1f (%.2f s) | %.2f× |" % (
+                label, until, mib / snaplab, snaplab, mib / tar, tar, tar / snaplab))
+    return "\n".join(lines), figures
+
+
+def usage_table(results, checks):
+    lines = ["| cache | snaplab usage | du -s | du -s --inodes | snaplab ÷ du -s (goal ≤ 1.2) "
+             "| snaplab ÷ du --inodes |", "|---|---|---|---|---|---|"]
+    figures = {}
+    for cache, samples in results.items():
+        m = {tool: statistics.median(s) for tool, s in samples.items()}
+        figures[cache] = dict(m, ratio_du=m["snaplab"] / m["du -s"],
+                              ratio_du_inodes=m["snaplab"] / m["du -s --inodes"])
+        lines.append("| %s | %.1f ms | %.1f ms | %.1f ms | %.2f× | %.2f× |" % (
+            cache, m["snaplab"] * 1000, m["du -s"] * 1000, m["du -s --inodes"] * 1000,
+            figures[cache]["ratio_du"], figures[cache]["ratio_du_inodes"]))
+    same = all(a == b for a, b in checks.values())
+    lines.append("")
+    lines.append("Same result: %s (snaplab size %d B, inodes %d; du %d B, %d inodes)" % (
+        "yes" if same else "NO", checks["size"][0], checks["inodes"][0], checks["size"][1],
+        checks["inodes"][1]))
+    return "\n".join(lines), figures, same
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layer-mib", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--files", type=int, default=100000)
+    parser.add_argument("--at", help="an existing directory to work in instead of a loop ext4")
+    parser.add_argument("--only", choices=("apply", "usage"))
+    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--markdown", help="also write the tables here")
+    args = parser.parse_args(argv)
+    drop = can_drop_caches()
+    # Big enough for the layers, both extractions and the 100k-file tree;
+    # ext4's default inode ratio (16 KiB) gives ~196k inodes at 3 GiB.
+    size_mib = max(3072, args.layer_mib * 6 + 1024)
+    if args.at:
+        pool = FilesystemPool(provided={"host-dir": args.at})
+        fs_name = "host-dir"
+    else:
+        pool = FilesystemPool(sizes_mib={"ext4": size_mib})
+        fs_name = "ext4"
+    load_before = os.getloadavg()
+    text = []
+    report = {"kernel": platform.release(), "caches_dropped": drop}
+    try:
+        fs = pool.get(fs_name)
+        fs_root = fs.mountpoint
+        work = tempfile.mkdtemp(prefix="bench-", dir=fs_root)
+        where = "a %d MiB loop ext4" % size_mib if not args.at else args.at
+        report["filesystem"] = where
+        with open_snapshotter(os.path.join(work, "root"), "overlay") as sn:
+            if args.only in (None, "apply"):
+                print("making the layers (%d MiB)..." % args.layer_mib, flush=True)
+                base_tar, base_counts, top_tar, top_counts = make_layers(work, args.layer_mib)
+                print("  base: %s; top: %s" % (base_counts, top_counts), flush=True)
+                samples = bench_apply(sn, work, fs_root, base_tar, top_tar, args.rounds, drop)
+                table, figures = apply_table(samples, base_counts, top_counts, drop)
+                report["apply"] = {"base": base_counts, "top": top_counts, "median": figures,
+                                   "samples": {"%s/%s" % k: v for k, v in samples.items()}}
+                text += ["Apply-layer throughput, snaplab (layers.apply_layer to an overlay "
+                         "snapshot) against GNU tar -x, on %s, median of %d rounds, caches %s "
+                         "before each" % (where, args.rounds,
+                                          "dropped" if drop else "NOT dropped (not root)"),
+                         "",
+                         "Base layer: %(files)d files (4 big), %(dirs)d directories, "
+                         "%(symlinks)d symlinks, %(hardlinks)d hardlinks. " % base_counts
+                         + "Top layer: %(replaced files)d replaced files, %(whiteouts)d "
+                         "whiteouts, %(opaque dirs)d opaque directory (tar writes the .wh. "
+                         "files as plain files)." % top_counts, "", table, ""]
+            if args.only in (None, "usage"):
+                print("usage of %d files..." % args.files, flush=True)
+                checks, results = bench_usage(sn, work, args.files, args.rounds, drop)
+                table, figures, same = usage_table(results, checks)
+                report["usage"] = {"files": args.files, "median_s": figures,
+                                   "same_result": same}
+                text += ["Usage of an active overlay snapshot holding %d files (snaplab: "
+                         "size and inodes in one walk; du needs two runs), on %s, median of "
+                         "%d rounds" % (args.files, where, args.rounds), "", table, ""]
+    finally:
+        pool.destroy()
+    load_after = os.getloadavg()
+    text.append("Load average (1 min) %.2f before, %.2f after; %d CPUs; kernel %s." % (
+        load_before[0], load_after[0], os.cpu_count(), platform.release()))
+    report["load"] = {"before": load_before, "after": load_after}
+    print("\n".join(text))
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write("\n".join(text) + "\n")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
