@@ -25,6 +25,9 @@ from . import convert
 
 snapshots_pb2 = convert.snapshots_pb2
 NAMESPACE_HEADER = "containerd-namespace"
+# Snapshots made under a lease are kept by containerd's garbage collector
+# until the lease goes, even without a containerd.io/gc.root label.
+LEASE_HEADER = "containerd-lease"
 DEFAULT_NAMESPACE = "default"
 # Every call but List and Usage is a metadata operation; an Active Usage
 # walks the snapshot's files and may take long on a big one.
@@ -43,16 +46,20 @@ class RemoteSnapshotter(Snapshotter):
 
     `namespace` is containerd's namespace (its metadata, hence the key space,
     is per namespace); it is sent with every call. `timeout` (seconds) bounds
-    each call. Not thread-safe in close(): close it once the calls are done.
+    each call. `lease` (a lease id of that namespace) is sent with every
+    call, so that what is made is the lease's. Not thread-safe in close():
+    close it once the calls are done.
     """
 
-    def __init__(self, address, snapshotter, namespace=DEFAULT_NAMESPACE,
+    def __init__(self, address, snapshotter, namespace=DEFAULT_NAMESPACE, lease=None,
                  timeout=DEFAULT_TIMEOUT_S):
         self.address = channel_target(address)
         self.snapshotter = snapshotter
         self.namespace = namespace
+        self.lease = lease
         self.timeout = timeout
-        self._metadata = ((NAMESPACE_HEADER, namespace),)
+        self._metadata = ((NAMESPACE_HEADER, namespace),) + (
+            ((LEASE_HEADER, lease),) if lease else ())
         self._channel = grpc.insecure_channel(self.address)
         self._stub = convert.snapshots_pb2_grpc.SnapshotsStub(self._channel)
 
