@@ -69,6 +69,13 @@ prints no `-o`; `--filter` on ls/tree/usage is snaplab's own):
     apply-layer KEY TAR...  (beyond ctr)
         Apply layer tars, in order, to the active snapshot KEY (whiteouts
         delete what they name); prints each layer's DiffID.
+    serve --socket PATH     (beyond ctr; needs grpcio: snaplab_grpc)
+        Serve the root over containerd's snapshots gRPC API on the unix
+        socket PATH (0600), for containerd's proxy_plugins. Logs to stderr;
+        one "ready" line once it answers; stops on SIGTERM/SIGINT (calls in
+        flight finish), removes its socket, exits 0. A path that is not a
+        socket is refused (FailedPrecondition), as is a socket someone
+        answers on; a dead one is replaced. Without grpcio: NotImplemented.
 
 Label arguments must be K=V with a non-empty K (ctr would read a bare `K` as
 K=true; snaplab refuses it, so that a typo cannot set a label).
@@ -480,6 +487,11 @@ def build_parser():
     sub = verb("apply-layer", cmd_apply_layer, "apply OCI layer tars to an active snapshot")
     sub.add_argument("key", metavar="KEY")
     sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, applied in order")
+
+    sub = verb("serve", cmd_serve, "serve the root over containerd's snapshots gRPC API "
+               "(a containerd proxy snapshotter plugin; needs grpcio)")
+    sub.add_argument("--socket", required=True, metavar="PATH",
+                     help="unix socket to listen on (containerd's proxy_plugins address)")
     return parser
 
 
@@ -762,6 +774,21 @@ def cmd_apply_layer(opener, args, settings, out):
         for layer in applied:
             out.write(layer["diff_id"] + "\n")
     return 0
+
+
+def cmd_serve(opener, args, settings, out):
+    # Imported here: the core and the other verbs work without grpcio.
+    try:
+        from snaplab_grpc import server
+    except ImportError as missing:
+        raise errors.NotImplemented(
+            "snaplab serve needs the Python packages grpcio, grpcio-tools and protobuf "
+            "(pip install -r requirements.txt, or make venv): %s" % missing) from None
+    server.configure_logging()
+    socket_path = server.SocketPath(args.socket)  # checked before the root is opened
+    with opener(True) as sn:
+        return server.serve(sn, socket_path, "%s snapshotter at %s" % (
+            settings.backend, os.path.abspath(settings.root)))
 
 
 # -- entry point -------------------------------------------------------------
