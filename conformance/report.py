@@ -9,14 +9,21 @@ pass / fail / skip / xfail / xpass; under the table every unexpected failure is
 listed as ``target :: case — reason`` and skip reasons are grouped with a count.
 The Markdown matrix is always printed to stdout.
 
-Known failures (optional) are JSON — a list of objects, or {"known_failures": [...]}
-— each {"case", "target" (glob, default "*"), "reason", "link" (optional)}, or a
-line format, one entry per line, "#" starts a comment::
+Known failures (optional, ``--known-failures FILE``) are entries with a
+"case", a "cell", a "reason" and an optional "link".  The cell is
+"TARGET" or "TARGET @ WHERE": TARGET is the target's name (overlay-on-xfs),
+WHERE the run's label, kernel or distro (bookworm, 6.1.0-*); both and the case
+may be fnmatch globs (no "@ WHERE": every run).  The file is YAML (.yml/.yaml:
+a list of entries, or {known_failures: [...]}), JSON (the same), or one entry
+a line, "#" starts a comment::
 
-    overlay-on-xfs :: remove_fails_while_children_exist | reason text | https://link
+    overlay-on-xfs @ bookworm :: remove_fails_while_children_exist | reason | https://link
 
-Both target and case may be fnmatch globs.  A matching failure counts as an
-expected failure (not red); a matching case that passes is "unexpectedly passing".
+("target" is accepted in place of "cell", as in older files.)  A matching
+failure counts as an expected failure (not red); a matching case that passes is
+"unexpectedly passing"; an entry that matched no failure at all is listed as
+stale (it passes now, was skipped, or is not among these results), so that the
+list does not outlive the bugs in it.
 
 Exit status: 0 when no unexpected failure, 1 when there is one, 2 for bad input.
 """
@@ -101,39 +108,74 @@ def load_results(paths):
     return runs
 
 
-def parse_known_line(line, where):
-    head, _pipe, rest = line.partition("|")
-    target, sep, case = head.partition("::")
-    if not sep or not case.strip():
-        raise InputError("%s: expected 'target-glob :: case | reason | link'" % where)
-    reason, _pipe, link = rest.partition("|")
-    return {"target": target.strip(), "case": case.strip(),
+KNOWN_KEYS = ("case", "cell", "target", "reason", "link")
+
+
+def known(case, cell, reason, link, where):
+    """One normalized entry; `where` names it in errors."""
+    target, sep, env = cell.partition("@")
+    if sep and not env.strip():
+        raise InputError("%s: cell %r has nothing after '@'" % (where, cell))
+    target, env = target.strip() or "*", env.strip() or "*"
+    return {"case": case.strip(), "cell": cell.strip() or "*", "target": target, "where": env,
             "reason": reason.strip(), "link": link.strip()}
 
 
+def parse_known_line(line, where):
+    head, _pipe, rest = line.partition("|")
+    cell, sep, case = head.partition("::")
+    if not sep or not case.strip():
+        raise InputError("%s: expected 'cell-glob :: case | reason | link'" % where)
+    reason, _pipe, link = rest.partition("|")
+    return known(case, cell, reason, link, where)
+
+
+def parse_yaml(path, text):
+    try:
+        import yaml  # PyYAML (requirements.txt); only the report on the controller needs it
+    except ImportError:
+        raise InputError("%s: reading YAML needs PyYAML (pip install -r requirements.txt)" % path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError("%s: invalid YAML (%s)" % (path, " ".join(str(e).split())))
+
+
 def load_known_failures(path):
-    """Read a known-failures file (JSON or line format, see module doc)."""
+    """Read a known-failures file (YAML, JSON or line format, see module doc)."""
     text = read_text(path)
-    if text.lstrip()[:1] in ("[", "{"):
-        data = read_json(path, text)
-        if isinstance(data, dict):
-            data = data.get("known_failures")
+    if path.endswith((".yml", ".yaml")) or text.lstrip()[:1] in ("[", "{"):
+        data = parse_yaml(path, text) if path.endswith((".yml", ".yaml")) else read_json(path, text)
+        if isinstance(data, dict) and "known_failures" in data:
+            data = data["known_failures"]
+        if data is None:
+            data = []  # an empty file or list: nothing is known to fail
         if not isinstance(data, list):
             raise InputError('%s: expected a list of entries or {"known_failures": [...]}' % path)
         entries = []
         for i, e in enumerate(data):
+            where = "%s: entry %d" % (path, i)
             if not isinstance(e, dict) or not isinstance(e.get("case"), str) or not e["case"]:
-                raise InputError('%s: entry %d needs a "case" string' % (path, i))
-            entries.append({"case": e["case"], "target": str(e.get("target") or "*"),
-                            "reason": str(e.get("reason") or ""), "link": str(e.get("link") or "")})
+                raise InputError('%s needs a "case" string' % where)
+            unknown = sorted(set(e) - set(KNOWN_KEYS))
+            if unknown:
+                raise InputError("%s (%s): unknown keys %s (known: %s)"
+                                 % (where, e["case"], ", ".join(map(str, unknown)), ", ".join(KNOWN_KEYS)))
+            if "cell" in e and "target" in e:
+                raise InputError('%s (%s): "cell" or "target", not both' % (where, e["case"]))
+            if not isinstance(e.get("reason"), str) or not e["reason"].strip():
+                raise InputError('%s (%s) needs a "reason": a known failure says why'
+                                 % (where, e["case"]))
+            cell = e.get("cell", e.get("target")) or "*"
+            if not isinstance(cell, str) or not isinstance(e.get("link") or "", str):
+                raise InputError('%s (%s): "cell" and "link" are strings' % (where, e["case"]))
+            entries.append(known(e["case"], cell, e["reason"], e.get("link") or "", where))
     else:
         entries = []
         for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
                 entries.append(parse_known_line(line, "%s:%d" % (path, n)))
-    for e in entries:
-        e["target"] = e["target"] or "*"
     return entries
 
 
@@ -142,11 +184,37 @@ def matches(pattern, value):
     return value == pattern or fnmatch.fnmatchcase(value, pattern)
 
 
-def known_entry(result, known_failures):
+def known_entry(result, known_failures, run=None):
+    """The first entry that covers `result` of `run` (its "run" info), or None."""
+    places = [v for v in ((run or {}).get(k) for k in ("label", "kernel", "distro")) if v]
     for entry in known_failures:
-        if matches(entry["case"], result["case"]) and matches(entry["target"], result["target"]):
+        if not (matches(entry["case"], result["case"]) and matches(entry["target"], result["target"])):
+            continue
+        if entry.get("where", "*") == "*" or any(matches(entry["where"], p) for p in places):
             return entry
     return None
+
+
+def stale_entries(known_failures, items):
+    """Entries that covered no failure in `items` (every result with its
+    "known" entry and "status"), each with what its results did instead."""
+    seen = {}
+    for item in items:
+        if item["known"] is not None:
+            seen.setdefault(id(item["known"]), []).append(item["status"])
+    stale = []
+    for entry in known_failures:
+        statuses = seen.get(id(entry), [])
+        if "xfail" in statuses:
+            continue
+        if "xpass" in statuses:
+            now = "passes now (%d result%s)" % (statuses.count("xpass"), "" if statuses.count("xpass") == 1 else "s")
+        elif statuses:
+            now = "skipped (%d result%s)" % (len(statuses), "" if len(statuses) == 1 else "s")
+        else:
+            now = "not among these results"
+        stale.append(dict(entry, now=now))
+    return stale
 
 
 # ---------------------------------------------------------------- the matrix
@@ -167,13 +235,13 @@ def build_matrix(results, known_failures=()):
     """Merge runs (from load_results) into a matrix dict the renderers draw.
 
     Keys: runs, rows, columns, cells[(row, column)] (absent = not run),
-    failures, expected, unexpected_passes, skips, unexpected_failures."""
+    failures, expected, unexpected_passes, skips, stale, unexpected_failures."""
     runs = list(results)
     known_failures = list(known_failures or ())
     environments = {(r["run"]["distro"], r["run"]["kernel"]) for r in runs}
     qualify = len(environments) > 1  # only then does the kernel/distro need saying
 
-    cells, failures, expected, unexpected_passes, skips = {}, [], [], [], {}
+    cells, failures, expected, unexpected_passes, skips, every = {}, [], [], [], {}, []
     for run in runs:
         env = "%s/%s" % (run["run"]["distro"] or "?", run["run"]["kernel"] or "?")
         for result in run["results"]:
@@ -181,13 +249,14 @@ def build_matrix(results, known_failures=()):
             column = result["filesystem"] or "(no filesystem)"
             if qualify:
                 column = "%s @ %s" % (column, env)
-            entry = known_entry(result, known_failures)
+            entry = known_entry(result, known_failures, run["run"])
             status = status_of(result, entry)
             item = dict(result, status=status, column=column, row=row, env=env,
                         known=entry, source=run["source"])
             cell = cells.setdefault((row, column), {"counts": dict.fromkeys(COUNTS, 0), "results": []})
             cell["counts"][status] += 1
             cell["results"].append(item)
+            every.append(item)
             if status == "fail":
                 failures.append(item)
             elif status == "xfail":
@@ -220,6 +289,7 @@ def build_matrix(results, known_failures=()):
         # Most frequent reason first: that is usually the one to fix in the lab.
         "skips": sorted(((reason, sorted(items, key=order)) for reason, items in skips.items()),
                         key=lambda s: (-len(s[1]), s[0])),
+        "stale": stale_entries(known_failures, every),
         "unexpected_failures": len(failures),
     }
 
@@ -257,12 +327,16 @@ def failure_text(item):
     return text
 
 
+def entry_why(entry):
+    return (entry["reason"] or "listed as a known failure") + (
+        " (%s)" % entry["link"] if entry["link"] else "")
+
+
 def why(item):
     """Reason of an expected failure or unexpected pass."""
     entry = item["known"]
     if entry:
-        text = entry["reason"] or "listed as a known failure"
-        return text + (" (%s)" % entry["link"] if entry["link"] else "")
+        return entry_why(entry)
     return item["reason"] or "marked xfail"
 
 
@@ -319,6 +393,9 @@ def render_markdown(matrix):
             lambda i: "- %s — was expected to fail: %s%s" % (md(sentence(i)), md(why(i)), env(i)))
     section("Expected failures", matrix["expected"],
             lambda i: "- %s — %s%s" % (md(sentence(i)), md(why(i)), env(i)))
+    section("Known failures that did not fail (stale entries)", matrix["stale"],
+            lambda e: "- %s :: %s — %s; listed because: %s" % (md(e["cell"]), md(e["case"]), md(e["now"]),
+                                                                md(entry_why(e))))
     if matrix["skips"]:
         out.append("## Skipped (%d)" % sum(len(items) for _reason, items in matrix["skips"]))
         out.append("")
@@ -398,6 +475,12 @@ def render_html(matrix):
     item_list("Unexpectedly passing", matrix["unexpected_passes"],
               lambda i: "was expected to fail: " + why(i))
     item_list("Expected failures", matrix["expected"], why)
+    if matrix["stale"]:
+        out.append("<h2>Known failures that did not fail (stale entries) (%d)</h2><ul>" % len(matrix["stale"]))
+        for entry in matrix["stale"]:
+            out.append("<li><b>%s :: %s</b> — %s; listed because: %s</li>" % (
+                e(entry["cell"]), e(entry["case"]), e(entry["now"]), e(entry_why(entry))))
+        out.append("</ul>")
     if matrix["skips"]:
         out.append("<h2>Skipped (%d)</h2><ul>" % sum(len(items) for _reason, items in matrix["skips"]))
         for reason, items in matrix["skips"]:
@@ -448,7 +531,7 @@ def main(argv=None):
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the Markdown report here")
     parser.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
     parser.add_argument("--known-failures", metavar="FILE",
-                        help="JSON or line-format list of expected failures")
+                        help="expected failures: YAML (.yml), JSON or line format (see above)")
     args = parser.parse_args(argv)
 
     try:

@@ -4,6 +4,12 @@
     python3 -m labs.matrix check            validate the matrix (exit 1 on problems)
     python3 -m labs.matrix cells [RELEASE]  the cells, one `release filesystem backend` a line
     python3 -m labs.matrix vars RELEASE     the scenario's declaration for RELEASE's VM (JSON)
+    python3 -m labs.matrix github-actions   the matrix as a GitHub Actions workflow (YAML),
+                                            one job per release on a self-hosted KVM runner
+
+LAB_FILESYSTEMS (comma-separated, e.g. "zfs") narrows every release to those
+of its filesystems (the Vagrantfile reads it too): `make lab-smoke` is one
+cell, bookworm with kernel ZFS.
 
 The YAML is read through Ruby's YAML (Psych), the parser the Vagrantfile
 uses, so that both sides read the same data and labs/ stays standard-library
@@ -149,8 +155,21 @@ def validate(data):
     return data
 
 
-def release(data, name):
-    """One release with the defaults applied and its disks spelled out."""
+def selected_filesystems(environ=None):
+    """The LAB_FILESYSTEMS selection as a list (None: every filesystem)."""
+    text = (os.environ if environ is None else environ).get("LAB_FILESYSTEMS", "")
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SUITE_FILESYSTEMS]
+    if unknown:
+        raise MatrixError("LAB_FILESYSTEMS: %s not a filesystem of the lab (%s)"
+                          % (", ".join(unknown), ", ".join(SUITE_FILESYSTEMS)))
+    return names or None
+
+
+def release(data, name, only=None):
+    """One release with the defaults applied and its disks spelled out;
+    `only` (a list of filesystem names) keeps just those of its filesystems,
+    and a selection the release has none of is an error."""
     releases = data.get("releases") or {}
     if name not in releases:
         raise MatrixError("unknown release %r: one of %s" % (name, ", ".join(releases)))
@@ -161,6 +180,12 @@ def release(data, name):
     for key in ("box", "ssh_port", "mac", "filesystems"):
         if key not in merged:
             raise MatrixError("release %s: %s is missing" % (name, key))
+    if only:
+        kept = [fs for fs in merged["filesystems"] if fs in only]
+        if not kept:
+            raise MatrixError("release %s has none of the filesystems %s (it has %s)"
+                              % (name, ", ".join(only), ", ".join(merged["filesystems"])))
+        merged["filesystems"] = kept
     sizes = dict(defaults.get("disk_size") or {})
     sizes.update(own.get("disk_size") or {})
     disks = []
@@ -186,12 +211,12 @@ def cells(data, releases=None):
     return found
 
 
-def scenario_vars(data, name):
+def scenario_vars(data, name, only=None):
     """What the lab scenario declares for `name`'s VM: node_storage's
     filesystems (one per data disk), the suite's --filesystem-at map, the
     backends to run, the snapshotter roots converge declares a chain on, and
     the disks that get one GPT partition first (`on_partition`)."""
-    rel = release(data, name)
+    rel = release(data, name, only)
     storage, at, roots, partitions = [], {}, [], []
     for disk in rel["disks"]:
         fs = data["filesystems"][disk["name"]]
@@ -223,6 +248,74 @@ def scenario_vars(data, name):
             "lab_partitioned_disks": partitions}
 
 
+# GitHub Actions: runners are the CI owner's own machines with KVM (GitHub's
+# hosted runners have no nested virtualisation worth using, and the lab needs
+# root, libvirt and a box cache). One job per release, so that a failed
+# release does not stop the others, and a last job that merges their reports.
+RUNNER_LABELS = ["self-hosted", "linux", "x64", "kvm"]
+JOB_TIMEOUT_MIN = 240
+
+
+def github_actions(data, labels=None):
+    """The matrix as a GitHub Actions workflow (plain data): one job per
+    release calling the same make targets as a local run, then one job that
+    merges the releases' results into the lab's report."""
+    labels = list(labels or RUNNER_LABELS)
+    jobs = {}
+    for name in data["releases"]:
+        rel = release(data, name)
+        jobs["lab-" + name] = {
+            "name": "lab %s (kernel %s): %s" % (name, rel.get("kernel", "?"),
+                                                 ", ".join(rel["filesystems"])),
+            "runs-on": labels,
+            "timeout-minutes": JOB_TIMEOUT_MIN,
+            "steps": [
+                {"uses": "actions/checkout@v4"},
+                {"name": "Host packages and the venv", "run": "sudo make lab-deps venv"},
+                {"name": "Box for %s (cached on the runner by recipe hash)" % name,
+                 "run": "sudo make boxes LAB_RELEASES=%s" % name},
+                {"name": "Lab: %s" % name,
+                 "run": "sudo make lab LAB_RELEASES=%s LAB_REPORTS=reports/lab" % name},
+                {"name": "Keep the results", "if": "always()",
+                 "uses": "actions/upload-artifact@v4",
+                 "with": {"name": "lab-" + name, "path": "reports/lab/%s/" % name,
+                          "if-no-files-found": "warn"}},
+            ],
+        }
+    jobs["report"] = {
+        "name": "lab report (every release, known failures applied)",
+        "needs": [job for job in jobs],
+        "if": "always()",
+        "runs-on": labels,
+        "steps": [
+            {"uses": "actions/checkout@v4"},
+            {"uses": "actions/download-artifact@v4",
+             "with": {"pattern": "lab-*", "path": "reports/lab"}},
+            {"name": "Merged report", "run": "make lab-report LAB_REPORTS=reports/lab"},
+            {"name": "Keep the report", "if": "always()", "uses": "actions/upload-artifact@v4",
+             "with": {"name": "lab-report", "path": "reports/lab/report.*"}},
+        ],
+    }
+    return {"name": "snaplab lab",
+            "on": {"workflow_dispatch": {}, "schedule": [{"cron": "17 3 * * 1"}]},
+            "permissions": {"contents": "read"},
+            "jobs": jobs}
+
+
+def to_yaml(value):
+    """YAML text of plain data, written by Ruby's YAML (as load() reads it),
+    which quotes what YAML 1.1 would misread (the key 'on')."""
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        raise MatrixError("ruby is not installed (it comes with vagrant: make lab-deps)")
+    done = subprocess.run([ruby, "-e", "require 'yaml'; require 'json'; print YAML.dump(JSON.parse(STDIN.read))"],
+                          input=json.dumps(value), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, check=False)
+    if done.returncode != 0:
+        raise MatrixError("ruby could not write YAML: %s" % done.stderr.strip())
+    return done.stdout
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m labs.matrix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--matrix", default=MATRIX, help="default: %(default)s")
@@ -232,6 +325,9 @@ def main(argv=None):
     p.add_argument("releases", nargs="*", metavar="RELEASE")
     p = commands.add_parser("vars", help="the scenario's declaration for RELEASE (JSON)")
     p.add_argument("release", metavar="RELEASE")
+    p = commands.add_parser("github-actions", help="print the matrix as a GitHub Actions workflow")
+    p.add_argument("--runs-on", action="append", metavar="LABEL",
+                   help="a runner label (repeat; default: %s)" % ", ".join(RUNNER_LABELS))
     args = parser.parse_args(argv)
     try:
         data = validate(load(args.matrix))
@@ -241,7 +337,11 @@ def main(argv=None):
             for cell in cells(data, args.releases or None):
                 print(" ".join(cell))
         elif args.command == "vars":
-            print(json.dumps(scenario_vars(data, args.release), indent=2))
+            print(json.dumps(scenario_vars(data, args.release, selected_filesystems()), indent=2))
+        elif args.command == "github-actions":
+            print("# Generated by `python3 -m labs.matrix github-actions` from labs/matrix.yml;\n"
+                  "# regenerate it when the matrix changes.")
+            sys.stdout.write(to_yaml(github_actions(data, args.runs_on)))
     except MatrixError as err:
         print("error: %s" % err, file=sys.stderr)
         return 1

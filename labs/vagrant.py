@@ -273,7 +273,8 @@ def machine_state(cli, release):
 
 def up(release, instance_config=None, vars_path=None):
     data = matrix.validate(matrix.load())
-    rel = matrix.release(data, release)
+    only = matrix.selected_filesystems()
+    rel = matrix.release(data, release, only)  # the disks the Vagrantfile gives the VM
     run_state = state_path("run.json")
     state = read_json(run_state, {"boxes_added": [], "machines": []})
     libvirt.up(state_path("libvirt.json"))
@@ -330,7 +331,7 @@ def up(release, instance_config=None, vars_path=None):
             "user": conf["User"], "identity_file": conf["IdentityFile"].strip('"'),
             "become_method": "sudo"}])
     if vars_path:
-        write_json(os.path.abspath(vars_path), dict(matrix.scenario_vars(data, release),
+        write_json(os.path.abspath(vars_path), dict(matrix.scenario_vars(data, release, only),
                                                     lab_accel=mode))
 
 

@@ -196,7 +196,8 @@ def test_known_failures_line_format(tmp_path, capsys):
 
         """), encoding="utf-8")
     entries = report.load_known_failures(str(known))
-    assert entries == [{"target": "overlay-on-*", "case": "remove_fails_while_children_exist",
+    assert entries == [{"target": "overlay-on-*", "where": "*", "cell": "overlay-on-*",
+                        "case": "remove_fails_while_children_exist",
                         "reason": "kernel bug", "link": "https://example.org/1"}]
     code, out, _ = run_main(capsys, "--known-failures", str(known), run)
     assert code == 1  # the setup error is not covered by the list
@@ -237,7 +238,7 @@ def test_bad_result_file_is_one_error_line_and_exit_2(tmp_path, capsys, content,
 
 
 @pytest.mark.parametrize("content, message", [
-    ("overlay-on-xfs remove_fails", "expected 'target-glob :: case | reason | link'"),
+    ("overlay-on-xfs remove_fails", "expected 'cell-glob :: case | reason | link'"),
     ('[{"target": "x"}]', 'entry 0 needs a "case" string'),
     ('{"entries": []}', "expected a list of entries"),
 ])
@@ -404,3 +405,102 @@ def test_modules_that_fail_to_import_or_skip_are_recorded(tmp_path):
         "test_zfs.py": ("skipped", "no zfs on this kernel"),
     }
     assert report.main([str(results)]) == 1
+
+
+# ---------------------------------------------------------------- YAML known failures, cells, stale
+
+def test_yaml_known_failures_match_a_cell_by_target_and_release(tmp_path, capsys):
+    """`cell: TARGET @ WHERE` covers a failure only in runs whose label,
+    kernel or distro WHERE names; the same failure elsewhere stays red."""
+    bookworm = write_run(tmp_path / "bookworm.json", [
+        result("overlay-on-zfs", "basic", "failed", "EINVAL")], label="bookworm")
+    trixie = write_run(tmp_path / "trixie.json", [
+        result("overlay-on-zfs", "basic", "failed", "EINVAL")],
+        kernel="6.12.57+deb13-cloud-amd64", distro="Debian GNU/Linux 13 (trixie)", label="trixie")
+    known = tmp_path / "known-failures.yml"
+    known.write_text(textwrap.dedent("""\
+        # comment
+        known_failures:
+          - case: basic
+            cell: overlay-on-zfs @ bookworm
+            reason: OpenZFS 2.1 cannot be overlay's upper layer
+            link: https://github.com/openzfs/zfs/issues/8648
+        """), encoding="utf-8")
+    code, out, _ = run_main(capsys, "--known-failures", str(known), bookworm, trixie)
+    assert code == 1  # trixie's failure is not covered
+    assert "## Failures (1)" in out
+    assert "- overlay-on-zfs :: basic — EINVAL _(Debian GNU/Linux 13 (trixie)/6.12.57+deb13-cloud-amd64)_" in out
+    assert "## Expected failures (1)" in out
+    assert ("- overlay-on-zfs :: basic — OpenZFS 2.1 cannot be overlay's upper layer "
+            "(https://github.com/openzfs/zfs/issues/8648) _(Debian GNU/Linux 12 (bookworm)/6.1.0-18-amd64)_") in out
+    assert "stale" not in out
+
+
+def test_a_cell_may_name_the_kernel_and_globs():
+    entry = report.known("case_*", "overlay-on-* @ 6.1.*", "r", "", "here")
+    run = {"label": "", "kernel": "6.1.0-50-cloud-amd64", "distro": "Debian GNU/Linux 12 (bookworm)"}
+    assert report.known_entry({"case": "case_a", "target": "overlay-on-zfs"}, [entry], run) is entry
+    assert report.known_entry({"case": "case_a", "target": "native-on-zfs"}, [entry], run) is None
+    assert report.known_entry({"case": "case_a", "target": "overlay-on-zfs"}, [entry],
+                              dict(run, kernel="6.12.1")) is None
+    # No "@": every run.
+    everywhere = report.known("case_a", "overlay-on-zfs", "r", "", "here")
+    assert report.known_entry({"case": "case_a", "target": "overlay-on-zfs"}, [everywhere], {}) is everywhere
+
+
+def test_stale_entries_are_listed_with_what_happened_instead(tmp_path, capsys):
+    run = write_run(tmp_path / "run.json", [
+        result("overlay-on-zfs", "basic"),  # passes now
+        result("overlay-on-zfs", "usage", "skipped", "no"),
+        result("overlay-on-zfs", "remove", "failed", "still broken"),
+    ], label="bookworm")
+    known = tmp_path / "known.yaml"
+    known.write_text(textwrap.dedent("""\
+        - {case: basic, cell: overlay-on-zfs, reason: was broken}
+        - {case: usage, cell: overlay-on-zfs, reason: was broken too}
+        - {case: remove, cell: overlay-on-zfs @ bookworm, reason: still broken}
+        - {case: gone, cell: overlay-on-zfs @ trixie, reason: other release, link: https://x.example/1}
+        """), encoding="utf-8")
+    code, out, _ = run_main(capsys, "--known-failures", str(known), run)
+    assert code == 0
+    assert "## Known failures that did not fail (stale entries) (3)" in out
+    assert "- overlay-on-zfs :: basic — passes now (1 result); listed because: was broken" in out
+    assert "- overlay-on-zfs :: usage — skipped (1 result); listed because: was broken too" in out
+    assert ("- overlay-on-zfs @ trixie :: gone — not among these results; listed because: "
+            "other release (https://x.example/1)") in out
+    assert "- overlay-on-zfs :: remove — still broken" in out  # an expected failure, not stale
+    page = report.render_html(report.build_matrix(report.load_results([run]),
+                                                  report.load_known_failures(str(known))))
+    assert "stale entries" in page and "passes now (1 result)" in page
+
+
+@pytest.mark.parametrize("content, message", [
+    ("- {case: a, cell: x}\n", 'needs a "reason"'),
+    ("- {case: a, cell: x, reason: r, ticket: 1}\n", "unknown keys ticket"),
+    ("- {case: a, cell: x, target: y, reason: r}\n", '"cell" or "target", not both'),
+    ("- {case: a, cell: 'x @ ', reason: r}\n", "nothing after '@'"),
+    ("- {case: a, cell: [x], reason: r}\n", '"cell" and "link" are strings'),
+    ("known_failures: {case: a}\n", "expected a list of entries"),
+    ("- [unclosed\n", "invalid YAML"),
+])
+def test_bad_yaml_known_failures_exit_2_and_say_why(tmp_path, capsys, content, message):
+    run = write_run(tmp_path / "run.json", [result("overlay-on-xfs", "a")])
+    known = tmp_path / "known.yml"
+    known.write_text(content, encoding="utf-8")
+    code, out, err = run_main(capsys, "--known-failures", str(known), run)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_an_empty_yaml_file_knows_no_failures(tmp_path):
+    known = tmp_path / "known.yml"
+    known.write_text("# nothing known to fail\n", encoding="utf-8")
+    assert report.load_known_failures(str(known)) == []
+
+
+def test_the_lab_known_failures_file_is_valid():
+    entries = report.load_known_failures(os.path.join(ROOT, "labs", "known-failures.yml"))
+    assert entries
+    for entry in entries:
+        assert entry["reason"] and entry["link"].startswith("https://"), entry
+        assert entry["where"] != "*", "a lab entry names its release or kernel: %r" % entry
