@@ -7,16 +7,33 @@ packages=$(sed -e 's/#.*//' "$2" | xargs)
 export DEBIAN_FRONTEND=noninteractive
 # Kbuild appends KCFLAGS last, so -g0 cancels the kernel config's -g: DKMS
 # strips the debug info from the modules it installs anyway, and compiling
-# without it saves much of the build's CPU time.
-export KCFLAGS=-g0
+# without it saves much of the build's CPU time. Not where the headers ship
+# a vmlinux (trixie's 6.12; not bookworm's or bullseye's): Kbuild then
+# makes each module's BTF with pahole from its DWARF, which fails on every
+# -g0 module ("pahole: ...ko: Invalid argument"), and zfs's configure reads
+# its failed test modules as "CONFIG_MODULES is not defined".
+if [ ! -e "/lib/modules/$kver/build/vmlinux" ]; then
+  export KCFLAGS=-g0
+fi
 
 apt-get update -q
-# The headers first, in their own transaction: zfs-dkms's postinst builds the
-# module for every kernel whose headers are installed when it runs. It also
-# names the host's running kernel, for which there are no headers; it skips it.
-apt-get install -y -q --no-install-recommends "linux-headers-$kver"
+# The headers and the toolchain first, in their own transaction, so that
+# they are configured whatever order dpkg picks: zfs-dkms's postinst builds
+# the module for every kernel whose headers are installed when it runs. It
+# also names the host's running kernel, for which there are no headers; it
+# skips it.
+apt-get install -y -q --no-install-recommends "linux-headers-$kver" dkms build-essential
 # shellcheck disable=SC2086 # one word per package
-apt-get install -y -q --no-install-recommends $packages
+if ! apt-get install -y -q --no-install-recommends $packages; then
+  # zfs-dkms's postinst failed. DKMS's log has configure's verdict; the
+  # kernel test modules' build log has the compiler's or Kbuild's reason.
+  # (dkms 3.2's "openssl not found" is not it: the module is left unsigned,
+  # which the box's kernel loads; nothing boots with Secure Boot here.)
+  for log in /var/lib/dkms/zfs/*/build/make.log /var/lib/dkms/zfs/*/build/build/build.log; do
+    [ -e "$log" ] && { echo "==== $log"; tail -n 30 "$log"; }
+  done
+  exit 1
+fi
 
 # The postinst builds quietly and a failure there does not fail the install:
 # check the module is really there for this kernel, and say which version.
