@@ -184,20 +184,26 @@ def matches(pattern, value):
     return value == pattern or fnmatch.fnmatchcase(value, pattern)
 
 
+def concerns(entry, run):
+    """Whether `entry`'s WHERE names `run` (its "run" info: label, kernel, distro)."""
+    places = [v for v in ((run or {}).get(k) for k in ("label", "kernel", "distro")) if v]
+    return entry.get("where", "*") == "*" or any(matches(entry["where"], p) for p in places)
+
+
 def known_entry(result, known_failures, run=None):
     """The first entry that covers `result` of `run` (its "run" info), or None."""
-    places = [v for v in ((run or {}).get(k) for k in ("label", "kernel", "distro")) if v]
     for entry in known_failures:
-        if not (matches(entry["case"], result["case"]) and matches(entry["target"], result["target"])):
-            continue
-        if entry.get("where", "*") == "*" or any(matches(entry["where"], p) for p in places):
+        if matches(entry["case"], result["case"]) and matches(entry["target"], result["target"]) \
+                and concerns(entry, run):
             return entry
     return None
 
 
-def stale_entries(known_failures, items):
+def stale_entries(known_failures, items, runs=None):
     """Entries that covered no failure in `items` (every result with its
-    "known" entry and "status"), each with what its results did instead."""
+    "known" entry and "status"), each with what its results did instead.
+    An entry for runs that are not among `runs` (another release) is not
+    stale: nothing here says whether it still fails."""
     seen = {}
     for item in items:
         if item["known"] is not None:
@@ -211,6 +217,8 @@ def stale_entries(known_failures, items):
             now = "passes now (%d result%s)" % (statuses.count("xpass"), "" if statuses.count("xpass") == 1 else "s")
         elif statuses:
             now = "skipped (%d result%s)" % (len(statuses), "" if len(statuses) == 1 else "s")
+        elif runs is not None and not any(concerns(entry, run["run"]) for run in runs):
+            continue
         else:
             now = "not among these results"
         stale.append(dict(entry, now=now))
@@ -289,7 +297,7 @@ def build_matrix(results, known_failures=()):
         # Most frequent reason first: that is usually the one to fix in the lab.
         "skips": sorted(((reason, sorted(items, key=order)) for reason, items in skips.items()),
                         key=lambda s: (-len(s[1]), s[0])),
-        "stale": stale_entries(known_failures, every),
+        "stale": stale_entries(known_failures, every, runs),
         "unexpected_failures": len(failures),
     }
 

@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make `labs` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conformance import report as conformance_report
-from labs import matrix
+from labs import boxes, matrix
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN_FAILURES = os.path.join(REPO, "labs", "known-failures.yml")
@@ -244,6 +244,11 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
             record.update(status="could not run", problem="the box could not be built (%s)" % log)
             say("%s: %s" % (release, record["problem"]))
             return record
+    elif not boxes.current_box(release).is_built():
+        record.update(status="could not run", problem="no box for the current recipe "
+                      "(--no-build): python3 labs/boxes.py build %s" % release)
+        say("%s: %s" % (release, record["problem"]))
+        return record
     progress = Progress(release)
     try:
         rc = run_logged(["molecule", "test", "-s", "lab"], log, env=env, on_line=progress.feed,
