@@ -1,0 +1,433 @@
+"""`snaplab serve` for real: a `python -m snaplab serve` subprocess on a root on
+a loop ext4 (conformance's FilesystemPool), spoken to over its unix socket
+with snaplab_grpc's RemoteSnapshotter and the raw stubs.
+
+The same scenario runs in-process and through serve and the transcripts must
+be equal (every method, every error class); the rest checks what only the
+server has: List in blocks, the snapshotter name, failures that are not
+snapshotter errors, the socket (mode, stale, taken, refused paths), signals,
+bad input, and running without grpcio. Every serve process is stopped (and
+must exit 0) and every mount undone, also when a test fails.
+"""
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from conformance.serve import REPO, ServeFailed, ServeProcess
+from conformance.targets import FilesystemPool, FilesystemUnavailable
+from snaplab import backends, errors
+from snaplab import mount as mountlib
+from snaplab.types import Info, Kind
+
+grpc = pytest.importorskip("grpc")
+from snaplab_grpc import convert  # noqa: E402 - needs grpc
+from snaplab_grpc.client import RemoteSnapshotter  # noqa: E402
+from snaplab_grpc.server import LIST_BATCH  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
+
+snapshots_pb2, snapshots_pb2_grpc = convert.snapshots_pb2, convert.snapshots_pb2_grpc
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def ext4(scratch_dir):
+    with scratch_dir("snaplab-test-serve-") as base:
+        pool = FilesystemPool(base)
+        try:
+            try:
+                fs = pool.get("ext4")
+            except FilesystemUnavailable as unavailable:
+                pytest.skip("ext4 is not available: %s" % unavailable)
+            yield fs
+        finally:
+            pool.destroy()
+
+
+@pytest.fixture
+def place(ext4):
+    """A fresh directory on the ext4; what a test leaves mounted there fails it."""
+    base = tempfile.mkdtemp(prefix="serve-", dir=ext4.mountpoint)
+    yield base
+    leaked = mountlib.mounts_under(base)
+    for where in leaked:
+        mountlib.unmount_all(where)
+    shutil.rmtree(base)
+    assert not leaked, "mounts left behind: %s" % leaked
+
+
+@pytest.fixture
+def start_serve(place):
+    """start_serve(backend, root=None, **kw) -> a started ServeProcess. After
+    the test each is stopped with SIGTERM and must have exited 0 and removed
+    its socket."""
+    started = []
+
+    def start(backend="overlay", root=None, **kwargs):
+        process = ServeProcess(root or os.path.join(place, "root-" + backend), backend, **kwargs)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    problems = []
+    for process in started:
+        try:
+            code = process.stop()
+            if code != 0:
+                problems.append("serve exited %s: %s" % (code, process.log()))
+            elif os.path.lexists(process.socket):
+                problems.append("socket left behind: %s" % process.socket)
+        except ServeFailed as failed:
+            problems.append(str(failed))
+        finally:
+            process.discard()
+    assert not problems, problems
+
+
+def client(process):
+    return RemoteSnapshotter(process.socket, "snaplab")
+
+
+def raw_stub(process):
+    channel = grpc.insecure_channel("unix://" + process.socket)
+    return channel, snapshots_pb2_grpc.SnapshotsStub(channel)
+
+
+def write_file(path, size):
+    with open(path, "wb") as out:
+        out.write(os.urandom(size))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+# -- the same scenario in-process and through serve -------------------------
+
+
+def scenario(sn, root, work):
+    """Every method and error of the interface; returns a transcript with
+    the root's path replaced, so two roots give equal transcripts."""
+    log = []
+
+    def norm(value):
+        if isinstance(value, Info):
+            return ("Info", str(value.kind), value.name, value.parent, value.labels,
+                    value.created == value.updated)
+        if isinstance(value, list):
+            return [norm(item) for item in value]
+        if hasattr(value, "options"):  # Mount
+            return (value.type, value.source.replace(root, "<root>"), value.target,
+                    [o.replace(root, "<root>") for o in value.options])
+        if hasattr(value, "inodes"):  # Usage
+            return ("Usage", value.size, value.inodes)
+        return value
+
+    def step(what, call, *args, **kwargs):
+        try:
+            result = call(*args, **kwargs)
+        except errors.SnapshotError as err:
+            # The class of errdefs it is (subclasses such as the filter
+            # parser's travel as their gRPC code).
+            cls = next(cls for cls in errors.ALL if isinstance(err, cls))
+            log.append((what, cls.__name__, "remove" in str(err)))
+            return None
+        log.append((what, norm(result)))
+        return result
+
+    mounts = step("prepare base-active", sn.prepare, "base-active",
+                  labels={"containerd.io/gc.root": "now", "empty": ""})
+    mountlib.mount_all(mounts, work)
+    try:
+        write_file(os.path.join(work, "hello"), MIB)
+        os.mkdir(os.path.join(work, "dir"))
+    finally:
+        mountlib.unmount_all(work)
+    step("usage base-active", sn.usage, "base-active")
+    step("mounts base-active", sn.mounts, "base-active")
+    step("commit base", sn.commit, "base", "base-active", labels={"l": "1"})
+    step("stat base", sn.stat, "base")
+    step("stat base-active", sn.stat, "base-active")
+    step("usage base", sn.usage, "base")
+    step("prepare c1", sn.prepare, "c1", "base")
+    step("view v1", sn.view, "v1", "base", labels={"v": "yes"})
+    step("mounts c1", sn.mounts, "c1")
+    step("mounts v1", sn.mounts, "v1")
+    mountlib.mount_all(sn.mounts("v1"), work)
+    try:
+        with open(os.path.join(work, "hello"), "rb") as seen:
+            log.append(("view shows the parent", len(seen.read())))
+    finally:
+        mountlib.unmount_all(work)
+    step("usage v1", sn.usage, "v1")
+    step("mounts base (committed)", sn.mounts, "base")
+    step("mounts missing", sn.mounts, "missing")
+    step("prepare c1 again", sn.prepare, "c1", "base")
+    step("view base again", sn.view, "base")
+    step("prepare on missing parent", sn.prepare, "x", "missing")
+    step("prepare on an active parent", sn.prepare, "x", "c1")
+    step("prepare empty key", sn.prepare, "")
+    step("prepare label too big", sn.prepare, "x", labels={"k": "v" * 5000})
+    step("commit a view", sn.commit, "n", "v1")
+    step("commit onto a taken name", sn.commit, "base", "c1")
+    step("commit a missing key", sn.commit, "n", "missing")
+    step("update one label", sn.update, Info(Kind.UNKNOWN, "base", labels={"a": "b"}), "labels.a")
+    step("update all labels", sn.update, Info(Kind.ACTIVE, "c1", "ignored", {"x": "1"}))
+    step("update delete a label", sn.update, Info(Kind.UNKNOWN, "base"), "labels.l")
+    step("update an immutable field", sn.update, Info(Kind.UNKNOWN, "base"), "parent")
+    step("update missing", sn.update, Info(Kind.UNKNOWN, "missing"), "labels")
+    step("list", sn.list)
+    step("list committed", sn.list, "kind==committed")
+    step("list children of base or views", sn.list, "parent==base,kind==active", "kind==view")
+    step("list by label", sn.list, 'labels.a==b')
+    step("list bad filter", sn.list, "name==")
+    step("remove a parent", sn.remove, "base")
+    step("remove missing", sn.remove, "missing")
+    step("stat equals list", lambda: [sn.stat(i.name) == i for i in sn.list()])
+    for key in ("v1", "c1", "base"):
+        step("remove " + key, sn.remove, key)
+    step("list after removing all", sn.list)
+    step("cleanup", sn.cleanup)
+    step("key reusable after remove", sn.prepare, "base")
+    step("remove it", sn.remove, "base")
+    return log
+
+
+@pytest.mark.parametrize("backend", ["native", "overlay"])
+def test_every_method_in_process_and_through_serve_alike(backend, place, start_serve):
+    work = os.path.join(place, "work")
+    os.mkdir(work)
+    direct_root = os.path.join(place, "direct")
+    with backends.open_snapshotter(direct_root, backend) as sn:
+        direct = scenario(sn, direct_root, work)
+    process = start_serve(backend)
+    with client(process) as sn:
+        served = scenario(sn, process.root, work)
+    assert served == direct
+    # The scenario reaches every error class a backend raises here.
+    classes = {entry[1] for entry in direct if len(entry) == 3}
+    assert classes == {"NotFound", "AlreadyExists", "FailedPrecondition", "InvalidArgument"}
+    assert ("remove a parent", "FailedPrecondition", True) in served
+    usage = dict((entry[0], entry[1]) for entry in served if len(entry) == 2)
+    assert usage["usage base-active"][1] >= MIB
+    assert usage["usage base"] == usage["usage base-active"]
+    assert usage["usage v1"] == ("Usage", 0, 0)
+
+
+# -- what only the server has ------------------------------------------------
+
+
+def test_list_is_sent_in_blocks_and_any_snapshotter_name_is_served(start_serve):
+    process = start_serve("native")
+    count = 2 * LIST_BATCH + 50
+    channel, stub = raw_stub(process)
+    try:
+        for number in range(count):
+            stub.View(snapshots_pb2.ViewSnapshotRequest(
+                snapshotter="name-%d" % (number % 3), key="v%03d" % number))
+        for name in ("", "snaplab", "whatever containerd calls it"):
+            blocks = list(stub.List(snapshots_pb2.ListSnapshotsRequest(snapshotter=name)))
+            assert [len(block.info) for block in blocks] == [LIST_BATCH, LIST_BATCH, 50]
+            names = [info.name for block in blocks for info in block.info]
+            assert names == ["v%03d" % number for number in range(count)]
+        assert list(stub.List(snapshots_pb2.ListSnapshotsRequest(filters=["name==none"]))) == []
+        with pytest.raises(grpc.RpcError) as bad:
+            list(stub.List(snapshots_pb2.ListSnapshotsRequest(filters=["name=="])))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and bad.value.details()
+    finally:
+        channel.close()
+
+
+def test_a_failure_that_is_no_snapshotter_error_is_unknown_with_its_message(start_serve):
+    process = start_serve("native")
+    with client(process) as sn:
+        mounts = sn.prepare("doomed")
+        # Take the snapshot's directory away behind the backend's back: its
+        # Usage walk meets an OSError, which is not a snapshotter answer.
+        shutil.rmtree(mounts[0].source)
+        with pytest.raises(convert.RemoteError) as failed:
+            sn.usage("doomed")
+        assert failed.value.grpc_code == grpc.StatusCode.UNKNOWN
+        assert mounts[0].source in str(failed.value)
+        # Logged with its traceback, and the server goes on serving.
+        assert "Usage failed" in process.log() and "Traceback" in process.log()
+        assert sn.stat("doomed").kind == Kind.ACTIVE
+        sn.remove("doomed")
+        assert sn.list() == []
+
+
+def test_concurrent_calls(start_serve):
+    process = start_serve("overlay")
+    with client(process) as sn:
+        sn.prepare("base-active")
+        sn.commit("base", "base-active")
+
+        def worker(number):
+            for round_ in range(10):
+                key = "w%d-%d" % (number, round_)
+                sn.prepare(key + "-active", "base")
+                sn.commit(key, key + "-active")
+                assert sn.usage(key).inodes >= 0
+                sn.remove(key)
+            return number
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert sorted(pool.map(worker, range(8))) == list(range(8))
+        assert [info.name for info in sn.list()] == ["base"]
+        sn.remove("base")
+
+
+def test_socket_is_private_and_removed_on_sigterm_and_sigint(place, start_serve):
+    root = os.path.join(place, "root")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        process = start_serve("overlay", root=root)
+        found = os.lstat(process.socket)
+        assert stat.S_ISSOCK(found.st_mode)
+        assert stat.S_IMODE(found.st_mode) == 0o600
+        assert found.st_uid == os.geteuid()
+        with client(process) as sn:
+            if signum == signal.SIGTERM:
+                sn.prepare("kept")
+            else:  # the second process serves what the first made
+                assert [info.name for info in sn.list()] == ["kept"]
+                sn.remove("kept")
+        assert process.stop(signum) == 0
+        assert not os.path.lexists(process.socket)
+        log = process.log()
+        assert "%s received" % signal.Signals(signum).name in log
+        assert log.count(" ready: ") == 1 and "stopped" in log and "Traceback" not in log
+
+
+def test_a_stale_socket_is_replaced(start_serve):
+    directory = tempfile.mkdtemp(prefix="snaplab-serve-stale-")
+    path = os.path.join(directory, "serve.sock")
+    try:
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)  # bound, never listening: what a killed server leaves
+        stale.close()
+        process = start_serve("native", socket_path=path)
+        assert "removed the stale socket" in process.log()
+        with client(process) as sn:
+            assert sn.list() == []
+        assert process.stop() == 0
+        assert not os.path.lexists(path)
+    finally:
+        shutil.rmtree(directory)
+
+
+def _refused(process, cls, *words):
+    with pytest.raises(cls) as refused:
+        process.start()
+    for word in words:
+        assert word in str(refused.value)
+    return refused.value
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_path_that_is_no_socket_is_refused_and_kept(what, place):
+    root = os.path.join(place, "root")
+    directory = tempfile.mkdtemp(prefix="snaplab-serve-taken-")
+    path = os.path.join(directory, "serve.sock")
+    process = ServeProcess(root, "native", socket_path=path)
+    try:
+        if what == "file":
+            with open(path, "w") as out:
+                out.write("precious\n")
+        else:
+            os.mkdir(path)
+        _refused(process, errors.FailedPrecondition, path, "not a socket")
+        assert process.returncode == errors.FailedPrecondition.exit_code
+        if what == "file":
+            with open(path) as kept:
+                assert kept.read() == "precious\n"
+        else:
+            assert os.path.isdir(path)
+        assert not os.path.exists(root)
+    finally:
+        shutil.rmtree(directory)
+        process.discard()
+
+
+def test_a_socket_someone_serves_on_is_refused(place, start_serve):
+    first = start_serve("native")
+    second = ServeProcess(os.path.join(place, "other-root"), "native", socket_path=first.socket)
+    try:
+        _refused(second, errors.FailedPrecondition, "another process is serving")
+    finally:
+        second.discard()
+    with client(first) as sn:
+        assert sn.list() == []
+    assert not os.path.exists(os.path.join(place, "other-root"))
+
+
+def _refused_like_in_process(place, backend, root):
+    """serve refuses with the class and message the backend raises in-process,
+    and creates neither the socket nor the root."""
+    existed = os.path.lexists(root)
+    with pytest.raises(errors.SnapshotError) as in_process:
+        backends.open_snapshotter(root, backend)
+    if not existed and os.path.isdir(root):
+        shutil.rmtree(root)
+    process = ServeProcess(root, backend)
+    try:
+        served = _refused(process, type(in_process.value))
+        assert str(served) == str(in_process.value)
+        assert process.returncode == type(in_process.value).exit_code
+        assert not os.path.lexists(process.socket)
+        assert os.path.lexists(root) == existed
+    finally:
+        shutil.rmtree(process.workdir, ignore_errors=True)
+    return served
+
+
+def test_bad_backend_or_root_is_the_backends_own_error(place):
+    refused = _refused_like_in_process(place, "no-such-backend", os.path.join(place, "r1"))
+    assert isinstance(refused, errors.InvalidArgument) and "unknown backend" in str(refused)
+    a_file = os.path.join(place, "a-file")
+    with open(a_file, "w"):
+        pass
+    refused = _refused_like_in_process(place, "native", a_file)
+    assert isinstance(refused, errors.InvalidArgument)
+    # btrfs on ext4: the backend's refusal of the filesystem.
+    refused = _refused_like_in_process(place, "btrfs", os.path.join(place, "r2"))
+    assert isinstance(refused, errors.FailedPrecondition) and "btrfs" in str(refused)
+
+
+def test_a_socket_path_too_long_is_refused(place):
+    long_dir = tempfile.mkdtemp(prefix="x" * 100, dir="/tmp")
+    process = ServeProcess(os.path.join(place, "root"), "native",
+                           socket_path=os.path.join(long_dir, "serve.sock"))
+    try:
+        _refused(process, errors.InvalidArgument, "at most 107")
+        assert not os.path.exists(os.path.join(place, "root"))
+    finally:
+        shutil.rmtree(long_dir)
+        process.discard()
+
+
+def test_without_grpcio_serve_names_what_to_install(place):
+    python = "/usr/bin/python3"
+    probe = subprocess.run([python, "-c", "import grpc"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("%s has grpcio; the test needs a Python without it" % python)
+    root = os.path.join(place, "root")
+    process = ServeProcess(root, "native", python=python)
+    try:
+        _refused(process, errors.NotImplemented, "grpcio", "requirements.txt")
+        assert process.returncode == errors.NotImplemented.exit_code
+        assert "Traceback" not in process.log()
+        assert not os.path.lexists(process.socket) and not os.path.exists(root)
+    finally:
+        process.discard()
+    # The core and the other verbs work there all the same.
+    env = process.environ()
+    done = subprocess.run([python, "-m", "snaplab", "--root", root, "--backend", "native",
+                           "prepare", "k"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
