@@ -25,6 +25,7 @@ from snaplab import errors
 from snaplab import mount as mountlib
 
 from . import resultlog
+from .containerd import containerd_daemons_fixture
 from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
                       FilesystemUnavailable, Target, all_targets)
 
@@ -127,7 +128,15 @@ def target(request, filesystem_pool):
         target.fs = filesystem_pool.get(target.filesystem)
     except FilesystemUnavailable as unavailable:
         pytest.skip("%s is not available: %s" % (target.filesystem, unavailable))
+    target.setup_session(request)
     return target
+
+
+@pytest.fixture(scope="session")
+def containerd_daemons(filesystem_pool):
+    """One private containerd per filesystem, for the containerd-* targets;
+    stopped (and its files removed) before the filesystems go."""
+    yield from containerd_daemons_fixture()
 
 
 @pytest.fixture
@@ -141,13 +150,15 @@ def test_dir(target):
     leaked = target.fs.leaked_mounts_under(base)
     for where in leaked:
         mountlib.unmount_all(where)
-    # Those datasets go before the directories they are mounted on.
-    problems = target.fs.release_under(base)
+    # Those datasets go before the directories they are mounted on; a
+    # service's own state for these roots (containerd namespaces) first.
+    problems = target.release_under(base) + target.fs.release_under(base)
     shutil.rmtree(base, ignore_errors=True)
     if leaked:
         pytest.fail("the test left mounts behind: %s" % ", ".join(leaked))
     if problems:
-        pytest.fail("the test's root datasets could not be destroyed: %s" % "; ".join(problems))
+        pytest.fail("what was made for the test's roots could not be released: %s"
+                    % "; ".join(problems))
 
 
 @pytest.fixture

@@ -47,7 +47,12 @@ import tempfile
 import time
 from typing import Dict, Optional
 
+import pytest
+
+from snaplab import errors
 from snaplab import mount as mountlib
+
+from .targets import Refusal, Target
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -378,5 +383,221 @@ def _delete_btrfs_subvolumes(place):
     return problems
 
 
-__all__ = ["Containerd", "ContainerdError", "DISABLED_PLUGINS", "PluginStatus",
-           "parse_plugins", "to_toml", "unavailable_reason"]
+
+# ---------------------------------------------------------------- conformance targets
+
+# The suite's backend names for containerd's snapshotter plugins, and the
+# snaplab backend each is the reference for (cases that depend on a
+# backend's model, e.g. full copies, read it from Target.model).
+PLUGIN_OF_BACKEND = {
+    "containerd-overlayfs": "overlayfs",
+    "containerd-native": "native",
+    "containerd-btrfs": "btrfs",
+    "containerd-zfs": "zfs",
+    "containerd-devmapper": "devmapper",
+}
+MODEL_OF_PLUGIN = {"overlayfs": "overlay", "native": "native", "btrfs": "btrfs", "zfs": "zfs",
+                   "devmapper": "devmapper"}
+DEVMAPPER_CONFIG = {"base_image_size": "16Mb"}
+
+
+def device_mapper_in_kernel():
+    with contextlib.suppress(OSError):
+        with open("/proc/misc", encoding="utf-8") as misc:
+            return any(line.split()[1:] == ["device-mapper"] for line in misc if line.strip())
+    return False
+
+
+class ContainerdDaemons:
+    """One private containerd per test filesystem, started on first use,
+    all stopped by stop_all() (the session fixture `containerd_daemons`).
+
+    Each has every snapshotter plugin's root on that filesystem: a
+    directory <fs>/snaplab-containerd-*/<plugin> (root_path); for zfs a
+    dataset of its own mounted there (containerd's zfs wants a dataset's
+    mount point); devmapper is configured with a pool name, so that where
+    the pool cannot be made containerd says itself why it does not load.
+    """
+
+    def __init__(self):
+        self._daemons = {}  # filesystem name -> (Containerd, plugin roots dir)
+        self._failed = {}
+        self._fs = {}
+
+    def get(self, fs):
+        """The running containerd for made filesystem `fs` (targets.Filesystem)."""
+        name = fs.spec.name
+        if name in self._failed:
+            raise ContainerdError(self._failed[name])
+        if name not in self._daemons:
+            roots_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=fs.mountpoint)
+            roots = {plugin: os.path.join(roots_dir, plugin)
+                     for plugin in PLUGIN_OF_BACKEND.values()}
+            daemon = None
+            try:
+                if hasattr(fs, "make_root_dataset"):  # targets.ZfsFilesystem
+                    fs.make_root_dataset(roots["zfs"])
+                devmapper = dict(DEVMAPPER_CONFIG, root_path=roots.pop("devmapper"),
+                                 pool_name="snaplab-thinpool-" + os.urandom(4).hex())
+                daemon = Containerd(plugin_roots=roots, plugin_config={
+                    SNAPSHOTTER_TYPE + ".devmapper": devmapper})
+                daemon.start()
+            except BaseException as failure:
+                problems = self._stop(daemon, fs, roots_dir)
+                self._failed[name] = "containerd on %s: %s%s" % (
+                    name, failure, "; cleaning up: " + "; ".join(problems) if problems else "")
+                raise ContainerdError(self._failed[name]) from failure
+            self._daemons[name] = (daemon, roots_dir)
+            self._fs[name] = fs
+        return self._daemons[name][0]
+
+    @staticmethod
+    def _stop(daemon, fs, roots_dir):
+        problems = daemon.stop() if daemon is not None else []
+        if not problems:
+            problems += fs.release_under(roots_dir)  # the zfs root dataset
+            shutil.rmtree(roots_dir, ignore_errors=True)
+        return problems
+
+    def stop_all(self):
+        """Stop every daemon and remove its roots; returns the problems."""
+        problems = []
+        for name, (daemon, roots_dir) in list(self._daemons.items()):
+            problems += self._stop(daemon, self._fs[name], roots_dir)
+            del self._daemons[name]
+        return problems
+
+
+def containerd_daemons_fixture():
+    """Body of the session fixture `containerd_daemons` (conftest.py)."""
+    daemons = ContainerdDaemons()
+    try:
+        yield daemons
+    finally:
+        problems = daemons.stop_all()
+        if problems:
+            raise ContainerdError("stopping the test containerds: " + "; ".join(problems))
+
+
+class ContainerdTarget(Target):
+    """A containerd snapshotter plugin on one filesystem, e.g.
+    containerd-overlayfs-on-xfs, driven through containerd's gRPC API.
+
+    Isolation: one containerd per filesystem per run (ContainerdDaemons),
+    and a containerd namespace per snapshotter root a case asks for (the
+    metadata, hence the key space, is per namespace). Every namespace
+    works under a lease, so containerd's garbage collector leaves its
+    unlabelled snapshots alone; after the case, release_under removes its
+    snapshots, deletes the lease with a synchronous garbage collection
+    (which is when containerd removes a snapshot's data) and checks that
+    no snapshot data of the plugin is left on disk.
+    """
+
+    service = "containerd"
+
+    def __init__(self, backend, filesystem):
+        super().__init__(backend, filesystem)
+        self.plugin = PLUGIN_OF_BACKEND[backend]
+        self.daemons = None
+        self._namespaces = {}  # real root path -> (namespace, lease)
+        self._numbers = iter(range(1, 1 << 62))
+
+    @property
+    def model(self):
+        return MODEL_OF_PLUGIN[self.plugin]
+
+    def setup_session(self, request):
+        reason = unavailable_reason()
+        if reason:
+            pytest.skip(reason)
+        self.daemons = request.getfixturevalue("containerd_daemons")
+
+    def daemon(self):
+        return self.daemons.get(self.fs)
+
+    def expected_refusal(self):
+        fstype = self.fstype()
+        if self.plugin == "btrfs" and fstype != "btrfs":
+            return Refusal("must be a btrfs filesystem")
+        if self.plugin == "zfs" and fstype != "zfs":
+            return Refusal("must be a zfs filesystem", explanation=(
+                "containerd's zfs wants a kernel zfs mount; zfs-fuse's is fuse.zfs"
+                if fstype == "fuse.zfs" else None))
+        if self.plugin == "devmapper":
+            if not device_mapper_in_kernel():
+                return Refusal("no such device", explanation="the kernel has no "
+                               "device-mapper (no /dev/mapper/control): no thin pool")
+            return Refusal("not configured", explanation="no thin pool is made for it "
+                           "(written where the kernel had no device-mapper)")
+        if self.plugin == "overlayfs" and (not self.spec.d_type or fstype == "fuse.zfs"):
+            return Refusal("d_type")
+        return None
+
+    def data_dir(self, root):
+        return self.daemon().plugin_roots.get(self.plugin) or os.path.join(
+            self.daemon().root, SNAPSHOTTER_TYPE + "." + self.plugin)
+
+    def open(self, root, **options):
+        if options:
+            raise errors.InvalidArgument("containerd's %s takes its options from "
+                                         "containerd's config, not %s" % (self.plugin, options))
+        daemon = self.daemon()
+        refusal = daemon.refusal(self.plugin)
+        if refusal:
+            raise errors.FailedPrecondition("containerd's %s snapshotter plugin did not "
+                                            "load: %s" % (self.plugin, refusal))
+        key = os.path.realpath(root)
+        if key not in self._namespaces:
+            namespace = "snaplab-case-%d" % next(self._numbers)
+            self._namespaces[key] = (namespace, daemon.create_lease(namespace))
+        namespace, lease = self._namespaces[key]
+        return daemon.snapshotter(self.plugin, namespace, lease)
+
+    def restart_service(self):
+        self.daemon().restart()
+
+    def release_under(self, directory):
+        directory = os.path.realpath(directory)
+        problems, released = [], False
+        for root, (namespace, lease) in list(self._namespaces.items()):
+            if root == directory or root.startswith(directory.rstrip("/") + "/"):
+                problems += self._release(namespace, lease)
+                del self._namespaces[root]
+                released = True
+        if released and not self._namespaces and not problems:
+            problems += self._left_on_disk()
+        return problems
+
+    def _release(self, namespace, lease):
+        daemon = self.daemon()
+        try:
+            with daemon.snapshotter(self.plugin, namespace) as sn:
+                for _round in range(1000):  # children before parents
+                    infos = sn.list()
+                    if not infos:
+                        break
+                    parents = {info.parent for info in infos}
+                    for info in infos:
+                        if info.name not in parents:
+                            sn.remove(info.name)
+            daemon.delete_lease(namespace, lease, sync=True)
+            daemon.remove_namespace(namespace)
+        except (ContainerdError, errors.SnapshotError) as err:
+            return ["releasing containerd namespace %s: %s" % (namespace, err)]
+        return []
+
+    def _left_on_disk(self):
+        """Snapshot data of the plugin still on disk once every case's
+        namespace is gone and collected: a leak (containerd's or ours)."""
+        data = self.data_dir(None)
+        left = []
+        for sub in ("snapshots", "active", "view"):
+            with contextlib.suppress(FileNotFoundError):
+                left += [os.path.join(sub, n) for n in os.listdir(os.path.join(data, sub))]
+        return ["containerd's %s left %s after the garbage collection" % (
+            self.plugin, ", ".join(sorted(left)))] if left else []
+
+
+__all__ = ["Containerd", "ContainerdDaemons", "ContainerdError", "DISABLED_PLUGINS",
+           "PLUGIN_OF_BACKEND", "PluginStatus", "ContainerdTarget", "parse_plugins", "to_toml",
+           "unavailable_reason"]

@@ -79,7 +79,11 @@ FILESYSTEMS = {spec.name: spec for spec in [
 ]}
 
 DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir", "zfs"]
-DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs"]
+DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
+                    # containerd's own plugins, through a private containerd
+                    # (conformance/containerd.py)
+                    "containerd-overlayfs", "containerd-native", "containerd-btrfs",
+                    "containerd-zfs", "containerd-devmapper"]
 
 
 class FilesystemUnavailable(Exception):
@@ -505,7 +509,14 @@ class Refusal:
 
 
 class Target:
-    """A snaplab backend on one filesystem, e.g. overlay-on-xfs."""
+    """A snaplab backend on one filesystem, e.g. overlay-on-xfs.
+
+    Targets behind a service (containerd's plugins, conformance/containerd.py)
+    override the hooks below; for snaplab's in-process backends they are
+    trivial.
+    """
+
+    service = None  # the service the cases talk to, None: in-process
 
     def __init__(self, backend, filesystem, options=None):
         self.backend = backend
@@ -519,6 +530,28 @@ class Target:
     @property
     def spec(self):
         return FILESYSTEMS[self.filesystem]
+
+    @property
+    def model(self):
+        """The snaplab backend whose behaviour the cases expect (full copies,
+        no inode counts, ...): the backend itself here."""
+        return self.backend
+
+    def setup_session(self, request):
+        """Once per run, after the filesystem is made (pytest's `request`)."""
+
+    def data_dir(self, root):
+        """Where the snapshotter opened on `root` keeps its data."""
+        return root
+
+    def restart_service(self):
+        """Restart what serves the snapshotter (nothing in-process: closing
+        and reopening is the restart)."""
+
+    def release_under(self, directory):
+        """Release what the target made for the roots below `directory`;
+        returns the problems."""
+        return []
 
     def fstype(self):
         """The type of the filesystem roots go on, as mounted (host-dir is
@@ -573,14 +606,16 @@ def _fresh(root):
 
 
 def all_targets(backend_names, filesystem_names):
-    unknown = [b for b in backend_names if b not in backends.BACKENDS]
+    from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget  # it imports this module
+    known = sorted(backends.BACKENDS) + sorted(PLUGIN_OF_BACKEND)
+    unknown = [b for b in backend_names if b not in known]
     unknown += [f for f in filesystem_names if f not in FILESYSTEMS]
     if unknown:
         raise errors.InvalidArgument(
             "unknown backend or filesystem: %s (backends: %s; filesystems: %s)" % (
-                ", ".join(unknown), ", ".join(sorted(backends.BACKENDS)),
-                ", ".join(FILESYSTEMS)))
-    return [Target(b, f) for b in backend_names for f in filesystem_names]
+                ", ".join(unknown), ", ".join(known), ", ".join(FILESYSTEMS)))
+    return [(ContainerdTarget if b in PLUGIN_OF_BACKEND else Target)(b, f)
+            for b in backend_names for f in filesystem_names]
 
 
 __all__ = ["FILESYSTEMS", "FilesystemPool", "FilesystemUnavailable", "Refusal", "Target",

@@ -20,9 +20,10 @@ def test_backend_accepts_or_refuses_the_filesystem(target, test_dir):
     root = os.path.join(test_dir, "root")
     refusal = target.expected_refusal()
     if refusal is None:
-        with target.open(root):
-            pass
-        assert os.path.isfile(os.path.join(root, "metadata.db"))
+        with target.open(root) as sn:
+            # containerd's metastore makes its file on the first write
+            sn.prepare("accepted", "")
+        assert os.path.isfile(os.path.join(target.data_dir(root), "metadata.db"))
         return
     with pytest.raises(errors.FailedPrecondition) as refused:
         target.open(root)
@@ -34,23 +35,27 @@ def test_backend_accepts_or_refuses_the_filesystem(target, test_dir):
 
 
 def test_root_is_on_the_target_filesystem(target, root, snapshotter):
-    where = mountlib.lookup(root)
+    where = mountlib.lookup(target.data_dir(root))
     if target.spec.fstype is not None:
         assert where.fstype == target.spec.fstype
 
 
-def test_data_survives_close_and_reopen(open_snapshotter, root):
+def test_data_survives_close_and_reopen(open_snapshotter, root, target):
     sn = open_snapshotter(root)
     sn.prepare("a", "", {"l": "1"})
     sn.commit("c", "a", {"l": "2"})
     sn.prepare("b", "c")
     before = sn.list()
     sn.close()
+    target.restart_service()  # containerd: stopped and started on the same root
     again = open_snapshotter(root)
     assert again.list() == before
 
 
 def test_root_of_another_backend_is_refused(open_snapshotter, root, target):
+    if target.service:
+        pytest.skip("%s keeps each plugin's root apart itself (one root_path per plugin): "
+                    "no root can be opened by another plugin" % target.service)
     open_snapshotter(root).close()
     other = Target(next(name for name in sorted(backends.BACKENDS) if name != target.backend),
                    target.filesystem)
@@ -86,6 +91,9 @@ def _worker(backend, root, worker, rounds, queue):
 
 def test_several_processes_share_one_root_safely(open_snapshotter, root, target):
     """No lost or duplicated snapshot, no 'database is locked' seen by a caller."""
+    if target.service:
+        pytest.skip("one root shared by several processes is snaplab's design; %s alone "
+                    "opens its plugins' roots" % target.service)
     sn = open_snapshotter(root)
     sn.prepare("base-active", "")
     sn.commit("base", "base-active")

@@ -566,7 +566,7 @@ def test_rename(snapshotter, work, target):
         create_file("/somefiles/f2", b"nothing interesting", 0o644),
     )
     changes = []
-    if target.backend not in NO_LOWER_DIR_RENAME:
+    if target.model not in NO_LOWER_DIR_RENAME:
         changes.append(rename("/dir1", "/dir2"))
     changes += [
         create_file("/somefiles/f1-overwrite", b"new content 1", 0o644),

@@ -21,7 +21,7 @@ INODES_NOT_COUNTED = {"zfs"}
 
 
 def _counts_inodes(target, usage):
-    counted = target.backend not in INODES_NOT_COUNTED
+    counted = target.model not in INODES_NOT_COUNTED
     assert (usage.inodes != -1) == counted, "inodes %s for %s" % (usage.inodes, target.backend)
     return counted
 
@@ -66,7 +66,7 @@ def test_usage_of_view_is_zero(snapshotter, work):
 
 
 def test_usage_of_child_excludes_its_parent(snapshotter, work, target):
-    if target.backend in FULL_COPY_BACKENDS:
+    if target.model in FULL_COPY_BACKENDS:
         pytest.skip("%s snapshots are full copies: their usage includes the parent's "
                     "content, as containerd's %s reports it" % (target.backend, target.backend))
     mounts = snapshotter.prepare("layer-1", "")
