@@ -115,15 +115,18 @@ bench: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py
 
 ## make leaks: fail if a run left a snaplab mount, loop device, zpool (named
-## snaplab-*) or zfs-fuse daemon (started by a test: its pidfile is in a
-## snaplab-conformance-* or snaplab-test-* directory) behind.
+## snaplab-*), zfs-fuse daemon (started by a test: its pidfile is in a
+## snaplab-conformance-* or snaplab-test-* directory) or containerd (started
+## by a test: its config is in a snaplab-containerd-* directory; never the
+## host's) behind.
 leaks:
-	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo' /proc/self/mountinfo; \
+	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo|snaplab-containerd-' /proc/self/mountinfo; \
 	  losetup -a | grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo'; \
 	  zpool list -H -o name 2>/dev/null | grep '^snaplab-' | sed 's/^/zpool /'; \
-	  pgrep -a -x zfs-fuse | grep -E -- '--pidfile [^ ]*(snaplab-conformance-|snaplab-test-)' | sed 's/^/zfs-fuse daemon /')"; \
+	  pgrep -a -x zfs-fuse | grep -E -- '--pidfile [^ ]*(snaplab-conformance-|snaplab-test-)' | sed 's/^/zfs-fuse daemon /'; \
+	  pgrep -a -x containerd | grep -E -- '--config [^ ]*/snaplab-containerd-[^/ ]*/config.toml' | sed 's/^/containerd /')"; \
 	if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; exit 1; fi; \
-	echo "no snaplab mounts, loop devices, zpools or zfs-fuse daemons left behind"
+	echo "no snaplab mounts, loop devices, zpools, zfs-fuse daemons or containerds left behind"
 
 clean:
 	rm -rf $(VENV) $(REPORTS) .pytest_cache build *.egg-info
