@@ -495,9 +495,9 @@ class ContainerdTarget(Target):
 
     service = "containerd"
 
-    def __init__(self, backend, filesystem):
+    def __init__(self, backend, filesystem, plugin=None):
         super().__init__(backend, filesystem)
-        self.plugin = PLUGIN_OF_BACKEND[backend]
+        self.plugin = plugin or PLUGIN_OF_BACKEND[backend]  # plugin: a proxy plugin's name
         self.daemons = None
         self._namespaces = {}  # real root path -> (namespace, lease)
         self._numbers = iter(range(1, 1 << 62))

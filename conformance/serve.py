@@ -17,7 +17,12 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 from snaplab import errors
+
+from .containerd import Containerd, ContainerdTarget, unavailable_reason
+from .targets import Target
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_MARK = " ready: "
@@ -81,11 +86,12 @@ class ServeProcess:
     def start(self, timeout=START_TIMEOUT_S):
         """Start and wait until it is ready; returns self. On an early exit
         raises the error class of its exit code (ServeFailed for others)."""
-        with open(self.log_path, "wb") as log:
+        ready_before = self.log().count(READY_MARK)  # start() again restarts it
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv(), cwd=REPO, env=self.environ(),
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
-        while READY_MARK not in self.log():
+        while self.log().count(READY_MARK) == ready_before:
             code = self.process.poll()
             if code is not None:
                 self.returncode = code
@@ -161,3 +167,171 @@ def served_snapshotter(root, backend, **options):
                 serve.discard()
 
     return ServedSnapshotter()
+
+
+# ---------------------------------------------------------------- conformance targets
+
+SERVE_PREFIX = "serve-"
+PROXY_PREFIX = "containerd-proxy-snaplab-"
+SERVED_BACKENDS = ("native", "overlay", "btrfs", "zfs")
+
+
+def grpc_missing():
+    """Why the gRPC targets cannot run here (None if they can)."""
+    try:
+        from snaplab_grpc import convert  # noqa: F401 - generates the stubs if needed
+    except ImportError as missing:
+        return "snaplab_grpc needs grpcio (pip install -r requirements.txt): %s" % missing
+    return None
+
+
+def _in_process(target):
+    """The in-process Target of the backend `target` serves, on its filesystem."""
+    inner = Target(target.served, target.filesystem)
+    if hasattr(target, "fs"):
+        inner.fs = target.fs
+    return inner
+
+
+class ServeTarget(Target):
+    """A snaplab backend behind `snaplab serve`, e.g. serve-overlay-on-xfs:
+    each opened root gets its own serve process, the cases talk to it
+    with RemoteSnapshotter. Closing the snapshotter stops the process
+    (it must exit 0 and remove its socket), so a reopen is a restart."""
+
+    service = "snaplab serve"
+
+    def __init__(self, backend, filesystem):
+        super().__init__(backend, filesystem)
+        self.served = backend[len(SERVE_PREFIX):]
+
+    @property
+    def model(self):
+        return self.served
+
+    def setup_session(self, request):
+        reason = grpc_missing()
+        if reason:
+            pytest.skip(reason)
+
+    def expected_refusal(self):
+        return _in_process(self).expected_refusal()
+
+    def open(self, root, **options):
+        _in_process(self).make_root(root)
+        return served_snapshotter(root, self.served, **dict(self.options, **options))
+
+
+class ContainerdProxyTarget(ContainerdTarget):
+    """containerd's metadata layer in front of `snaplab serve` as a proxy
+    snapshotter plugin, e.g. containerd-proxy-snaplab-overlay-on-xfs.
+
+    Per target: one serve process (its root on the target's filesystem)
+    and one private containerd whose config has it in proxy_plugins as
+    "snaplab-<backend>"; the cases go through containerd's API (keys
+    reach snaplab as "<ns>/<n>/<key>"), with ContainerdTarget's
+    namespace and lease per root. Both processes are stopped when the
+    target's cases are done (serve must exit 0 and remove its socket).
+    """
+
+    def __init__(self, backend, filesystem):
+        self.served = backend[len(PROXY_PREFIX):]
+        super().__init__(backend, filesystem, plugin="snaplab-" + self.served)
+        self.serve = None
+        self.containerd = None
+        self.roots_dir = None
+        self.refused = None  # the backend's refusal of the filesystem (serve's error)
+
+    @property
+    def model(self):
+        return self.served
+
+    def setup_session(self, request):
+        reason = unavailable_reason() or grpc_missing()
+        if reason:
+            pytest.skip(reason)
+        if self.containerd is None and self.refused is None:
+            request.addfinalizer(self._stop_checked)
+            self._start()
+
+    def _start(self):
+        self.roots_dir = tempfile.mkdtemp(prefix="snaplab-proxy-", dir=self.fs.mountpoint)
+        root = os.path.join(self.roots_dir, "root")
+        try:
+            _in_process(self).make_root(root)
+            self.serve = ServeProcess(root, self.served)
+            try:
+                self.serve.start()
+            except errors.FailedPrecondition as refused:
+                self.refused, self.serve = refused, None
+                return
+            self.containerd = Containerd(extra_config={"proxy_plugins": {
+                self.plugin: {"type": "snapshot", "address": self.serve.socket}}})
+            self.containerd.start()
+        except BaseException:
+            self._stop()
+            raise
+
+    def _stop(self):
+        problems = []
+        if self.containerd is not None:
+            problems += self.containerd.stop()
+            self.containerd = None
+        if self.serve is not None:
+            try:
+                code = self.serve.stop()
+                if code != 0:
+                    problems.append("snaplab serve exited %s: %s" % (code, self.serve.log()))
+                elif os.path.lexists(self.serve.socket):
+                    problems.append("snaplab serve left %s" % self.serve.socket)
+            except ServeFailed as failed:
+                problems.append(str(failed))
+            finally:
+                self.serve.discard()
+                self.serve = None
+        if self.roots_dir is not None and not problems:
+            problems += self.fs.release_under(self.roots_dir)
+            shutil.rmtree(self.roots_dir, ignore_errors=True)
+            self.roots_dir = None
+        return problems
+
+    def _stop_checked(self):
+        problems = self._stop()
+        self.refused = None
+        if problems:
+            raise ServeFailed("stopping %s: %s" % (self.name, "; ".join(problems)))
+
+    def daemon(self):
+        return self.containerd
+
+    def expected_refusal(self):
+        return _in_process(self).expected_refusal()
+
+    def data_dir(self, root):
+        return os.path.join(self.roots_dir, "root")  # the one serve root, whatever `root`
+
+    def open(self, root, **options):
+        if self.refused is not None:
+            raise type(self.refused)(str(self.refused))
+        return super().open(root, **options)
+
+    def restart_service(self):
+        # Both: what snaplab stored must survive its own restart, and
+        # containerd's metadata its.
+        code = self.serve.stop()
+        if code != 0:
+            raise ServeFailed("snaplab serve exited %s on SIGTERM: %s" % (code, self.serve.log()))
+        self.serve.start()
+        self.containerd.restart()
+
+
+def target_class(backend):
+    """The Target class of a serve or proxy backend name; None for others."""
+    for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
+        if backend.startswith(prefix) and backend[len(prefix):] in SERVED_BACKENDS:
+            return cls
+    return None
+
+
+TARGET_NAMES = [prefix + backend for prefix in (SERVE_PREFIX, PROXY_PREFIX)
+                for backend in SERVED_BACKENDS]

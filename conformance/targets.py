@@ -591,10 +591,16 @@ class Target:
         A zfs backend root on the zfs filesystem is first made a dataset of
         its own, when it does not exist yet (or is an empty directory).
         """
+        self.make_root(root)
+        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
+
+    def make_root(self, root):
+        """What the harness makes for a root before the backend opens it: a
+        dataset of its own for a zfs root on the zfs filesystem (also used
+        for roots `snaplab serve` opens, conformance/serve.py)."""
         fs = getattr(self, "fs", None)
         if self.backend == "zfs" and isinstance(fs, ZfsFilesystem) and _fresh(root):
             fs.make_root_dataset(root)
-        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
 
 
 def _fresh(root):
@@ -607,15 +613,16 @@ def _fresh(root):
 
 def all_targets(backend_names, filesystem_names):
     from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget  # it imports this module
-    known = sorted(backends.BACKENDS) + sorted(PLUGIN_OF_BACKEND)
+    from . import serve  # serve-* and containerd-proxy-snaplab-* (it imports this module)
+    known = sorted(backends.BACKENDS) + sorted(PLUGIN_OF_BACKEND) + serve.TARGET_NAMES
     unknown = [b for b in backend_names if b not in known]
     unknown += [f for f in filesystem_names if f not in FILESYSTEMS]
     if unknown:
         raise errors.InvalidArgument(
             "unknown backend or filesystem: %s (backends: %s; filesystems: %s)" % (
                 ", ".join(unknown), ", ".join(known), ", ".join(FILESYSTEMS)))
-    return [(ContainerdTarget if b in PLUGIN_OF_BACKEND else Target)(b, f)
-            for b in backend_names for f in filesystem_names]
+    return [(serve.target_class(b) or (ContainerdTarget if b in PLUGIN_OF_BACKEND else Target))(
+        b, f) for b in backend_names for f in filesystem_names]
 
 
 __all__ = ["FILESYSTEMS", "FilesystemPool", "FilesystemUnavailable", "Refusal", "Target",
