@@ -11,6 +11,7 @@ must exit 0) and every mount undone, also when a test fails.
 """
 
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -18,9 +19,11 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 
 import pytest
 
+from conformance.containerd import Containerd, ContainerdError, unavailable_reason
 from conformance.serve import REPO, ServeFailed, ServeProcess
 from conformance.targets import FilesystemPool, FilesystemUnavailable
 from snaplab import backends, errors
@@ -431,3 +434,122 @@ def test_without_grpcio_serve_names_what_to_install(place):
     done = subprocess.run([python, "-m", "snaplab", "--root", root, "--backend", "native",
                            "prepare", "k"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# -- through containerd: snaplab serve as its proxy snapshotter plugin --------
+
+PROXY = "snaplab"
+
+
+@pytest.fixture
+def proxied(start_serve):
+    """(serve process, private containerd with it in proxy_plugins as "snaplab")."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    process = start_serve("overlay")
+    with Containerd(extra_config={"proxy_plugins": {
+            PROXY: {"type": "snapshot", "address": process.socket}}}) as containerd:
+        yield process, containerd
+
+
+def test_ctr_snapshots_work_through_containerd_against_serve(proxied):
+    process, containerd = proxied
+
+    def ctr(*argv):
+        return containerd.ctr("snapshots", "--snapshotter", PROXY, *argv, namespace="lab")
+
+    lease = containerd.create_lease("lab")  # deleted with a synchronous GC below
+    assert containerd.plugin(PROXY).status == "ok"
+    mounts = json.loads(ctr("prepare", "--mounts", "base-active"))
+    assert [m["Type"] for m in mounts] == ["bind"]  # a parentless overlay snapshot is a bind
+    assert mounts[0]["Source"].startswith(process.root + "/")
+    ctr("commit", "base", "base-active")
+    ctr("prepare", "work", "base")
+    ctr("view", "look", "base")
+    listing = ctr("ls").splitlines()
+    assert listing[0].split() == ["KEY", "PARENT", "KIND"]
+    assert sorted(tuple(line.split()) for line in listing[1:]) == [
+        ("base", "Committed"), ("look", "base", "View"), ("work", "base", "Active")]
+    info = json.loads(ctr("info", "work"))
+    assert (info["Kind"], info["Name"], info["Parent"]) == ("Active", "work", "base")
+    assert "containerd.io/gc.root" in info["Labels"]  # ctr's label, kept by containerd
+    assert ctr("label", "base", "containerd.io/snapshot/team=storage").strip() != ""
+    assert "KEY" in ctr("usage")
+
+    # What snaplab itself holds: containerd's metadata layer in front, keys
+    # "<namespace>/<n>/<key>", parents by their backend keys, and only the
+    # containerd.io/snapshot/ labels passed on.
+    with client(process) as sn:
+        behind = {info.name.rsplit("/", 1)[1]: info for info in sn.list()}
+        assert sorted(behind) == ["base", "look", "work"]
+        for name, info in behind.items():
+            namespace, number, key = info.name.split("/")
+            assert (namespace, key) == ("lab", name) and number.isdigit()
+        assert behind["work"].parent == behind["base"].name
+        assert behind["base"].labels == {"containerd.io/snapshot/team": "storage"}
+        assert "containerd.io/gc.root" not in behind["work"].labels
+
+        ctr("rm", "work", "look")
+        with pytest.raises(ContainerdError, match="remove"):
+            ctr("rm", "base-missing")
+        ctr("rm", "base")
+        assert ctr("ls").splitlines()[1:] == []
+        containerd.delete_lease("lab", lease, sync=True)  # GC: removes them in snaplab too
+        assert sn.list() == []
+
+
+def test_containerd_errors_from_serve_reach_the_client_as_their_class(proxied):
+    process, containerd = proxied
+    lease = containerd.create_lease("errs")
+    with containerd.snapshotter(PROXY, "errs", lease=lease) as sn:
+        sn.prepare("a", "")
+        with pytest.raises(errors.AlreadyExists):
+            sn.prepare("a", "")
+        with pytest.raises(errors.NotFound):
+            sn.stat("missing")
+        sn.commit("c", "a")
+        with pytest.raises(errors.FailedPrecondition):
+            sn.mounts("c")
+        with pytest.raises(errors.InvalidArgument):
+            sn.update(Info(Kind.UNKNOWN, "c"), "parent")
+        sn.prepare("child", "c")
+        with pytest.raises(errors.FailedPrecondition):
+            sn.remove("c")
+        # An error snaplab raises behind containerd: the snaplab record of
+        # "child" gone under containerd's feet -> NotFound from serve, which
+        # containerd passes on with its class.
+        with client(process) as behind:
+            backend_key = next(i.name for i in behind.list() if i.name.endswith("/child"))
+            behind.remove(backend_key)
+        with pytest.raises(errors.NotFound):
+            sn.mounts("child")
+        sn.remove("child")
+        sn.remove("c")
+    containerd.delete_lease("errs", lease, sync=True)
+    with client(process) as behind:
+        assert behind.list() == []
+
+
+def test_serve_stopped_under_containerd_is_unavailable_then_back(proxied):
+    process, containerd = proxied
+    lease = containerd.create_lease("gone")
+    with containerd.snapshotter(PROXY, "gone", lease=lease) as sn:
+        sn.prepare("a", "")
+        assert process.stop() == 0
+        # containerd's metadata has "a"; its Stat asks the plugin, which is gone.
+        with pytest.raises(convert.RemoteError) as unavailable:
+            sn.stat("a")
+        assert unavailable.value.grpc_code == grpc.StatusCode.UNAVAILABLE
+        process.start()  # same root, same socket
+        deadline = time.monotonic() + 30
+        while True:  # containerd's proxy redials with a backoff of up to a few seconds
+            try:
+                assert sn.stat("a").kind == Kind.ACTIVE
+                break
+            except convert.RemoteError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        sn.remove("a")
+    containerd.delete_lease("gone", lease, sync=True)
