@@ -106,13 +106,17 @@ demo: deps
 	$(MAKE) --no-print-directory leaks
 
 ## make bench: latency of the core operations, btrfs ioctls against
-## btrfs-progs, the storage cost of 100 snapshots per backend (not tests).
+## btrfs-progs, the storage cost of 100 snapshots per backend, apply-layer
+## against tar -x and Usage against du, and snaplab (in-process and served)
+## against containerd's own snapshotters over gRPC (not tests).
 bench: deps
 	$(PY) benchmarks/bench_latency.py
 	$(PY) benchmarks/bench_latency.py --backends native,overlay,btrfs --filesystem btrfs --ops 300
 	$(PY) benchmarks/bench_btrfs_ioctl.py
 	$(PY) benchmarks/bench_storage_cost.py
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py
+	$(PY) benchmarks/bench_apply_usage.py
+	$(PY) benchmarks/bench_containerd.py
 
 ## make leaks: fail if a run left a snaplab mount, loop device, zpool (named
 ## snaplab-*), zfs-fuse daemon (started by a test: its pidfile is in a
