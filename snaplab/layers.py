@@ -408,11 +408,33 @@ class _Tree:
             done.append(part)
         return "/".join(done)
 
+    def plain_directory(self, relative):
+        """Whether `relative` (a cleaned name) is a directory of the root
+        reached through real directories only, so that resolve() would give
+        it back unchanged and make_parents() would find it all there (in an
+        overlay too: a directory of the upper hides what the lowers have).
+        Asked of the kernel in one go: the path it gives an open descriptor
+        of the directory is exactly this one when no symlink was on the way.
+        The common case of a layer entry: its directory is already there."""
+        path = os.path.join(self.root, relative) if relative else self.root
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False  # missing or not a directory: resolve() says more
+        try:
+            return os.readlink("/proc/self/fd/%d" % fd) == path
+        except OSError:
+            return False  # no /proc: the slow road
+        finally:
+            os.close(fd)
+
     def path(self, relative):
         """The absolute path in the root, after checking that its directory
         really is inside the root (a symlink swapped in would show here)."""
         path = os.path.join(self.root, relative) if relative else self.root
         directory = os.path.dirname(path) if relative else path
+        if self.plain_directory(posixpath.dirname(relative)):
+            return path  # its real path is itself: inside the root
         real = os.path.realpath(directory)
         if real != directory or not (real == self.root or real.startswith(self.root + "/")):
             raise errors.InvalidArgument("refusing to write %s: its directory resolves to %s, "
@@ -511,9 +533,16 @@ class _LayerWriter:
         directory, base = posixpath.split(relative)
         if not base:
             return  # the root itself: containerd leaves it alone
-        parent = self.tree.resolve(directory)
-        self.make_parents(parent)
-        self.replace(self.tree.path(posixpath.join(parent, base)), kind, tar, member)
+        if self.tree.plain_directory(directory):
+            # Nothing to resolve or make, and its real path is itself, as
+            # tree.path() would check: one question to the kernel, not a
+            # lookup per path component (most entries of a layer).
+            path = os.path.join(self.tree.root, relative)
+        else:
+            parent = self.tree.resolve(directory)
+            self.make_parents(parent)
+            path = self.tree.path(posixpath.join(parent, base))
+        self.replace(path, kind, tar, member)
 
     # -- whiteouts
 
