@@ -26,6 +26,7 @@ from snaplab import mount as mountlib
 
 from . import resultlog
 from .containerd import containerd_daemons_fixture
+from .serve import proxies_fixture
 from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
                       FilesystemUnavailable, Target, all_targets)
 
@@ -137,6 +138,14 @@ def containerd_daemons(filesystem_pool):
     """One private containerd per filesystem, for the containerd-* targets;
     stopped (and its files removed) before the filesystems go."""
     yield from containerd_daemons_fixture()
+
+
+@pytest.fixture(scope="session")
+def snaplab_proxies(filesystem_pool):
+    """A snaplab serve + private containerd (proxy plugin) per backend and
+    filesystem, for the containerd-proxy-snaplab-* targets; stopped (and
+    their files removed) before the filesystems go."""
+    yield from proxies_fixture()
 
 
 @pytest.fixture

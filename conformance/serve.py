@@ -87,6 +87,7 @@ class ServeProcess:
         """Start and wait until it is ready; returns self. On an early exit
         raises the error class of its exit code (ServeFailed for others)."""
         ready_before = self.log().count(READY_MARK)  # start() again restarts it
+        self.returncode = None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv(), cwd=REPO, env=self.environ(),
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -222,62 +223,51 @@ class ServeTarget(Target):
         return served_snapshotter(root, self.served, **dict(self.options, **options))
 
 
-class ContainerdProxyTarget(ContainerdTarget):
-    """containerd's metadata layer in front of `snaplab serve` as a proxy
-    snapshotter plugin, e.g. containerd-proxy-snaplab-overlay-on-xfs.
+class ProxyPair:
+    """A snaplab serve process (its root on a test filesystem) and a private
+    containerd that has it in proxy_plugins as `plugin`."""
 
-    Per target: one serve process (its root on the target's filesystem)
-    and one private containerd whose config has it in proxy_plugins as
-    "snaplab-<backend>"; the cases go through containerd's API (keys
-    reach snaplab as "<ns>/<n>/<key>"), with ContainerdTarget's
-    namespace and lease per root. Both processes are stopped when the
-    target's cases are done (serve must exit 0 and remove its socket).
-    """
-
-    def __init__(self, backend, filesystem):
-        self.served = backend[len(PROXY_PREFIX):]
-        super().__init__(backend, filesystem, plugin="snaplab-" + self.served)
+    def __init__(self, served, fs, plugin):
+        self.plugin = plugin
+        self.fs = fs
+        self.roots_dir = tempfile.mkdtemp(prefix="snaplab-proxy-", dir=fs.mountpoint)
+        self.root = os.path.join(self.roots_dir, "root")
         self.serve = None
         self.containerd = None
-        self.roots_dir = None
-        self.refused = None  # the backend's refusal of the filesystem (serve's error)
-
-    @property
-    def model(self):
-        return self.served
-
-    def setup_session(self, request):
-        reason = unavailable_reason() or grpc_missing()
-        if reason:
-            pytest.skip(reason)
-        if self.containerd is None and self.refused is None:
-            request.addfinalizer(self._stop_checked)
-            self._start()
-
-    def _start(self):
-        self.roots_dir = tempfile.mkdtemp(prefix="snaplab-proxy-", dir=self.fs.mountpoint)
-        root = os.path.join(self.roots_dir, "root")
         try:
-            _in_process(self).make_root(root)
-            self.serve = ServeProcess(root, self.served)
-            try:
-                self.serve.start()
-            except errors.FailedPrecondition as refused:
-                self.refused, self.serve = refused, None
-                return
+            inner = Target(served, fs.spec.name)
+            inner.fs = fs
+            inner.make_root(self.root)
+            self.serve = ServeProcess(self.root, served)
+            self.serve.start()
             self.containerd = Containerd(extra_config={"proxy_plugins": {
-                self.plugin: {"type": "snapshot", "address": self.serve.socket}}})
+                plugin: {"type": "snapshot", "address": self.serve.socket}}})
             self.containerd.start()
         except BaseException:
-            self._stop()
+            problems = self.stop()
+            if problems:
+                raise ServeFailed("starting %s, then cleaning up: %s"
+                                  % (plugin, "; ".join(problems))) from None
             raise
 
-    def _stop(self):
+    def restart(self):
+        """Both, on the same root and socket: what snaplab stored must survive
+        its own restart, and containerd's metadata its."""
+        code = self.serve.stop()
+        if code != 0:
+            raise ServeFailed("snaplab serve exited %s on SIGTERM: %s" % (code, self.serve.log()))
+        self.serve.start()
+        self.containerd.restart()
+
+    def stop(self):
+        """containerd, then serve (it must exit 0 and remove its socket),
+        then the root; returns the problems."""
         problems = []
         if self.containerd is not None:
             problems += self.containerd.stop()
             self.containerd = None
-        if self.serve is not None:
+        if self.serve is not None and self.serve.process is not None \
+                and self.serve.returncode is None:  # it got to "ready"
             try:
                 code = self.serve.stop()
                 if code != 0:
@@ -288,41 +278,98 @@ class ContainerdProxyTarget(ContainerdTarget):
                 problems.append(str(failed))
             finally:
                 self.serve.discard()
-                self.serve = None
-        if self.roots_dir is not None and not problems:
+        elif self.serve is not None:
+            self.serve.discard()  # it exited before it was ready (a refusal)
+        self.serve = None
+        if not problems:
             problems += self.fs.release_under(self.roots_dir)
             shutil.rmtree(self.roots_dir, ignore_errors=True)
-            self.roots_dir = None
         return problems
 
-    def _stop_checked(self):
-        problems = self._stop()
-        self.refused = None
+
+class ProxyPairs:
+    """One ProxyPair per (served backend, filesystem), made on first use and
+    kept for the run (each case gets a new Target object); stop_all() at the
+    end (the session fixture `snaplab_proxies`). A backend that refuses the
+    filesystem is remembered with its error, raised again on each get."""
+
+    def __init__(self):
+        self._pairs = {}
+        self._refused = {}
+
+    def get(self, served, fs, plugin):
+        key = (served, fs.spec.name)
+        if key in self._refused:
+            raise self._refused[key]
+        if key not in self._pairs:
+            try:
+                self._pairs[key] = ProxyPair(served, fs, plugin)
+            except errors.FailedPrecondition as refused:
+                self._refused[key] = refused
+                raise
+        return self._pairs[key]
+
+    def stop_all(self):
+        problems = []
+        for key in list(self._pairs):
+            problems += self._pairs.pop(key).stop()
+        return problems
+
+
+def proxies_fixture():
+    """Body of the session fixture `snaplab_proxies` (conftest.py)."""
+    pairs = ProxyPairs()
+    try:
+        yield pairs
+    finally:
+        problems = pairs.stop_all()
         if problems:
-            raise ServeFailed("stopping %s: %s" % (self.name, "; ".join(problems)))
+            raise ServeFailed("stopping the snaplab serve/containerd pairs: "
+                              + "; ".join(problems))
+
+
+class ContainerdProxyTarget(ContainerdTarget):
+    """containerd's metadata layer in front of `snaplab serve` as a proxy
+    snapshotter plugin, e.g. containerd-proxy-snaplab-overlay-on-xfs.
+
+    Per backend and filesystem, one ProxyPair: a serve process with its root
+    on the filesystem, and a private containerd with it in proxy_plugins as
+    "snaplab-<backend>". The cases go through containerd's API (keys reach
+    snaplab as "<ns>/<n>/<key>"), with ContainerdTarget's namespace and
+    lease per root and its check that nothing is left on disk afterwards.
+    """
+
+    def __init__(self, backend, filesystem):
+        self.served = backend[len(PROXY_PREFIX):]
+        super().__init__(backend, filesystem, plugin="snaplab-" + self.served)
+        self.pairs = None
+
+    @property
+    def model(self):
+        return self.served
+
+    def setup_session(self, request):
+        reason = unavailable_reason() or grpc_missing()
+        if reason:
+            pytest.skip(reason)
+        self.pairs = request.getfixturevalue("snaplab_proxies")
+
+    def pair(self):
+        """The running pair; the backend's own FailedPrecondition where it
+        refuses the filesystem (serve does not start there)."""
+        return self.pairs.get(self.served, self.fs, self.plugin)
 
     def daemon(self):
-        return self.containerd
+        return self.pair().containerd
 
     def expected_refusal(self):
         return _in_process(self).expected_refusal()
 
     def data_dir(self, root):
-        return os.path.join(self.roots_dir, "root")  # the one serve root, whatever `root`
-
-    def open(self, root, **options):
-        if self.refused is not None:
-            raise type(self.refused)(str(self.refused))
-        return super().open(root, **options)
+        return self.pair().root  # the one serve root, whatever `root`
 
     def restart_service(self):
-        # Both: what snaplab stored must survive its own restart, and
-        # containerd's metadata its.
-        code = self.serve.stop()
-        if code != 0:
-            raise ServeFailed("snaplab serve exited %s on SIGTERM: %s" % (code, self.serve.log()))
-        self.serve.start()
-        self.containerd.restart()
+        self.pair().restart()
 
 
 def target_class(backend):
