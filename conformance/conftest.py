@@ -8,6 +8,11 @@ Choose what to run (options, or the environment variables beside them):
   --filesystem-at NAME=PATH           use a filesystem already mounted at PATH (made
                                       by node_storage, say) instead of making one;
                                       repeatable                    SNAPLAB_FILESYSTEM_AT
+  --known-failures FILE               cases known to fail where (report.py's format and
+                                      matching) are strict xfails: a listed case that
+                                      passes fails the run     SNAPLAB_KNOWN_FAILURES
+                                      (default: known-differences.yml beside this file;
+                                      "" for none)
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -16,6 +21,7 @@ leaves under its own directory is unmounted after it.
 """
 
 import os
+import platform
 import shutil
 import tempfile
 
@@ -24,11 +30,15 @@ import pytest
 from snaplab import errors
 from snaplab import mount as mountlib
 
-from . import resultlog
+from . import report, resultlog
 from .containerd import containerd_daemons_fixture
 from .serve import proxies_fixture
 from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
                       FilesystemUnavailable, Target, all_targets)
+
+
+KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "known-differences.yml")
 
 
 def _split(text):
@@ -51,6 +61,10 @@ def pytest_addoption(parser):
                     default=_split(os.environ.get("SNAPLAB_FILESYSTEM_AT", "")),
                     help="use the filesystem already mounted at PATH as NAME (e.g. "
                          "xfs=/var/lib/snaplab/xfs) instead of making a loop-backed one")
+    group.addoption("--known-failures", default=os.environ.get(
+                        "SNAPLAB_KNOWN_FAILURES", KNOWN_DIFFERENCES),
+                    help="cases known to fail (conformance.report's --known-failures file): "
+                         "strict xfails (default: %(default)s)")
 
 
 def pytest_configure(config):
@@ -85,6 +99,9 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=not_applicable)
         items[:] = [item for item in items if item not in not_applicable]
     # What the result file and the report need to place each result.
+    known = _known_failures(config)
+    run = {"label": os.environ.get("SNAPLAB_RUN_LABEL", ""), "kernel": platform.release(),
+           "distro": resultlog.os_release_name()}
     for item in items:
         target = _target_of(item)
         case = item.originalname if hasattr(item, "originalname") else item.name
@@ -92,7 +109,31 @@ def pytest_collection_modifyitems(config, items):
         if target is not None:
             item.user_properties.extend([("target", target.name), ("backend", target.backend),
                                          ("filesystem", target.filesystem)])
+            # The report's own matching, so that pytest and the report agree.
+            entry = report.known_entry({"case": case, "target": target.name}, known, run)
+            if entry is not None:
+                item.add_marker(pytest.mark.xfail(strict=True, reason="known: %s%s" % (
+                    entry["reason"], " (%s)" % entry["link"] if entry["link"] else "")))
         item.user_properties.append(("case", case))
+
+
+def _known_failures(config):
+    path = config.getoption("--known-failures")
+    if not path:
+        return []
+    if path == KNOWN_DIFFERENCES:
+        # The default is about containerd's targets: a node running only
+        # snaplab's backends may have neither the file nor PyYAML.
+        try:
+            import yaml  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
+        except ImportError:
+            return []
+        if not os.path.exists(path):
+            return []
+    try:
+        return report.load_known_failures(path)
+    except report.InputError as bad:
+        raise pytest.UsageError("--known-failures: %s" % bad) from None
 
 
 def _target_of(item):

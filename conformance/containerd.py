@@ -13,13 +13,14 @@ never touched. `make leaks` finds a left-over one by its config path.
 The API, for whoever reuses it (the proxy-plugin target, benchmarks):
 
 - `Containerd(base_dir=None, plugin_roots=None, plugin_config=None,
-  extra_config=None, disabled_plugins=DISABLED_PLUGINS)`:
+  extra_config=None, disabled_plugins=DISABLED_PLUGINS, umask=0o022)`:
   `plugin_roots` {snapshotter: directory} puts that snapshotter's root on the
   filesystem you want (its `root_path` option; containerd makes the
   directory); `plugin_config` {plugin id: {option: value}} adds options of
   other plugins (`"io.containerd.snapshotter.v1.devmapper": {...}`);
   `extra_config` is merged into the top of the TOML document, e.g.
   `{"proxy_plugins": {"snaplab": {"type": "snapshot", "address": SOCK}}}`.
+  `umask` is containerd's own, whatever the caller's (022: a service's).
 - `start()` (waits until the gRPC socket answers; ContainerdError with the
   log's tail if it does not), `stop()` (SIGTERM, then SIGKILL after
   STOP_TIMEOUT_S; unmounts what is mounted below its directories, deletes
@@ -187,7 +188,8 @@ class Containerd:
     """One private containerd process; see the module docstring."""
 
     def __init__(self, base_dir=None, plugin_roots=None, plugin_config=None, extra_config=None,
-                 disabled_plugins=DISABLED_PLUGINS):
+                 disabled_plugins=DISABLED_PLUGINS, umask=0o022):
+        self.umask = umask
         self.dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir)
         self.config_path = os.path.join(self.dir, "config.toml")
         self.root = os.path.join(self.dir, "root")
@@ -227,7 +229,7 @@ class Containerd:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
                 [CONTAINERD, "--config", self.config_path], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=self.umask)
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.process.poll() is not None:
@@ -417,6 +419,8 @@ class ContainerdDaemons:
     dataset of its own mounted there (containerd's zfs wants a dataset's
     mount point); devmapper is configured with a pool name, so that where
     the pool cannot be made containerd says itself why it does not load.
+    They run under umask 0, as containerd's own suite runs its snapshotters
+    (clearMask): modes must not depend on the umask.
     """
 
     def __init__(self):
@@ -439,7 +443,7 @@ class ContainerdDaemons:
                     fs.make_root_dataset(roots["zfs"])
                 devmapper = dict(DEVMAPPER_CONFIG, root_path=roots.pop("devmapper"),
                                  pool_name="snaplab-thinpool-" + os.urandom(4).hex())
-                daemon = Containerd(plugin_roots=roots, plugin_config={
+                daemon = Containerd(plugin_roots=roots, umask=0, plugin_config={
                     SNAPSHOTTER_TYPE + ".devmapper": devmapper})
                 daemon.start()
             except BaseException as failure:

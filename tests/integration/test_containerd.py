@@ -96,6 +96,8 @@ def test_starts_serves_and_stops_leaving_nothing(scratch):
         daemon.start()
         pid = daemon.process.pid
         assert _alive(pid) and pid in _our_containerds()
+        with open("/proc/%d/status" % pid) as status:  # a service's umask, not ours
+            assert "Umask:\t0022\n" in status.read()
         assert daemon.address.startswith(daemon.dir) and os.path.exists(daemon.address)
         with daemon.snapshotter("native", namespace="launcher") as sn:
             sn.prepare("a", "", {"containerd.io/gc.root": "x"})
