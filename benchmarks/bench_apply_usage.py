@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -82,14 +83,27 @@ def syncfs(path):
         os.close(fd)
 
 
+def cpu_seconds():
+    """CPU time (user + system) of this process and of its waited-for children
+    so far: what a run costs whatever else the machine is doing."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def timed(action, fs_root):
-    """(seconds until `action` returns, seconds until its data is on disk)."""
+    """(seconds until `action` returns, seconds until its data is on disk,
+    CPU seconds until it returned)."""
     clock = time.perf_counter
+    cpu = cpu_seconds()
     started = clock()
     action()
     returned = clock()
+    cpu = cpu_seconds() - cpu
     syncfs(fs_root)
-    return returned - started, clock() - started
+    return returned - started, clock() - started, cpu
 
 
 # -- the layers --------------------------------------------------------------
@@ -305,14 +319,18 @@ def bench_usage(sn, work, files, rounds, drop):
     usage = sn.usage(key)
     checks = {"size": (usage.size, run_du(upper, "-B1")),
               "inodes": (usage.inodes, run_du(upper, "--inodes"))}
-    tools = {"snaplab": lambda: sn.usage(key),
+    tools = {"snaplab": lambda: sn.usage(key),  # key: read when called
              "du -s": lambda: run_du(upper, "-B1"),
              "du -s --inodes": lambda: run_du(upper, "--inodes")}
     results = {}
     clock = time.perf_counter
-    for cache in ("warm", "cold"):
+    for cache in ("warm", "cold", "committed"):
         if cache == "cold" and not drop:
             continue
+        if cache == "committed":
+            # Commit stores the usage (as containerd): Usage no longer walks.
+            sn.commit(key + "-committed", key)
+            key += "-committed"
         samples = {tool: [] for tool in tools}
         for r in range(rounds):
             names = list(tools) if r % 2 == 0 else list(tools)[::-1]
@@ -321,13 +339,14 @@ def bench_usage(sn, work, files, rounds, drop):
                     settle(True)
                 else:
                     tools[tool]()  # warm: the tree's inodes are in memory
+                cpu = cpu_seconds()
                 started = clock()
                 tools[tool]()
-                samples[tool].append(clock() - started)
+                samples[tool].append((clock() - started, cpu_seconds() - cpu))
         results[cache] = samples
         print("  usage %s: %s" % (cache, ", ".join(
-            "%s %.3fs" % (tool, statistics.median(s)) for tool, s in samples.items())),
-            flush=True)
+            "%s %.3fs" % (tool, statistics.median(t[0] for t in s))
+            for tool, s in samples.items())), flush=True)
     sn.remove(key)
     return checks, results
 
@@ -338,6 +357,8 @@ def bench_usage(sn, work, files, rounds, drop):
 def apply_table(samples, base_counts, top_counts, drop):
     lines = ["| layer | until | snaplab MiB/s | tar -x MiB/s | snaplab ÷ tar (goal ≥ 0.9) |",
              "|---|---|---|---|---|"]
+    cpu_lines = ["", "CPU seconds (user + system, until returned; tar's from its process):", "",
+                 "| layer | snaplab CPU s | tar -x CPU s | tar ÷ snaplab |", "|---|---|---|---|"]
     figures = {}
     for which, counts in (("base", base_counts), ("top", top_counts)):
         mib = counts["bytes"] / MIB
@@ -349,20 +370,31 @@ def apply_table(samples, base_counts, top_counts, drop):
             label = "%s %.0f MiB" % (which, mib) if index == 0 else ""
             lines.append("| %s | %s | %.1f (%.2f s) | %.1f (%.2f s) | %.2f× |" % (
                 label, until, mib / snaplab, snaplab, mib / tar, tar, tar / snaplab))
-    return "\n".join(lines), figures
+        snaplab = statistics.median(t[2] for t in samples[(which, "snaplab")])
+        tar = statistics.median(t[2] for t in samples[(which, "tar")])
+        figures["%s cpu" % which] = {"snaplab_s": snaplab, "tar_s": tar, "ratio": tar / snaplab}
+        cpu_lines.append("| %s %.0f MiB | %.2f | %.2f | %.2f× |" % (which, mib, snaplab, tar,
+                                                                  tar / snaplab))
+    return "\n".join(lines + cpu_lines), figures
 
 
 def usage_table(results, checks):
-    lines = ["| cache | snaplab usage | du -s | du -s --inodes | snaplab ÷ du -s (goal ≤ 1.2) "
-             "| snaplab ÷ du --inodes |", "|---|---|---|---|---|---|"]
+    lines = ["| snapshot, cache | snaplab usage | du -s | du -s --inodes "
+             "| snaplab ÷ du -s (goal ≤ 1.2) | snaplab ÷ du --inodes | CPU s: snaplab / du -s |",
+             "|---|---|---|---|---|---|---|"]
     figures = {}
+    labels = {"warm": "active, warm", "cold": "active, cold",
+              "committed": "committed, warm (Usage stored at Commit)"}
     for cache, samples in results.items():
-        m = {tool: statistics.median(s) for tool, s in samples.items()}
+        m = {tool: statistics.median(t[0] for t in s) for tool, s in samples.items()}
+        cpu = {tool: statistics.median(t[1] for t in s) for tool, s in samples.items()}
         figures[cache] = dict(m, ratio_du=m["snaplab"] / m["du -s"],
-                              ratio_du_inodes=m["snaplab"] / m["du -s --inodes"])
-        lines.append("| %s | %.1f ms | %.1f ms | %.1f ms | %.2f× | %.2f× |" % (
-            cache, m["snaplab"] * 1000, m["du -s"] * 1000, m["du -s --inodes"] * 1000,
-            figures[cache]["ratio_du"], figures[cache]["ratio_du_inodes"]))
+                              ratio_du_inodes=m["snaplab"] / m["du -s --inodes"],
+                              cpu_snaplab=cpu["snaplab"], cpu_du=cpu["du -s"])
+        lines.append("| %s | %.1f ms | %.1f ms | %.1f ms | %.3f× | %.3f× | %.2f / %.2f |" % (
+            labels[cache], m["snaplab"] * 1000, m["du -s"] * 1000, m["du -s --inodes"] * 1000,
+            figures[cache]["ratio_du"], figures[cache]["ratio_du_inodes"], cpu["snaplab"],
+            cpu["du -s"]))
     same = all(a == b for a, b in checks.values())
     lines.append("")
     lines.append("Same result: %s (snaplab size %d B, inodes %d; du %d B, %d inodes)" % (
@@ -425,7 +457,7 @@ def main(argv=None):
                 table, figures, same = usage_table(results, checks)
                 report["usage"] = {"files": args.files, "median_s": figures,
                                    "same_result": same}
-                text += ["Usage of an active overlay snapshot holding %d files (snaplab: "
+                text += ["Usage of an overlay snapshot holding %d files (snaplab: "
                          "size and inodes in one walk; du needs two runs), on %s, median of "
                          "%d rounds" % (args.files, where, args.rounds), "", table, ""]
     finally:
