@@ -38,6 +38,7 @@ The API, for whoever reuses it (the proxy-plugin target, benchmarks):
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -556,6 +557,12 @@ class ContainerdTarget(Target):
             self._namespaces[key] = (namespace, daemon.create_lease(namespace))
         namespace, lease = self._namespaces[key]
         return daemon.snapshotter(self.plugin, namespace, lease)
+
+    def opener(self, root):
+        from snaplab_grpc.client import RemoteSnapshotter  # pylint: disable=import-outside-toplevel
+        namespace, lease = self._namespaces[os.path.realpath(root)]
+        return functools.partial(RemoteSnapshotter, self.daemon().address, self.plugin,
+                                 namespace=namespace, lease=lease)
 
     def restart_service(self):
         self.daemon().restart()

@@ -8,6 +8,7 @@ A new backend joins by adding a Target kind here, not by editing cases.
 
 import contextlib
 import copy
+import functools
 import itertools
 import os
 import shutil
@@ -83,7 +84,11 @@ DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     # containerd's own plugins, through a private containerd
                     # (conformance/containerd.py)
                     "containerd-overlayfs", "containerd-native", "containerd-btrfs",
-                    "containerd-zfs", "containerd-devmapper"]
+                    "containerd-zfs", "containerd-devmapper",
+                    # snaplab behind containerd: `snaplab serve` as its proxy
+                    # plugin (conformance/serve.py; serve-* and the other
+                    # containerd-proxy-snaplab-* backends on request)
+                    "containerd-proxy-snaplab-overlay"]
 
 
 class FilesystemUnavailable(Exception):
@@ -543,6 +548,12 @@ class Target:
     def data_dir(self, root):
         """Where the snapshotter opened on `root` keeps its data."""
         return root
+
+    def opener(self, root):
+        """A picklable callable that opens the snapshotter of `root` (already
+        opened once) in another process."""
+        return functools.partial(backends.open_snapshotter, root, self.backend,
+                                 **self.options)
 
     def restart_service(self):
         """Restart what serves the snapshotter (nothing in-process: closing
