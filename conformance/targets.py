@@ -551,7 +551,10 @@ class Target:
 
     def opener(self, root):
         """A picklable callable that opens the snapshotter of `root` (already
-        opened once) in another process."""
+        opened once) in another process; None where the target has none (a
+        service target that does not say how another client reaches it)."""
+        if self.service:
+            return None
         return functools.partial(backends.open_snapshotter, root, self.backend,
                                  **self.options)
 
