@@ -535,7 +535,8 @@ class ContainerdTarget(Target):
             return Refusal("not configured", explanation="no thin pool is made for it "
                            "(written where the kernel had no device-mapper)")
         if self.plugin == "overlayfs" and (not self.spec.d_type or fstype == "fuse.zfs"):
-            return Refusal("d_type")
+            return Refusal("d_type", explanation=(
+                "zfs-fuse fills in no d_type" if fstype == "fuse.zfs" else None))
         return None
 
     def data_dir(self, root):
