@@ -199,6 +199,7 @@ class Containerd:
         self.log_path = os.path.join(self.dir, "containerd.log")
         self.plugin_roots = dict(plugin_roots or {})
         self.process: Optional[subprocess.Popen] = None
+        self._plugins = None  # cached plugins() of the running process
         config = {
             "version": 2,
             "root": self.root,
@@ -227,6 +228,7 @@ class Containerd:
             raise ContainerdError(reason)
         if self.running():
             return self
+        self._plugins = None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(  # pylint: disable=consider-using-with
                 [CONTAINERD, "--config", self.config_path], stdin=subprocess.DEVNULL,
@@ -332,7 +334,10 @@ class Containerd:
         return done.stdout
 
     def plugins(self):
-        return parse_plugins(self.ctr("plugins", "ls", "-d"))
+        """The plugins' status; asked once per start (plugins load only then)."""
+        if self._plugins is None:
+            self._plugins = parse_plugins(self.ctr("plugins", "ls", "-d"))
+        return self._plugins
 
     def plugin(self, plugin_id, plugin_type=SNAPSHOTTER_TYPE):
         for found in self.plugins():
