@@ -61,8 +61,8 @@ def pytest_addoption(parser):
                     default=_split(os.environ.get("SNAPLAB_FILESYSTEM_AT", "")),
                     help="use the filesystem already mounted at PATH as NAME (e.g. "
                          "xfs=/var/lib/snaplab/xfs) instead of making a loop-backed one")
-    group.addoption("--known-failures", default=os.environ.get(
-                        "SNAPLAB_KNOWN_FAILURES", KNOWN_DIFFERENCES),
+    group.addoption("--known-failures",
+                    default=os.environ.get("SNAPLAB_KNOWN_FAILURES", KNOWN_DIFFERENCES),
                     help="cases known to fail (conformance.report's --known-failures file): "
                          "strict xfails (default: %(default)s)")
 

@@ -330,7 +330,7 @@ class Containerd:
         done = subprocess.run(command + list(argv), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ContainerdError("%s failed: %s" % (" ".join(["ctr"] + list(argv)),
-                                                      done.stderr.strip()))
+                                                     done.stderr.strip()))
         return done.stdout
 
     def plugins(self):
@@ -389,7 +389,6 @@ def _delete_btrfs_subvolumes(place):
         if done.returncode != 0:
             problems.append("btrfs subvolume delete %s: %s" % (path, done.stderr.strip()))
     return problems
-
 
 
 # ---------------------------------------------------------------- conformance targets
