@@ -102,6 +102,11 @@ class PluginStatus:
         return "skip" if self.error.endswith("skip plugin") else "error"
 
 
+def _split_at(line, separator):
+    key, value = line.split(separator, 1) if separator in line else (line, "")
+    return key.strip(), value.strip()
+
+
 def parse_plugins(text):
     """[PluginStatus] from the output of `ctr plugins ls -d`: one block per
     plugin, each starting with a "Type:" line; Exports and Error entries are
@@ -117,15 +122,15 @@ def parse_plugins(text):
         fields, section, exports, error = {}, None, {}, {}
         for line in block:
             if not line[0].isspace():
-                key, _, value = line.partition(":")
-                section = key.strip()
-                fields[section] = value.strip()
+                key, value = _split_at(line, ":")
+                section = key
+                fields[section] = value
             elif section == "Exports":
-                name, _, value = line.strip().partition(" ")
-                exports[name] = value.strip()
+                name, value = _split_at(line.strip(), " ")
+                exports[name] = value
             elif section == "Error":
-                key, _, value = line.strip().partition(":")
-                error[key.strip()] = value.strip()
+                key, value = _split_at(line.strip(), ":")
+                error[key] = value
         if "ID" in fields:
             plugins.append(PluginStatus(fields["Type"], fields["ID"], exports,
                                         error.get("Code", ""), error.get("Message", "")))
