@@ -134,9 +134,10 @@ leaks:
 	  losetup -a | grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo'; \
 	  zpool list -H -o name 2>/dev/null | grep '^snaplab-' | sed 's/^/zpool /'; \
 	  pgrep -a -x zfs-fuse | grep -E -- '--pidfile [^ ]*(snaplab-conformance-|snaplab-test-)' | sed 's/^/zfs-fuse daemon /'; \
-	  pgrep -a -x containerd | grep -E -- '--config [^ ]*/snaplab-containerd-[^/ ]*/config.toml' | sed 's/^/containerd /')"; \
+	  pgrep -a -x containerd | grep -E -- '--config [^ ]*/snaplab-containerd-[^/ ]*/config.toml' | sed 's/^/containerd /'; \
+	  pgrep -a -f -- '-m snaplab .* serve --socket [^ ]*/snaplab-serve-' | sed 's/^/snaplab serve /')"; \
 	if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; exit 1; fi; \
-	echo "no snaplab mounts, loop devices, zpools, zfs-fuse daemons or containerds left behind"
+	echo "no snaplab mounts, loop devices, zpools, zfs-fuse daemons, containerds or snaplab serve processes left behind"
 
 clean:
 	rm -rf $(VENV) $(REPORTS) .pytest_cache build *.egg-info
