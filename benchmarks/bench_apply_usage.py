@@ -22,7 +22,8 @@ synced and the page cache dropped (echo 3 > /proc/sys/vm/drop_caches), so both
 read the tar from disk; the order of the two alternates by round. Two times
 are kept: until the extractor returns, and until syncfs(2) of the filesystem
 returns (data on disk). Throughput is layer bytes / time; the median of the
-rounds is reported.
+rounds is reported, with the CPU seconds (user + system) each spent, which
+the machine's other load does not change much.
 
 Usage. An active overlay snapshot whose upper directory holds --files files
 (sizes 0-16 KiB and a few larger, 100 per directory, 1% hardlinked, some
@@ -30,7 +31,9 @@ symlinks). snaplab's Usage (the backend's usage(): fsutil.disk_usage of the
 upper directory, size and inodes in one walk) against `du -s -B1` and
 `du -s --inodes` of that directory, warm (after a first untimed pass) and
 cold (caches dropped before each run), median of the rounds. The results are
-checked equal (du counts hardlinks once, as continuity's DiskUsage).
+checked equal (du counts hardlinks once, as continuity's DiskUsage). Then the
+snapshot is committed and measured again: a committed snapshot's Usage is
+stored at Commit (as containerd's), du still walks.
 """
 
 import argparse
