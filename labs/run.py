@@ -30,6 +30,7 @@ this machine kind has 2 cores (see README, Labs, for the measurements).
 import argparse
 import collections
 import datetime
+import fcntl
 import glob
 import json
 import os
@@ -390,6 +391,21 @@ def stage_collection(log):
                        stdout=f, stderr=subprocess.STDOUT)
 
 
+def run_lock():
+    """An exclusive lock for this run (kept open until the process ends):
+    two runs would share Vagrant's and libvirt's state and take each other's
+    VM down."""
+    path = os.path.join(os.environ.get("LAB_RUN_DIR") or os.path.join(REPO, "build", "lab"), ".run-lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunError("another lab run holds %s: one lab run at a time" % path) from None
+    return handle
+
+
 def terminate(signum, _frame):
     raise Interrupted("signal %d" % signum)
 
@@ -400,6 +416,7 @@ def run(releases, reports, k, filesystems, known_failures, build_box=True):
     for name in releases:
         matrix.release(data, name, filesystems)  # unknown release / no such filesystem: say so now
     reports = os.path.abspath(reports)
+    lock = run_lock()
     os.makedirs(reports, exist_ok=True)
     for old in find_results(reports):
         os.unlink(old)  # a report of this run only

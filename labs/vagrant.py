@@ -355,24 +355,37 @@ def down(keep_boxes=False):
     """Every lab VM down, libvirt as found, the boxes `up` added removed."""
     state = read_json(state_path("run.json"), {"boxes_added": [], "machines": []})
     problems = []
+    recorded = libvirt.read_state(state_path("libvirt.json"))
+    if recorded and recorded.get("started") and not libvirt.answers():
+        # An earlier run was killed together with the daemons it started:
+        # what it defined (domains, volumes) is only visible through libvirtd,
+        # so start it again (recorded as ours, stopped below) and look.
+        say("the daemons an earlier run started are gone; starting them to remove what it left")
+        try:
+            libvirt.up(state_path("libvirt.json"))
+        except libvirt.LibvirtError as err:
+            problems.append(str(err))
     for release in state["machines"]:
         try:
             destroy(release)
         except (LabError, libvirt.LibvirtError) as err:
             problems.append(str(err))
-    try:
-        for line in libvirt.down(state_path("libvirt.json")):
-            say(line)
-    except libvirt.LibvirtError as err:
-        problems.append(str(err))
     if not keep_boxes:
+        # Before libvirt goes: vagrant-libvirt's box removal asks libvirtd.
         cli, log = vagrant_cli("vagrant-box.log")
         for name in state["boxes_added"]:
+            if not os.path.exists(vagrant_box_image(name)):
+                continue  # removed already (a second `down`)
             try:
                 cli.box_remove(name, "libvirt")
                 say("removed box %s from Vagrant" % name)
             except subprocess.CalledProcessError:
                 problems.append("vagrant box remove %s failed (log %s)" % (name, log))
+    try:
+        for line in libvirt.down(state_path("libvirt.json")):
+            say(line)
+    except libvirt.LibvirtError as err:
+        problems.append(str(err))
     if problems:
         raise LabError("; ".join(problems))
     with contextlib.suppress(FileNotFoundError):

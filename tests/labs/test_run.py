@@ -224,3 +224,18 @@ def test_the_export_takes_other_runner_labels():
     workflow = matrix.github_actions(data, ["self-hosted", "big-kvm"])
     assert all(job["runs-on"] == ["self-hosted", "big-kvm"] for job in workflow["jobs"].values())
     assert yaml.safe_load(matrix.to_yaml(workflow)) == workflow
+
+
+def test_a_second_run_at_once_is_refused(tmp_path, monkeypatch):
+    """Two runs would share Vagrant's and libvirt's state and take each
+    other's VM down (it happened: both failed in their first destroy)."""
+    monkeypatch.setenv("LAB_RUN_DIR", str(tmp_path))
+    held = run.run_lock()
+    try:
+        done = subprocess.run([sys.executable, "-c", "from labs import run; run.run_lock()"], cwd=REPO,
+                              env=dict(os.environ, LAB_RUN_DIR=str(tmp_path)),
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        assert done.returncode != 0 and "one lab run at a time" in done.stderr
+    finally:
+        held.close()
+    run.run_lock().close()  # free again once the first is gone
