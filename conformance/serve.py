@@ -9,6 +9,7 @@ its exit code with its own last stderr line, so a refusal reads the same
 through serve as in-process.
 """
 
+import functools
 import os
 import shutil
 import signal
@@ -205,6 +206,7 @@ class ServeTarget(Target):
     def __init__(self, backend, filesystem):
         super().__init__(backend, filesystem)
         self.served = backend[len(SERVE_PREFIX):]
+        self._sockets = {}  # real root path -> socket of the serve process opened on it
 
     @property
     def model(self):
@@ -220,7 +222,15 @@ class ServeTarget(Target):
 
     def open(self, root, **options):
         _in_process(self).make_root(root)
-        return served_snapshotter(root, self.served, **dict(self.options, **options))
+        sn = served_snapshotter(root, self.served, **dict(self.options, **options))
+        self._sockets[os.path.realpath(root)] = sn.serve.socket
+        return sn
+
+    def opener(self, root):
+        """More clients of the serve process last opened on `root`."""
+        from snaplab_grpc.client import RemoteSnapshotter  # needs grpcio
+        return functools.partial(RemoteSnapshotter, self._sockets[os.path.realpath(root)],
+                                 "snaplab-" + self.served)
 
 
 class ProxyPair:
