@@ -265,6 +265,8 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
             record.update(status="failed", problem="labs.vagrant down failed (%s)" % log)
         record["steps"]["safety-net down"] = time.monotonic() - t0
     record["total_s"] = time.monotonic() - start
+    # Under TCG every figure scales with what else the host runs.
+    record["load"] = os.getloadavg()
     results = os.path.join(out_dir, "results.json")
     if rc == -1:
         record.update(status="failed", problem="timed out after %d s (%s)" % (timeout, log))
@@ -309,6 +311,10 @@ def timings_lines(record):
                                                 record["suite_s"], counts))
     if record.get("total_s") is not None:
         lines.append("  %-38s %7.1f s" % ("total", record["total_s"]))
+    if record.get("load"):
+        lines.append("  %-38s %s (%d cores)" % ("host load at the end (1/5/15 min)",
+                                               " / ".join("%.1f" % v for v in record["load"]),
+                                               os.cpu_count() or 0))
     lines.append("  %-38s %s" % ("status", record["status"] + (": " + record["problem"]
                                                                 if record["problem"] else "")))
     return lines
