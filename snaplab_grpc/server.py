@@ -291,15 +291,22 @@ class SocketPath:
 def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
     """Serve `snapshotter` on `socket_path` (a SocketPath) until SIGTERM or
     SIGINT, then stop gracefully and remove the socket. The caller opened
-    the snapshotter and closes it. Returns the exit code (0)."""
+    the snapshotter and closes it, then exits: the signal handlers installed
+    here stay. Returns the exit code (0)."""
     stopping = threading.Event()
 
     def on_signal(signum, _frame):
+        if stopping.is_set():
+            log.info("%s received: already stopping", signal.Signals(signum).name)
+            return
         log.info("%s received: stopping (calls in flight get %d s)",
                  signal.Signals(signum).name, grace)
         stopping.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Kept until the process exits: a second SIGTERM while it closes the
+    # root must not kill it half-way (the default action would).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     server = None
     try:
         with socket_path.claimed() as path:
@@ -314,8 +321,6 @@ def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
                 server.stop(grace)
         finally:
             socket_path.remove()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     log.info("stopped; socket %s removed", socket_path.path)
     return 0
 

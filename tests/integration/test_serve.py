@@ -308,6 +308,34 @@ def test_socket_is_private_and_removed_on_sigterm_and_sigint(place, start_serve)
         assert log.count(" ready: ") == 1 and "stopped" in log and "Traceback" not in log
 
 
+def test_sigterm_lets_a_call_in_flight_finish(start_serve):
+    process = start_serve("native")
+    with client(process) as sn:
+        top = sn.prepare("big")[0].source
+        for number in range(200):  # 20k files: their Usage walk takes ~0.5 s here
+            directory = os.path.join(top, "d%d" % number)
+            os.mkdir(directory)
+            for inner in range(100):
+                open(os.path.join(directory, "f%d" % inner), "w").close()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            usage = pool.submit(lambda: (sn.usage("big"), time.monotonic()))
+            time.sleep(0.05)  # the call is in the server now
+            signalled = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            process.process.send_signal(signal.SIGTERM)  # impatient: must not kill it
+            measured, finished = usage.result(timeout=60)
+    assert measured.inodes == 200 * 101 + 1
+    assert signalled < finished, "the Usage call ended before SIGTERM (%.2f s): no test" % (
+        finished - started)
+    assert process.stop() == 0
+    log = process.log()
+    assert log.index("SIGTERM received: stopping") < log.index("SIGTERM received: already") \
+        < log.index("stopped") and "Traceback" not in log
+    assert not os.path.lexists(process.socket)
+
+
 def test_a_stale_socket_is_replaced(start_serve):
     directory = tempfile.mkdtemp(prefix="snaplab-serve-stale-")
     path = os.path.join(directory, "serve.sock")
