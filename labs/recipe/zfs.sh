@@ -5,17 +5,6 @@ set -eu
 kver=$1
 packages=$(sed -e 's/#.*//' "$2" | xargs)
 export DEBIAN_FRONTEND=noninteractive
-# Kbuild appends KCFLAGS last, so -g0 cancels the kernel config's -g: DKMS
-# strips the debug info from the modules it installs anyway, and compiling
-# without it saves much of the build's CPU time. Not where the headers ship
-# a vmlinux (trixie's 6.12; not bookworm's or bullseye's): Kbuild then
-# makes each module's BTF with pahole from its DWARF, which fails on every
-# -g0 module ("pahole: ...ko: Invalid argument"), and zfs's configure reads
-# its failed test modules as "CONFIG_MODULES is not defined".
-if [ ! -e "/lib/modules/$kver/build/vmlinux" ]; then
-  export KCFLAGS=-g0
-fi
-
 apt-get update -q
 # The headers and the toolchain first, in their own transaction, so that
 # they are configured whatever order dpkg picks: zfs-dkms's postinst builds
@@ -23,6 +12,17 @@ apt-get update -q
 # also names the host's running kernel, for which there are no headers; it
 # skips it.
 apt-get install -y -q --no-install-recommends "linux-headers-$kver" dkms build-essential
+
+# Kbuild appends KCFLAGS last, so -g0 cancels the kernel config's -g: DKMS
+# strips the debug info from the modules it installs anyway, and compiling
+# without it saves much of the build's CPU time. Not where the headers just
+# installed ship a vmlinux (trixie's 6.12; not bookworm's or bullseye's):
+# Kbuild then makes each module's BTF with pahole from its DWARF, which fails on every
+# -g0 module ("pahole: ...ko: Invalid argument"), and zfs's configure reads
+# its failed test modules as "CONFIG_MODULES is not defined".
+if [ ! -e "/lib/modules/$kver/build/vmlinux" ]; then
+  export KCFLAGS=-g0
+fi
 # shellcheck disable=SC2086 # one word per package
 if ! apt-get install -y -q --no-install-recommends $packages; then
   # zfs-dkms's postinst failed. DKMS's log has configure's verdict; the
