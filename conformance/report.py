@@ -402,8 +402,8 @@ def render_markdown(matrix):
     section("Expected failures", matrix["expected"],
             lambda i: "- %s — %s%s" % (md(sentence(i)), md(why(i)), env(i)))
     section("Known failures that did not fail (stale entries)", matrix["stale"],
-            lambda e: "- %s :: %s — %s; listed because: %s" % (md(e["cell"]), md(e["case"]), md(e["now"]),
-                                                                md(entry_why(e))))
+            lambda e: "- %s :: %s — %s; listed because: %s" % (
+                md(e["cell"]), md(e["case"]), md(e["now"]), md(entry_why(e))))
     if matrix["skips"]:
         out.append("## Skipped (%d)" % sum(len(items) for _reason, items in matrix["skips"]))
         out.append("")
