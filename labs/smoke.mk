@@ -26,8 +26,9 @@ LAB_SMOKE_FILESYSTEMS ?= zfs
 # the refusals of backends on filesystems they do not support).
 LAB_SMOKE_K ?= basic or usage or refuses
 LAB_SMOKE_REPORTS ?= $(or $(REPORTS),reports)/lab-smoke
-# make lab: the same selection on every release (see README, Labs: the whole
-# suite is ~N times longer under TCG); LAB_K= runs every case.
+# make lab: the same selection on every release and filesystem (it covers
+# every backend x filesystem cell; the whole suite is several times longer
+# under TCG, see README, Labs); LAB_K= runs every case.
 LAB_K ?= basic or usage or refuses
 LAB_REPORTS ?= $(or $(REPORTS),reports)/lab
 LAB_VENV ?= $(or $(VENV),.venv)
