@@ -440,8 +440,9 @@ def run(releases, reports, k, filesystems, known_failures, build_box=True):
     except (KeyboardInterrupt, Interrupted) as err:
         say("interrupted (%s): taking the lab down" % (err or "Ctrl-C"))
         subprocess.run([sys.executable, "-m", "labs.vagrant", "down"], cwd=REPO)
-        records.append({"release": "(interrupted)", "status": "could not run",
-                        "problem": "interrupted", "steps": {}})
+        for release in releases[len(records):]:
+            records.append({"release": release, "status": "could not run",
+                            "problem": "interrupted (%s)" % (err or "Ctrl-C"), "steps": {}})
     write_timings(os.path.join(reports, "timings.txt"), records)
     unexpected, merged = merge(reports, known_failures, records)
     left = host_leftovers()
