@@ -76,17 +76,26 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     @staticmethod
     def _probe_upper(path, backing):
-        """Mount a tiny overlay with its upper in `path`: the kernel decides.
+        """Mount a tiny overlay with its upper in `path` and remove a lower
+        file and directory through it: the kernel decides.
 
         overlayfs needs xattrs, RENAME_WHITEOUT and O_TMPFILE from the upper
-        filesystem; FUSE (zfs-fuse) and OpenZFS before 2.2 lack some of them
-        and the kernel refuses the mount ("upper fs missing required
-        features"). Only filesystems not known to work pay for the probe.
+        filesystem. Some filesystems fail the mount ("upper fs missing
+        required features"); OpenZFS before 2.2 mounts but fails every
+        removal of a lower entry with EINVAL (no RENAME_WHITEOUT, seen in the
+        lab's bookworm VM with OpenZFS 2.1.11), so the probe removes one of
+        each, as moby's overlay check does. Only filesystems not known to
+        work pay for the probe.
         """
         probe = tempfile.mkdtemp(prefix="overlay-probe-", dir=path)
+        refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
+                   "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
+                   % (path, backing.fstype, backing.mountpoint))
         try:
-            for name in ("lower", "upper", "work", "merged"):
+            for name in ("lower", "lower/dir", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
+            with open(os.path.join(probe, "lower", "file"), "w", encoding="ascii"):
+                pass
             options = ["lowerdir=" + os.path.join(probe, "lower"),
                        "upperdir=" + os.path.join(probe, "upper"),
                        "workdir=" + os.path.join(probe, "work")]
@@ -94,11 +103,17 @@ class OverlaySnapshotter(StoreSnapshotter):
             try:
                 mountlib.mount(Mount("overlay", "overlay", options=options), merged)
             except mountlib.MountError as err:
+                raise errors.FailedPrecondition(refusal % err) from None
+            try:
+                # Each needs a whiteout in the upper layer.
+                os.unlink(os.path.join(merged, "file"))
+                os.rmdir(os.path.join(merged, "dir"))
+            except OSError as err:
                 raise errors.FailedPrecondition(
-                    "overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
-                    "layer (%s); put the root on ext4, xfs or btrfs, or use --backend native"
-                    % (path, backing.fstype, backing.mountpoint, err)) from None
-            mountlib.unmount(merged)
+                    refusal % ("removing a lower entry through the overlay fails: %s"
+                               % os.strerror(err.errno))) from None
+            finally:
+                mountlib.unmount(merged)
         finally:
             fsutil.remove_tree(probe)
 

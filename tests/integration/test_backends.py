@@ -92,3 +92,18 @@ def test_native_view_of_a_parent_has_no_directory_of_its_own(root):
         sn.remove("v")
         sn.remove("c")
         assert os.listdir(os.path.join(root, "snapshots")) == []
+
+
+def test_overlay_upper_probe_removes_lower_entries_and_leaves_nothing(tmp_path):
+    """The probe run for upper filesystems overlay is not known to take
+    (zfs, FUSE, ...) really mounts and removes a lower file and directory
+    (whiteouts), and leaves neither a mount nor a file. Here it runs on the
+    host's ext4, where it must pass; where it must refuse (OpenZFS < 2.2)
+    the lab's VMs check it (overlay-on-zfs on bullseye and bookworm)."""
+    from snaplab.backends.overlay import OverlaySnapshotter
+    from snaplab import mount as mountlib
+
+    backing = mountlib.lookup(str(tmp_path))
+    OverlaySnapshotter._probe_upper(str(tmp_path), backing)  # pylint: disable=protected-access
+    assert os.listdir(tmp_path) == []
+    assert mountlib.mounts_under(str(tmp_path)) == []
