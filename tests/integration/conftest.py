@@ -125,3 +125,26 @@ def scratch_dir():
     """`with scratch_dir(prefix) as base:` a new temp directory, removed on leaving
     (also on failure) by remove_scratch_dir: its mounts and loop devices first."""
     return _scratch_dir
+
+
+@pytest.fixture(scope="session")
+def loop_filesystem(scratch_dir):
+    """`with loop_filesystem(name, prefix) as fs:` one of the conformance
+    harness's filesystems (FILESYSTEMS: ext4, zfs, ...) made in a new scratch
+    directory and destroyed on leaving, also on failure; the test is skipped,
+    with the reason, where that filesystem cannot be made here."""
+    from conformance.targets import FilesystemPool, FilesystemUnavailable
+
+    @contextlib.contextmanager
+    def made(name, prefix):
+        with scratch_dir(prefix) as base:
+            pool = FilesystemPool(base)
+            try:
+                try:
+                    fs = pool.get(name)
+                except FilesystemUnavailable as unavailable:
+                    pytest.skip("%s is not available: %s" % (name, unavailable))
+                yield fs
+            finally:
+                pool.destroy()  # before scratch_dir unmounts what is left under base
+    return made

@@ -15,7 +15,6 @@ import tempfile
 
 import pytest
 
-from conformance.targets import FilesystemPool, FilesystemUnavailable
 from snaplab import errors
 from snaplab import mount as mountlib
 from tests.integration.test_cli import Lab, write_file
@@ -29,18 +28,10 @@ def _zfs(*argv):
 
 
 @pytest.fixture(scope="module")
-def zfs_fs(scratch_dir):
+def zfs_fs(loop_filesystem):
     """One pool for the module (making it and stopping zfs-fuse take seconds)."""
-    with scratch_dir("snaplab-test-zfs-backend-") as base:
-        pool = FilesystemPool(base)
-        try:
-            try:
-                fs = pool.get("zfs")
-            except FilesystemUnavailable as unavailable:
-                pytest.skip("zfs is not available: %s" % unavailable)
-            yield fs
-        finally:
-            pool.destroy()  # before scratch_dir unmounts what is left under base
+    with loop_filesystem("zfs", "snaplab-test-zfs-backend-") as fs:
+        yield fs
 
 
 @pytest.fixture
