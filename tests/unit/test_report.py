@@ -243,12 +243,17 @@ def test_bad_result_file_is_one_error_line_and_exit_2(tmp_path, capsys, content,
     ('{"entries": []}', "expected a list of entries"),
 ])
 def test_bad_known_failures_file_exits_2(tmp_path, capsys, content, message):
+    assert_known_failures_file_refused(tmp_path, capsys, "known", content, message)
+
+
+def assert_known_failures_file_refused(tmp_path, capsys, name, content, message):
+    """The report exits 2 with one line naming what is wrong, and prints no matrix."""
     run = write_run(tmp_path / "run.json", [result("overlay-on-xfs", "a")])
-    known = tmp_path / "known"
+    known = tmp_path / name
     known.write_text(content, encoding="utf-8")
     code, out, err = run_main(capsys, "--known-failures", str(known), run)
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and message in err
+    assert err.count("\n") == 1 and message in err, err
 
 
 def test_unwritable_output_exits_2(tmp_path, capsys):
@@ -486,12 +491,7 @@ def test_stale_entries_are_listed_with_what_happened_instead(tmp_path, capsys):
     ("- [unclosed\n", "invalid YAML"),
 ])
 def test_bad_yaml_known_failures_exit_2_and_say_why(tmp_path, capsys, content, message):
-    run = write_run(tmp_path / "run.json", [result("overlay-on-xfs", "a")])
-    known = tmp_path / "known.yml"
-    known.write_text(content, encoding="utf-8")
-    code, out, err = run_main(capsys, "--known-failures", str(known), run)
-    assert code == 2 and out == ""
-    assert err.count("\n") == 1 and message in err, err
+    assert_known_failures_file_refused(tmp_path, capsys, "known.yml", content, message)
 
 
 def test_an_empty_yaml_file_knows_no_failures(tmp_path):
