@@ -76,16 +76,19 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     @staticmethod
     def _probe_upper(path, backing):
-        """Mount a tiny overlay with its upper in `path` and remove a lower
-        file and directory through it: the kernel decides.
+        """Mount a tiny overlay with its upper in `path` and remove lower
+        entries through it the way a layer's diff does: the kernel decides.
 
-        overlayfs needs xattrs, RENAME_WHITEOUT and O_TMPFILE from the upper
-        filesystem. Some filesystems fail the mount ("upper fs missing
-        required features"); OpenZFS before 2.2 mounts but fails every
-        removal of a lower entry with EINVAL (no RENAME_WHITEOUT, seen in the
-        lab's bookworm VM with OpenZFS 2.1.11), so the probe removes one of
-        each, as moby's overlay check does. Only filesystems not known to
-        work pay for the probe.
+        overlayfs needs xattrs, whiteouts, RENAME_EXCHANGE and O_TMPFILE from
+        the upper filesystem. Some filesystems fail the mount ("upper fs
+        missing required features"). OpenZFS before 2.2 (no RENAME_EXCHANGE
+        or RENAME_WHITEOUT) mounts, and even removes a lower file or an
+        untouched lower directory (overlayfs falls back to a plain rename of
+        a whiteout), but removing a lower directory that was copied up (a
+        file in it removed first, as `rm -r` does) needs RENAME_EXCHANGE and
+        fails with EINVAL: seen in the lab's bookworm VM, OpenZFS 2.1.11. So
+        the probe does exactly that. Only filesystems not known to work pay
+        for the probe.
         """
         probe = tempfile.mkdtemp(prefix="overlay-probe-", dir=path)
         refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
@@ -94,8 +97,9 @@ class OverlaySnapshotter(StoreSnapshotter):
         try:
             for name in ("lower", "lower/dir", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
-            with open(os.path.join(probe, "lower", "file"), "w", encoding="ascii"):
-                pass
+            for name in ("file", "dir/file"):
+                with open(os.path.join(probe, "lower", name), "w", encoding="ascii"):
+                    pass
             options = ["lowerdir=" + os.path.join(probe, "lower"),
                        "upperdir=" + os.path.join(probe, "upper"),
                        "workdir=" + os.path.join(probe, "work")]
@@ -105,8 +109,11 @@ class OverlaySnapshotter(StoreSnapshotter):
             except mountlib.MountError as err:
                 raise errors.FailedPrecondition(refusal % err) from None
             try:
-                # Each needs a whiteout in the upper layer.
+                # A whiteout for a lower file; then dir/file's whiteout
+                # copies dir up, and removing that merged dir swaps it for a
+                # whiteout with RENAME_EXCHANGE.
                 os.unlink(os.path.join(merged, "file"))
+                os.unlink(os.path.join(merged, "dir", "file"))
                 os.rmdir(os.path.join(merged, "dir"))
             except OSError as err:
                 raise errors.FailedPrecondition(

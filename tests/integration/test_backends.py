@@ -96,8 +96,9 @@ def test_native_view_of_a_parent_has_no_directory_of_its_own(root):
 
 def test_overlay_upper_probe_removes_lower_entries_and_leaves_nothing(tmp_path):
     """The probe run for upper filesystems overlay is not known to take
-    (zfs, FUSE, ...) really mounts and removes a lower file and directory
-    (whiteouts), and leaves neither a mount nor a file. Here it runs on the
+    (zfs, FUSE, ...) really mounts and removes a lower file, a file in a
+    lower directory and then that copied-up directory (whiteouts,
+    RENAME_EXCHANGE), and leaves neither a mount nor a file. Here it runs on the
     host's ext4, where it must pass; where it must refuse (OpenZFS < 2.2)
     the lab's VMs check it (overlay-on-zfs on bullseye and bookworm)."""
     from snaplab.backends.overlay import OverlaySnapshotter
