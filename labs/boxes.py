@@ -34,6 +34,7 @@ the guest's network restricted) and checks what the lab relies on.
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import fcntl
 import glob
@@ -565,6 +566,32 @@ def tree_size(path):
 # under a work directory of this builder.
 
 
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+
+def private_mount_namespace():
+    """Move this process (and so every command of the build) into a mount
+    namespace of its own, whose mounts propagate nowhere (`boxes.py build`
+    does, before it builds).
+
+    The build's mounts (the chroot's /dev, /proc, /sys; the image's root)
+    are then invisible to the rest of the host, and the other way round:
+    `make test` runs the host tests and this build side by side, and a
+    namespace copied while one of them had something mounted (libvirt's qemu
+    copies the host's for its VM) would keep that mount, and its loop device
+    or pool, busy after its owner unmounted it. If the build is killed, the
+    kernel unmounts what it left when its last process goes; loop devices
+    are global and still detached in `finally`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise BoxError(f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise BoxError(f"making / private in the build's mount namespace: "
+                       f"{os.strerror(ctypes.get_errno())}")
+
+
 def mounts_under(path):
     """Mount points at or below `path` (deepest first), from mountinfo."""
     path = os.path.realpath(path)
@@ -940,6 +967,8 @@ def main(argv=None):
         if args.command == "build":
             for release in args.releases:
                 check_release(release)
+            if os.geteuid() == 0:  # (without root, build says what it needs)
+                private_mount_namespace()
             for release in args.releases:
                 build(release, force=args.force, verbose=args.verbose)
         elif args.command == "list":

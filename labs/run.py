@@ -347,6 +347,32 @@ def runs_markdown(records):
     return "\n".join(out)
 
 
+def cell_times_markdown(paths):
+    """How long each cell's cases took in its VM (the sum of their durations
+    in results.json): rows target, columns release."""
+    seconds = collections.defaultdict(float)  # (target, label) -> s
+    cases = collections.Counter()
+    labels = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        label = data["run"].get("label") or os.path.basename(os.path.dirname(path))
+        labels.append(label)
+        for r in data["results"]:
+            seconds[r["target"], label] += float(r.get("duration") or 0.0)
+            cases[r["target"], label] += 1
+    targets = sorted({t for t, _ in seconds})
+    out = ["## Suite time per cell", "",
+           "Seconds the cell's cases took in the VM (the sum of their durations; cases).", "",
+           "| target | %s |" % " | ".join(labels), "|---|%s" % ("---|" * len(labels))]
+    for target in targets:
+        out.append("| %s | %s |" % (target, " | ".join(
+            "%.1f s (%d)" % (seconds[target, label], cases[target, label])
+            if cases[target, label] else "—" for label in labels)))
+    out.append("")
+    return "\n".join(out)
+
+
 def find_results(reports):
     return sorted(glob.glob(os.path.join(reports, "**", "results.json"), recursive=True))
 
@@ -358,6 +384,8 @@ def merge(reports, known_failures, records=None):
     known = conformance_report.load_known_failures(known_failures) if known_failures else []
     merged = conformance_report.build_matrix(conformance_report.load_results(paths), known)
     markdown = conformance_report.render_markdown(merged)
+    if paths:
+        markdown += "\n" + cell_times_markdown(paths)
     if records:
         markdown += "\n" + runs_markdown(records)
     conformance_report.write_text(os.path.join(reports, "report.md"), markdown)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -18,6 +19,7 @@ import pytest
 from labs import boxes
 
 IS_ROOT = os.geteuid() == 0
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
@@ -278,6 +280,28 @@ def test_a_dead_build_s_work_directory_is_cleaned_by_the_next_build(cache, tmp, 
     assert boxes.mounts_under(cache) == []
     assert not os.path.exists(os.path.dirname(os.path.dirname(stale_dev)))
     assert os.path.isdir(outside)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root (unshare, mount)")
+def test_a_build_s_mounts_stay_in_its_own_mount_namespace(tmp):
+    # What `boxes.py build` does first, in a child: a tmpfs it mounts is
+    # seen there and not here while it lives, and is gone with it.
+    point = os.path.join(tmp, "point")
+    os.makedirs(point)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, subprocess; sys.path.insert(0, %r); "
+         "from labs import boxes; boxes.private_mount_namespace(); "
+         "subprocess.run(['mount', '-t', 'tmpfs', 'none', %r], check=True); "
+         "print(boxes.mounts_under(%r), flush=True); sys.stdin.read()" % (REPO, point, point)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert child.stdout.readline().strip() == repr([point])
+        assert boxes.mounts_under(point) == []
+    finally:
+        child.communicate("", timeout=60)
+    assert child.returncode == 0
+    assert boxes.mounts_under(point) == []
+    assert os.listdir(point) == []
 
 
 # -- parsing -----------------------------------------------------------------

@@ -48,11 +48,25 @@ def test_the_lab_owns_only_its_names():
 
 
 @pytest.fixture
-def libvirt_idle(monkeypatch):
+def no_lab_run():
+    """The lab run's lock, held for the test: `make test` runs `make
+    lab-smoke` alongside the host tests, and a test that starts and stops
+    libvirtd, or takes lab VMs down, must not do it under that run's VM."""
+    from labs import run as labrun
+    try:
+        lock = labrun.run_lock()
+    except labrun.RunError as err:
+        pytest.skip("a lab run is in progress (%s)" % err)
+    with lock:
+        yield
+
+
+@pytest.fixture
+def libvirt_idle(monkeypatch, no_lab_run):
     """`down` removes every lab domain and volume: these tests run only where
     libvirt is not in use (checked when the test runs, not when it is
-    collected), and their `down` looks for names no lab uses, so that a lab
-    VM that comes up meanwhile is never taken down by a test."""
+    collected; no lab run starts meanwhile: its lock is held), and their
+    `down` looks for names no lab uses."""
     if HAVE_LIBVIRT and libvirt.answers():
         pytest.skip("libvirtd runs already (a lab may be using it)")
     monkeypatch.setattr(libvirt, "DOMAIN_PREFIX", "snaplab-test-nolab-")
@@ -110,7 +124,7 @@ def test_the_kvm_probe_gives_a_verdict_with_a_reason(capsys):
 
 @needs_lab
 @needs_libvirt
-def test_a_vm_comes_up_on_loopback_only_and_leaves_nothing(state_dir):
+def test_a_vm_comes_up_on_loopback_only_and_leaves_nothing(state_dir, no_lab_run):
     if libvirt.answers():
         pytest.skip("libvirtd runs already (a lab may be using it)")
     built_image()

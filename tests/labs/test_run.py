@@ -123,6 +123,9 @@ def test_merge_makes_one_report_over_releases_with_known_failures(tmp_path):
     assert "| bookworm | 6.1.0-50-cloud-amd64 | ran | 40 s | 400 s | 270 s | 100 s | 50 s | 700 s " \
            "| 1 failed, 1 passed |" in text
     assert "| trixie | — | could not run: the box could not be built |" in text
+    # Suite time per cell: each case took 1 s; columns in the order of the runs.
+    assert "| target | bookworm | trixie |" in text
+    assert "| overlay-on-zfs | 1.0 s (1) | 1.0 s (1) |" in text
     assert "Lab runs" in (reports / "report.html").read_text()
 
 
