@@ -22,7 +22,6 @@ leaves under its own directory is unmounted after it.
 
 import os
 import platform
-import shutil
 import tempfile
 
 import pytest
@@ -203,11 +202,12 @@ def test_dir(target):
     # Those datasets go before the directories they are mounted on; a
     # service's own state for these roots (containerd namespaces) first.
     problems = target.release_under(base) + target.fs.release_under(base)
-    shutil.rmtree(base, ignore_errors=True)
+    if not problems:
+        problems += target.fs.remove_tree(base)
     if leaked:
         pytest.fail("the test left mounts behind: %s" % ", ".join(leaked))
     if problems:
-        pytest.fail("what was made for the test's roots could not be released: %s"
+        pytest.fail("what was made for the test's roots could not be released or removed: %s"
                     % "; ".join(problems))
 
 

@@ -17,8 +17,9 @@ import subprocess
 import tempfile
 import time
 
-from snaplab import backends, errors
+from snaplab import backends, errors, fsutil
 from snaplab.backends import aufs
+from snaplab.backends import btrfs as btrfsbackend
 from snaplab.backends import zfs as zfsbackend
 from snaplab.backends.zfs import ZFS_FSTYPES
 from snaplab import mount as mountlib
@@ -114,6 +115,24 @@ class Filesystem:
         here); returns the problems."""
         return []
 
+    @staticmethod
+    def remove_tree(directory):
+        """Remove `directory` (a case's, or ours in a provided filesystem) and
+        everything in it; returns the problems.
+
+        On btrfs a snapshotter's committed snapshots are read-only
+        subvolumes, which neither unlink nor rmdir removes (EROFS, then
+        ENOTEMPTY): they are deleted as subvolumes. That matters where the
+        filesystem outlives the run (a lab VM's disk, node_storage's)."""
+        try:
+            if mountlib.lookup(directory).fstype == "btrfs":
+                btrfsbackend.delete_subvolume_tree(directory)
+            else:
+                fsutil.remove_tree(directory)
+        except OSError as err:
+            return ["could not remove %s: %s" % (directory, err)]
+        return []
+
     def destroy(self):
         """Unmount and detach it (delete our directory in a provided one);
         returns the problems."""
@@ -129,7 +148,7 @@ class Filesystem:
             except FilesystemUnavailable as err:
                 problems.append(str(err))
         if self.provided and not problems:
-            shutil.rmtree(self.mountpoint, ignore_errors=True)
+            problems += self.remove_tree(self.mountpoint)
         return problems
 
 
@@ -458,7 +477,7 @@ class ZfsFilesystem(Filesystem):
             problems += self.release_under(self.mountpoint)
         if self.provided:
             if not problems:
-                shutil.rmtree(self.mountpoint, ignore_errors=True)
+                problems += self.remove_tree(self.mountpoint)
             return problems
         if self.pool and not problems:
             try:

@@ -50,3 +50,18 @@ def test_malformed_filesystem_at_is_a_usage_error(tmp_path):
     proc, _ = run_suite(tmp_path, "--filesystems", "host-dir", "--filesystem-at", "host-dir")
     assert proc.returncode != 0
     assert "NAME=PATH" in proc.stdout
+
+
+def test_on_a_provided_btrfs_the_backends_read_only_snapshots_go_too(tmp_path, loop_filesystem):
+    # The btrfs backend commits read-only subvolumes, which rm -r cannot
+    # remove; a filesystem that outlives the run (a lab VM's disk) must
+    # still be left as found. It was not: the bullseye VM's verify found a
+    # snaplab-conformance-* directory left on its btrfs.
+    with loop_filesystem("btrfs", "snaplab-test-provided-btrfs-") as fs:
+        (tmp_path / "keep").mkdir()
+        # (the later -k and --backends win over run_suite's)
+        proc, results = run_suite(tmp_path / "keep", "-k", "usage", "--backends", "btrfs",
+                                  "--filesystems", "btrfs", "--filesystem-at", "btrfs=%s" % fs.mountpoint)
+        assert proc.returncode == 0, proc.stdout
+        assert results and {(r["target"], r["outcome"]) for r in results} == {("btrfs-on-btrfs", "passed")}
+        assert os.listdir(fs.mountpoint) == []
