@@ -57,6 +57,10 @@ HEARTBEAT_S = 60
 # Molecule (NO_COLOR) prints "INFO     [lab > converge] Executing" and
 # "... Executed: Successful" around each action of its test sequence.
 ACTION = re.compile(r"\[lab > (\w+)\] (Executing|Executed)(?::\s*(\w+))?")
+# Molecule colours a failed action's line even with NO_COLOR.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A step Molecule skips for want of a playbook (cleanup) has not failed.
+NOT_FAILED = ("Successful", "Missing", "Skipped")
 TASK = re.compile(r"^TASK \[(.*)\] \*+")
 # labs/vagrant.py's lines, relayed by create.yml's debug task.
 BOOT = re.compile(r"SSH answers \(\+([0-9.]+) s\)")
@@ -107,6 +111,7 @@ class Progress:
 
     def feed(self, line):
         now = self.clock()
+        line = ANSI.sub("", line)
         found = ACTION.search(line)
         if found:
             action, what, outcome = found.groups()
@@ -142,6 +147,11 @@ class Progress:
                                               elapsed(now - self.current_start),
                                               (": " + self.task) if self.task else ""))
             self.last_said = now
+
+
+def failed_steps(outcomes):
+    """The steps of Molecule's sequence that failed, in order."""
+    return [step for step, outcome in outcomes.items() if outcome and outcome not in NOT_FAILED]
 
 
 def suite_summary(results_path):
@@ -271,7 +281,7 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
     if rc == -1:
         record.update(status="failed", problem="timed out after %d s (%s)" % (timeout, log))
     elif rc != 0:
-        failed = [a for a, o in progress.outcomes.items() if o and o != "Successful"]
+        failed = failed_steps(progress.outcomes)
         record.update(status="failed", problem="molecule test failed%s (%s)" % (
             " in " + ", ".join(failed) if failed else " at " + (progress.current or "start"), log))
     if os.path.exists(results):

@@ -58,6 +58,20 @@ def test_progress_reads_molecule_steps_boot_time_and_outcomes():
     assert "bookworm: idempotence failed in 0:00:10" in said
 
 
+def test_a_coloured_failure_is_read_and_a_missing_playbook_is_not_one():
+    # Molecule colours a failed action's line even with NO_COLOR; cleanup
+    # without a playbook is "Missing", not a failure (the bullseye run was
+    # reported as "failed in cleanup" when verify had failed).
+    progress = run.Progress("bullseye", say=lambda text: None, clock=Clock())
+    for line in ["INFO     [lab > verify] Executing",
+                 "ERROR    [lab > verify] \x1b[31mExecuted: Failed\x1b[0m",
+                 "INFO     [lab > cleanup] Executing",
+                 "WARNING  [lab > cleanup] Executed: Missing playbook (Remove from test_sequence)"]:
+        progress.feed(line)
+    assert progress.outcomes == {"verify": "Failed", "cleanup": "Missing"}
+    assert run.failed_steps(progress.outcomes) == ["verify"]
+
+
 def test_the_second_destroy_is_its_own_step():
     progress = run.Progress("trixie", say=lambda text: None, clock=Clock())
     for line in ["INFO     [lab > destroy] Executing", "INFO     [lab > destroy] Executed: Successful"] * 2:
