@@ -10,7 +10,8 @@
 # labs/known-failures.yml) and a check that the host is left as found.
 #
 #   make lab-smoke     one cell: bookworm with kernel ZFS (native, overlay and
-#                      zfs backends on a zfs pool on the VM's disk)
+#                      zfs backends on a zfs pool on the VM's disk); `make
+#                      test` runs it alongside the host tests (Makefile)
 #   make lab           every release x every filesystem of labs/matrix.yml
 #   make lab-report    merge the results already under $(LAB_REPORTS) (CI)
 #
