@@ -64,13 +64,16 @@ deps: apt venv
 ## tests run in a mount namespace of their own (and the box build in
 ## another): libvirt's qemu copies the host's mounts into the VM's namespace
 ## when it starts, and a copy of a test's loop filesystem or pool would stay
-## busy there after the test unmounted it.
+## busy there after the test unmounted it. The lab lane is a process group
+## of its own (setsid): on Ctrl-C (which a background job ignores) the trap
+## sends the whole group SIGTERM, and labs.run takes its VM down (make alone
+## would not pass the signal on).
 LAB_SMOKE_LOG ?= $(REPORTS)/lab-smoke.log
 test: deps lab-deps
 	@mkdir -p $(REPORTS)
 	@echo "make lab-smoke runs alongside the host tests; its output: $(LAB_SMOKE_LOG)"
-	@nice -n 10 $(MAKE) --no-print-directory lab-smoke > $(LAB_SMOKE_LOG) 2>&1 & smoke=$$!; \
-	trap 'kill -TERM $$smoke 2>/dev/null; wait $$smoke; exit 130' INT TERM; \
+	@nice -n 10 setsid $(MAKE) --no-print-directory lab-smoke > $(LAB_SMOKE_LOG) 2>&1 & smoke=$$!; \
+	trap 'kill -TERM -- -$$smoke 2>/dev/null; wait $$smoke; exit 130' INT TERM; \
 	unshare --mount --propagation private $(MAKE) --no-print-directory test-host; host=$$?; \
 	echo "== make lab-smoke (started alongside; following $(LAB_SMOKE_LOG) until it ends)"; \
 	tail -n +1 --pid=$$smoke -f $(LAB_SMOKE_LOG); wait $$smoke; lab=$$?; \
