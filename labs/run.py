@@ -357,19 +357,17 @@ def runs_markdown(records):
     return "\n".join(out)
 
 
-def cell_times_markdown(paths):
-    """How long each cell's cases took in its VM (the sum of their durations
-    in results.json): rows target, columns release."""
+def cell_times_markdown(runs):
+    """How long each cell's cases took in its VM (the sum of their durations),
+    from the runs conformance.report loaded: rows target, columns release."""
     seconds = collections.defaultdict(float)  # (target, label) -> s
     cases = collections.Counter()
     labels = []
-    for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        label = data["run"].get("label") or os.path.basename(os.path.dirname(path))
+    for run_ in runs:
+        label = run_["run"]["label"] or os.path.basename(os.path.dirname(run_["source"]))
         labels.append(label)
-        for r in data["results"]:
-            seconds[r["target"], label] += float(r.get("duration") or 0.0)
+        for r in run_["results"]:
+            seconds[r["target"], label] += r["duration"]
             cases[r["target"], label] += 1
     targets = sorted({t for t, _ in seconds})
     out = ["## Suite time per cell", "",
@@ -392,10 +390,11 @@ def merge(reports, known_failures, records=None):
     number of unexpected failures (conformance.report's matrix)."""
     paths = find_results(reports)
     known = conformance_report.load_known_failures(known_failures) if known_failures else []
-    merged = conformance_report.build_matrix(conformance_report.load_results(paths), known)
+    runs = conformance_report.load_results(paths)
+    merged = conformance_report.build_matrix(runs, known)
     markdown = conformance_report.render_markdown(merged)
-    if paths:
-        markdown += "\n" + cell_times_markdown(paths)
+    if runs:
+        markdown += "\n" + cell_times_markdown(runs)
     if records:
         markdown += "\n" + runs_markdown(records)
     conformance_report.write_text(os.path.join(reports, "report.md"), markdown)
