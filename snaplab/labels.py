@@ -20,11 +20,29 @@ def _utf8(text, what):
         raise errors.InvalidArgument("%s %r is not valid UTF-8" % (what, text)) from None
 
 
+# C0 control characters and DEL: refused in keys (validate_key says why).
+CONTROL_CHARACTERS = frozenset(chr(c) for c in list(range(0x20)) + [0x7F])
+
+
 def validate_key(key, what="key"):
-    """Keys are opaque strings, but never empty and never with NUL bytes."""
+    """Keys are opaque strings, but never empty, never with NUL bytes and
+    never with a control character (U+0000-U+001F, U+007F).
+
+    The control characters are a deliberate deviation from containerd,
+    whose keys may be any string: a key is printed one per line by
+    `snaplab ls` and in every message that names it, and a newline, tab,
+    carriage return or escape sequence in one would forge lines or columns
+    there (a key "a\\nb" listed as two snapshots). No real client needs one:
+    containerd's own keys are digests, "extract-<n>-<r> <chainID>" and
+    names a person chose.
+    """
     if isinstance(key, str) and key == "":
         raise errors.InvalidArgument("%s must not be empty" % what)
     _utf8(key, what)
+    bad = sorted(set(key) & CONTROL_CHARACTERS)
+    if bad:
+        raise errors.InvalidArgument("%s %r contains the control character %s" % (
+            what, key, ", ".join("U+%04X" % ord(c) for c in bad)))
     return key
 
 

@@ -47,6 +47,24 @@ Safety: a layer never writes outside the snapshot.
 - A hardlink links to the entry inside the snapshot, never following a
   symlink at the target; its target must exist there (earlier in the layer,
   or in the snapshot below).
+- What only the snapshot below can tell (a name under one of its files, a
+  symlink loop, a hardlink target reached through a symlinked directory, a
+  path too long once resolved under the root) is found by a dry run of the
+  whole layer against the tree before the first write (_PlannedTree), so
+  that a refused layer leaves the snapshot exactly as it was.
+- Names are bounded as Linux bounds them: a component over 255 bytes, a
+  name or link target of 4,096 bytes or more, is InvalidArgument.
+- Size is bounded: the tar is streamed (never held in memory; a PAX or GNU
+  long-name header over 1 MiB is refused, as Go's archive/tar refuses it), a
+  damaged or truncated archive or a size field the data does not fill is
+  InvalidArgument at scan time, `max_expanded_size` (bytes of uncompressed
+  tar) refuses a bigger layer with InvalidArgument as soon as the stream
+  passes it, and a layer whose regular files add up to more than the free
+  space of the receiving filesystem is refused with FailedPrecondition
+  before anything is written.
+- overlayfs' own xattrs (trusted.overlay.*, user.overlay.*) in a layer's
+  PAX records are never set: on an upper directory they would forge
+  whiteouts, opaque directories or redirects.
 """
 
 import base64
@@ -66,8 +84,10 @@ import time
 import zlib
 
 from . import errors
+from . import faults
 from . import fsutil
 from . import labels as labelrules
+from . import leases
 from . import mount as mountlib
 from .backends.overlay import in_user_namespace
 from .types import Kind
@@ -87,6 +107,12 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # As the kernel's and continuity's limit on symlinks followed for one path.
 MAX_SYMLINKS = 255
+NAME_MAX = 255    # bytes of one path component (Linux)
+PATH_MAX = 4096   # bytes of a path with its NUL (Linux): a name must be shorter
+# Go's archive/tar limit on a PAX or GNU long-name header: they are read whole.
+MAX_SPECIAL_HEADER = 1 << 20
+_SPECIAL_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                  tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 _CHUNK = 1 << 20
 _PREPARE_TRIES = 3  # containerd's unpacker tries three extract keys
 # What a damaged tar or compressed stream raises while being read.
@@ -180,17 +206,25 @@ def _zstd_program(path):
 
 
 class _HashingReader:
-    """Reads through a stream, hashing what passes: the DiffID of a layer."""
+    """Reads through a stream, hashing what passes: the DiffID of a layer.
+    InvalidArgument as soon as more than `limit` bytes came through (None:
+    no limit), so that a decompression bomb is stopped, not read to its end."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, limit=None, over_limit="more than %d bytes"):
         self.stream = stream
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.limit = limit
+        self.over_limit = over_limit
 
     def read(self, size=-1):
+        if self.limit is not None and (size is None or size < 0):
+            size = _CHUNK  # never an unbounded read of a stream with a limit
         data = self.stream.read(size)
         self.sha256.update(data)
         self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise errors.InvalidArgument(self.over_limit % self.limit)
         return data
 
     def drain(self):
@@ -203,16 +237,37 @@ class _HashingReader:
         return "sha256:" + self.sha256.hexdigest()
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """A tar header as Go's archive/tar reads it: Python's tarfile takes a
+    damaged or truncated header after the first one for the end of the
+    archive (and applies what came before); here it is an error. PAX and
+    GNU long-name headers are read whole into memory: over 1 MiB they are
+    refused, as Go refuses them."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors_):
+        try:
+            info = super().frombuf(buf, encoding, errors_)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as err:
+            raise tarfile.SubsequentHeaderError("damaged or truncated header: %s" % err) from None
+        if info.type in _SPECIAL_TYPES and info.size > MAX_SPECIAL_HEADER:
+            raise errors.InvalidArgument("a PAX or GNU long-name header of %d bytes (more than "
+                                         "%d)" % (info.size, MAX_SPECIAL_HEADER))
+        return info
+
+
 @contextlib.contextmanager
-def _layer_entries(path):
+def _layer_entries(path, limit=None, over_limit=None):
     """(tar members iterator, tar, hashing reader, compression) of the layer
-    at `path`, read as one stream. A damaged archive is InvalidArgument."""
+    at `path`, read as one stream of at most `limit` bytes (None: any). A
+    damaged archive is InvalidArgument."""
     if not os.path.isfile(path):
         raise errors.NotFound("layer %s does not exist or is not a file" % path)
     with open_uncompressed(path) as (stream, compression):
-        reader = _HashingReader(stream)
+        reader = _HashingReader(stream, limit, over_limit or (
+            "layer %s (%s) expands to more than %%d bytes" % (path, compression)))
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=_StrictTarInfo) as tar:
                 yield iter(tar), tar, reader, compression
         except _CORRUPT as err:
             raise errors.InvalidArgument("layer %s (%s) is not a readable tar archive: %s"
@@ -226,14 +281,31 @@ def clean_name(name, what="entry"):
     """A tar name as a path relative to the snapshot's root ("" is the root).
 
     A leading "/" is dropped and the path is cleaned as Go's filepath.Clean
-    does; InvalidArgument if ".." would climb above the root.
+    does; InvalidArgument if ".." would climb above the root, or if it is
+    longer than Linux takes (check_length).
     """
     if "\x00" in name:
         raise errors.InvalidArgument("%s %r holds a NUL byte" % (what, name))
     relative = posixpath.normpath(name.lstrip("/") or ".")
     if relative == ".." or relative.startswith("../"):
         raise errors.InvalidArgument("%s %r climbs out of the snapshot" % (what, name))
-    return "" if relative == "." else relative
+    relative = "" if relative == "." else relative
+    check_length(relative, what)
+    return relative
+
+
+def check_length(path, what="entry"):
+    """InvalidArgument if Linux would refuse `path` as too long
+    (ENAMETOOLONG): a component over NAME_MAX bytes, or PATH_MAX bytes or
+    more in all. Checked before writing, not met half-way through a layer."""
+    encoded = os.fsencode(path)
+    if len(encoded) >= PATH_MAX:
+        raise errors.InvalidArgument("%s %r... is %d bytes long: a path must be shorter than "
+                                     "%d bytes" % (what, path[:64], len(encoded), PATH_MAX))
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise errors.InvalidArgument("%s %r... has a %d-byte component: at most %d bytes"
+                                     % (what, path[:64], len(longest), NAME_MAX))
 
 
 _ENTRY_TYPES = {
@@ -279,24 +351,42 @@ def whiteout_of(relative):
 
 
 LayerScan = collections.namedtuple(
-    "LayerScan", "path diff_id compression size entries links_outside_layer")
+    "LayerScan", "path diff_id compression size entries links_outside_layer files_size")
 LayerScan.__doc__ = """What inspect_layer learned: the DiffID, the compression, the
-uncompressed size, the number of entries, and whether a hardlink names a
-target the layer itself does not hold (then the snapshot below must)."""
+uncompressed size, the number of entries, whether a hardlink names a
+target the layer itself does not hold (then the snapshot below must), and
+the bytes of its regular files (what writing it takes on disk, at least)."""
 
 
-def inspect_layer(path):
+def _read_through(tar, member):
+    """Read a regular file's data to its end: a size field the archive does
+    not fill is InvalidArgument now, not half-way through writing. Sparse
+    members are left to tarfile (their holes would be read as zeros)."""
+    if member.sparse is not None:
+        return
+    data = tar.extractfile(member)
+    while data.read(_CHUNK):
+        pass
+
+
+def inspect_layer(path, max_expanded_size=None):
     """Read the layer at `path` once without writing: its DiffID, and every
     entry checked as the write will check it. InvalidArgument (nothing is
-    written anywhere) for a layer that would leave the snapshot or cannot be
-    written; NotFound if there is no such file."""
+    written anywhere) for a layer that would leave the snapshot, cannot be
+    written, is damaged or truncated, or expands to more than
+    `max_expanded_size` bytes of tar (None: no limit); NotFound if there is
+    no such file."""
     kinds = {}  # cleaned name -> kind of the latest entry there, for hardlinks
     links_outside = False
     count = 0
-    with _layer_entries(path) as (members, tar, reader, compression):
+    files_size = 0
+    with _layer_entries(path, max_expanded_size) as (members, tar, reader, compression):
         for member in members:
             count += 1
             kind = entry_kind(member)
+            if kind == "file":
+                files_size += member.size
+                _read_through(tar, member)
             relative = clean_name(member.name)
             whiteout = whiteout_of(relative)
             if whiteout is not None:
@@ -309,12 +399,18 @@ def inspect_layer(path):
                     raise errors.InvalidArgument("hardlink %r points to a directory (%r)"
                                                  % (member.name, member.linkname))
                 links_outside = links_outside or target not in kinds
-            elif "\x00" in member.linkname:  # any symlink target is fine, but not a NUL
-                raise errors.InvalidArgument("symlink %r has a NUL byte in its target"
-                                             % member.name)
+            elif kind == "symlink":  # any target is fine, but not a NUL or too long
+                if "\x00" in member.linkname:
+                    raise errors.InvalidArgument("symlink %r has a NUL byte in its target"
+                                                 % member.name)
+                if len(os.fsencode(member.linkname)) >= PATH_MAX:
+                    raise errors.InvalidArgument("symlink %r has a target of %d bytes: at "
+                                                 "most %d" % (member.name, len(os.fsencode(
+                                                     member.linkname)), PATH_MAX - 1))
             kinds[relative] = kind
         reader.drain()
-        return LayerScan(path, reader.digest, compression, reader.size, count, links_outside)
+        return LayerScan(path, reader.digest, compression, reader.size, count, links_outside,
+                         files_size)
 
 
 # -- resolving paths inside the root ---------------------------------------
@@ -400,13 +496,27 @@ class _Tree:
                 if followed > MAX_SYMLINKS:
                     raise errors.InvalidArgument("too many levels of symbolic links in %r"
                                                  % relative)
-                target = os.readlink(os.path.join(found[0], candidate))
+                target = self.link_target(candidate, found)
                 if target.startswith("/"):
                     done = []
                 pending.extend([p for p in target.split("/") if p][::-1])
                 continue
             done.append(part)
         return "/".join(done)
+
+    def link_target(self, relative, found):
+        """The target of the symlink lookup(relative) found."""
+        return os.readlink(os.path.join(found[0], relative))
+
+    def existing_directory(self, directory):
+        """`directory` resolved, if the snapshot shows a directory there; else None."""
+        resolved = self.resolve(directory)
+        if resolved == "":
+            return resolved
+        found = self.lookup(resolved)
+        if found is None or not stat.S_ISDIR(found[1].st_mode):
+            return None
+        return resolved
 
     def plain_directory(self, relative):
         """Whether `relative` (a cleaned name) is a directory of the root
@@ -442,6 +552,197 @@ class _Tree:
         return path
 
 
+# What lookup() shows of an entry the dry run planned: its type bits, and
+# its target when it is a symlink.
+_Planned = collections.namedtuple("_Planned", "st_mode link")
+_PLANNED_DIRECTORY = _Planned(stat.S_IFDIR, "")
+_UNCHANGED = object()
+
+
+class _PlannedTree(_Tree):
+    """A dry run of a layer against a tree: the tree as it will look after
+    the entries seen so far, the real tree below and this layer's entries
+    and removals on top, nothing written. Every decision that depends on the
+    snapshot below (a name under a file, a symlink loop, a hardlink target,
+    the length of a resolved path) is taken here as the writer takes it, so
+    the writer finds no surprise once it starts."""
+
+    def __init__(self, tree):
+        super().__init__(tree.root, tree.lowers if tree.overlay else None)
+        self.tree = tree
+        self.changed = {}      # resolved name -> _Planned, or None: removed by the layer
+        self.fresh = set()     # directories whose contents in the tree are hidden ("" = root)
+        self.entries = set()   # names this layer wrote as entries (an opaque keeps them)
+        self.plain = {""}      # known directories reached through directories only
+
+    def lookup(self, relative):
+        parts = relative.split("/")
+        hidden = "" in self.fresh
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            shown = self.changed.get(prefix, _UNCHANGED)
+            if shown is _UNCHANGED:
+                if hidden:
+                    return None
+                continue
+            if shown is None:
+                return None
+            if depth == len(parts):
+                return None, shown
+            if not stat.S_ISDIR(shown.st_mode):
+                return None
+            hidden = hidden or prefix in self.fresh
+        return self.tree.lookup(relative)
+
+    def link_target(self, relative, found):
+        if found[0] is None:
+            return found[1].link
+        return self.tree.link_target(relative, found)
+
+    def shown(self, relative):
+        """What lookup() shows at `relative` as a _Planned, or None."""
+        found = self.lookup(relative)
+        if found is None:
+            return None
+        if found[0] is None:
+            return found[1]
+        mode = found[1].st_mode
+        return _Planned(mode, self.link_target(relative, found) if stat.S_ISLNK(mode) else "")
+
+    def resolve_directory(self, directory):
+        if directory in self.plain:
+            return directory
+        resolved = self.resolve(directory)
+        self.make_parents(resolved)
+        if resolved == directory:
+            self.plain.add(directory)
+        return resolved
+
+    def make_parents(self, resolved):
+        """As _LayerWriter.make_parents: a missing directory is made, any
+        other non-directory on the way refuses the entry."""
+        if not resolved:
+            return
+        parts = resolved.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            shown = self.lookup(prefix)
+            if shown is None:
+                self.changed[prefix] = _PLANNED_DIRECTORY
+                self.fresh.add(prefix)
+            elif not stat.S_ISDIR(shown[1].st_mode):
+                raise errors.InvalidArgument("cannot write under %s: it is not a directory"
+                                             % prefix)
+
+    def forget_below(self, relative):
+        """What this layer planned below `relative` is gone with it."""
+        below = relative + "/"
+        for names in (self.changed, self.fresh, self.entries, self.plain):
+            for name in [n for n in names if n.startswith(below)]:
+                if isinstance(names, dict):
+                    del names[name]
+                else:
+                    names.discard(name)
+        self.fresh.discard(relative)
+        self.plain.discard(relative)
+
+    def remove(self, relative):
+        before = self.lookup(relative)
+        if before is not None and stat.S_ISDIR(before[1].st_mode):
+            self.forget_below(relative)
+        self.changed[relative] = None
+        self.entries.discard(relative)
+
+    def entry(self, member):
+        """Plan one member as _LayerWriter.entry writes it; InvalidArgument
+        where the writer would fail."""
+        kind = entry_kind(member)
+        relative = clean_name(member.name)
+        whiteout = whiteout_of(relative)
+        if whiteout is not None:
+            if whiteout[0] == "meta":
+                return
+            resolved = self.existing_directory(whiteout[1])
+            if resolved is None:
+                return
+            if whiteout[0] == "whiteout":
+                self.remove(posixpath.join(resolved, whiteout[2]))
+            else:
+                self.opaque(resolved)
+            return
+        directory, base = posixpath.split(relative)
+        if not base:
+            return
+        path = posixpath.join(self.resolve_directory(directory), base)
+        check_length(os.path.join(self.tree.root, path), "entry %r written at" % member.name)
+        shown = self.hardlink_target(member) if kind == "hardlink" else _Planned(
+            stat.S_IFDIR if kind == "directory" else stat.S_IFLNK if kind == "symlink"
+            else stat.S_IFREG, member.linkname)
+        before = self.lookup(path)
+        merge = before is not None and kind == "directory" and stat.S_ISDIR(before[1].st_mode)
+        if not merge:
+            self.remove(path)
+            if kind == "directory":
+                self.fresh.add(path)
+        self.changed[path] = shown
+        self.entries.add(path)
+
+    def hardlink_target(self, member):
+        """What a hardlink links: the entry at its target, resolved as
+        _LayerWriter.hardlink_target resolves it; it must be there, and not
+        a directory."""
+        target = clean_name(member.linkname, "hardlink target of %r" % member.name)
+        directory, base = posixpath.split(target)
+        shown = self.shown(posixpath.join(self.resolve(directory), base)) if base else None
+        if shown is None or stat.S_ISDIR(shown.st_mode):
+            raise errors.InvalidArgument(
+                "hardlink %r: its target %r is not a file of this layer or of the snapshot"
+                % (member.name, member.linkname))
+        return shown
+
+    def opaque(self, resolved):
+        """As _LayerWriter.remove_unwritten: under `resolved` only what this
+        layer wrote as entries, through entries it wrote, stays."""
+        below = resolved + "/" if resolved else ""
+        for name in [n for n in self.changed if n.startswith(below) and n != resolved]:
+            steps = name[len(below):].split("/")
+            if not all(below + "/".join(steps[:i + 1]) in self.entries
+                       for i in range(len(steps))):
+                self.changed.pop(name, None)
+        self.plain = {n for n in self.plain if not n.startswith(below) or n == resolved}
+        if resolved:
+            self.changed.setdefault(resolved, _PLANNED_DIRECTORY)
+        self.fresh.add(resolved)
+
+
+def _dry_run(tree, scan):
+    """Plan every entry of the scanned layer against `tree` without writing."""
+    planned = _PlannedTree(tree)
+    with _layer_entries(scan.path, scan.size, _CHANGED % scan.path) as (members, _tar, _r, _c):
+        for member in members:
+            try:
+                planned.entry(member)
+            except OSError as err:  # it only looks; a name too long to look up is refused
+                if err.errno != errno.ENAMETOOLONG:
+                    raise
+                raise errors.InvalidArgument("entry %r: its path under %s is too long (%s)"
+                                             % (member.name[:64], tree.root, err.strerror))
+
+
+def _check_free_space(tree, scan):
+    """FailedPrecondition if the layer's files cannot fit in what is free
+    where they are written (sparse files are counted at their full size)."""
+    fs = os.statvfs(tree.root)
+    free = fs.f_bavail * fs.f_frsize
+    if scan.files_size > free:
+        raise errors.FailedPrecondition(
+            "layer %s holds %d bytes of files, more than the %d bytes free on the filesystem "
+            "of %s" % (scan.path, scan.files_size, free, tree.root))
+
+
+_CHANGED = "layer %s changed since it was scanned: it is now more than %%d bytes"
+
+
 # -- writing a layer ---------------------------------------------------------
 
 
@@ -458,14 +759,20 @@ def _time_ns(member, field):
     return None
 
 
+# overlayfs' own xattrs: trusted.overlay.* and, on a userxattr mount, user.overlay.*
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
 def _xattrs(member):
     """The SCHILY.xattr.* records of an entry, as (name, bytes). overlayfs'
-    own trusted.overlay.* are left out: they would steer the kernel's
-    lookups (redirects, metacopy), which is not a layer's business."""
+    own xattrs are left out: on an upper directory they would forge
+    whiteouts and opaque directories or steer the kernel's lookups
+    (redirects, metacopy), which is not a layer's business."""
     prefix = "SCHILY.xattr."
     return [(key[len(prefix):], value.encode("utf-8", "surrogateescape"))
             for key, value in member.pax_headers.items()
-            if key.startswith(prefix) and not key.startswith(prefix + "trusted.overlay.")]
+            if key.startswith(prefix)
+            and not key[len(prefix):].startswith(OVERLAY_XATTR_PREFIXES)]
 
 
 def _copy_up_directory(lower, upper):
@@ -480,7 +787,7 @@ def _copy_up_directory(lower, upper):
     except OSError:
         names = []
     for name in names:
-        if name.startswith("trusted.overlay."):
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
             continue
         try:
             os.setxattr(upper, name, os.getxattr(lower, name, follow_symlinks=False),
@@ -500,17 +807,23 @@ class _LayerWriter:
         self.directories = {}    # path -> (atime_ns, mtime_ns), set at the very end
         self.same_owner = os.geteuid() == 0  # as tar: only root can give files away
 
-    def write(self, layer_path, expected_diff_id=None):
-        """Write every entry; return the DiffID (InvalidArgument if it is not
-        `expected_diff_id`: the file changed since it was scanned)."""
-        with _layer_entries(layer_path) as (members, tar, reader, _compression):
+    def write(self, scan):
+        """Write every entry of the scanned layer; return the DiffID. First,
+        with nothing written yet: FailedPrecondition if its files do not fit,
+        InvalidArgument if the dry run against the tree refuses it.
+        InvalidArgument too if the file changed since it was scanned."""
+        _check_free_space(self.tree, scan)
+        _dry_run(self.tree, scan)
+        with _layer_entries(scan.path, scan.size, _CHANGED % scan.path) as (
+                members, tar, reader, _compression):
             for member in members:
+                faults.point("apply.entry")
                 self.entry(tar, member)
             reader.drain()
             diff_id = reader.digest
-        if expected_diff_id is not None and diff_id != expected_diff_id:
+        if diff_id != scan.diff_id:
             raise errors.InvalidArgument("layer %s changed while it was applied: DiffID %s, "
-                                         "expected %s" % (layer_path, diff_id, expected_diff_id))
+                                         "expected %s" % (scan.path, diff_id, scan.diff_id))
         # Directory times last: writing into a directory changes its mtime.
         for path, times in self.directories.items():
             try:
@@ -546,18 +859,8 @@ class _LayerWriter:
 
     # -- whiteouts
 
-    def existing_directory(self, directory):
-        """`directory` resolved, if the snapshot shows a directory there; else None."""
-        resolved = self.tree.resolve(directory)
-        if resolved == "":
-            return resolved
-        found = self.tree.lookup(resolved)
-        if found is None or not stat.S_ISDIR(found[1].st_mode):
-            return None
-        return resolved
-
     def whiteout(self, directory, hidden, member):
-        resolved = self.existing_directory(directory)
+        resolved = self.tree.existing_directory(directory)
         if resolved is None:
             return  # no such directory: nothing to hide
         if self.tree.overlay:
@@ -571,7 +874,7 @@ class _LayerWriter:
                 os.chown(path, member.uid, member.gid, follow_symlinks=False)
 
     def opaque(self, directory):
-        resolved = self.existing_directory(directory)
+        resolved = self.tree.existing_directory(directory)
         if resolved is None:
             return
         if self.tree.overlay:
@@ -715,7 +1018,7 @@ def apply_layer_to_directory(tar_path, directory):
     snapshot) with the naive whiteout converter. Returns the DiffID.
     The layer is scanned first: a hostile one is refused before any write."""
     scan = inspect_layer(tar_path)
-    return _LayerWriter(_Tree(directory)).write(tar_path, scan.diff_id)
+    return _LayerWriter(_Tree(directory)).write(scan)
 
 
 # -- layers and snapshots ----------------------------------------------------
@@ -753,30 +1056,28 @@ def _apply_scanned(snapshotter, key, scan, direct=True):
     overlay = _overlay_upper(mounts) if direct else None
     if overlay is not None and not scan.links_outside_layer:
         upper, lowers = overlay
-        return _LayerWriter(_Tree(upper, lowers)).write(scan.path, scan.diff_id)
+        return _LayerWriter(_Tree(upper, lowers)).write(scan)
     source = _bind_source(mounts) if direct else None
     if source is not None:
-        return _LayerWriter(_Tree(source)).write(scan.path, scan.diff_id)
+        return _LayerWriter(_Tree(source)).write(scan)
     # Mounted: a hardlink to a file of a lower layer, or mounts we cannot
     # write directly. The kernel then does the copy-up and the whiteouts.
-    target = tempfile.mkdtemp(prefix="snaplab-apply-")
-    try:
-        mountlib.mount_all(mounts, target)
-        try:
-            return _LayerWriter(_Tree(target)).write(scan.path, scan.diff_id)
-        finally:
-            mountlib.unmount_all(target)
-    finally:
-        os.rmdir(target)
+    # Under the root and a lease: if this process is killed meanwhile, the
+    # next Cleanup takes the mount down (a mount in /tmp stayed for good).
+    with snapshotter.temporary_mount(mounts) as target:
+        faults.point("apply.mounted")
+        return _LayerWriter(_Tree(target)).write(scan)
 
 
-def apply_layer(snapshotter, key, tar_path, direct=True):
+def apply_layer(snapshotter, key, tar_path, direct=True, max_expanded_size=None):
     """Apply the layer at `tar_path` to the active snapshot `key`; return its
     DiffID. NotFound if `key` or the file is missing, FailedPrecondition if
     `key` is not active, InvalidArgument (nothing written) for a layer that is
     not a tar or would write outside the snapshot. `direct=False` always
-    mounts the snapshot instead of writing its directory."""
-    scan = inspect_layer(tar_path)
+    mounts the snapshot instead of writing its directory. FailedPrecondition
+    (nothing written) if its files do not fit in the free space there;
+    `max_expanded_size` as in inspect_layer."""
+    scan = inspect_layer(tar_path, max_expanded_size)
     return _apply_scanned(snapshotter, key, scan, direct)
 
 
@@ -799,13 +1100,14 @@ def _committed(snapshotter, name):
     return True
 
 
-def plan_layers(snapshotter, tar_paths):
+def plan_layers(snapshotter, tar_paths, max_expanded_size=None):
     """Scan each layer (bottom first) and say whether its chainID is already
     committed. `snapshotter` may be None (no root yet: nothing is present).
-    Writes nothing; InvalidArgument/NotFound as inspect_layer."""
+    Writes nothing; InvalidArgument/NotFound (and `max_expanded_size`, for
+    each layer) as inspect_layer."""
     if not tar_paths:
         raise errors.InvalidArgument("no layers given")
-    scans = [inspect_layer(path) for path in tar_paths]
+    scans = [inspect_layer(path, max_expanded_size) for path in tar_paths]
     chain = chain_ids([scan.diff_id for scan in scans])
     return [PlannedLayer(scan.path, scan.diff_id, chain_id, _committed(snapshotter, chain_id),
                          scan)
@@ -821,11 +1123,27 @@ def _extract_key(chain_id):
 
 def _unpack(snapshotter, layer, parent, labels):
     """Prepare, apply and commit one layer as containerd's unpacker does.
-    Returns False if its chainID turned out to be there already."""
+    Returns False if its chainID turned out to be there already.
+
+    The extract snapshot lives under a lease of this process (containerd's
+    unpack runs under a lease too): if the process is killed half-way,
+    Cleanup removes the half-applied snapshot. A snapshotter without leases
+    (one reached over gRPC) gets a plain one.
+    """
+    lease = getattr(snapshotter, "lease", None)
+    if lease is None:
+        return _unpack_in_lease(snapshotter, layer, parent, labels, labels)
+    with lease("extract") as name:
+        extract_labels = dict(labels)
+        extract_labels[leases.LEASE_LABEL] = name
+        return _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels)
+
+
+def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels):
     for _attempt in range(_PREPARE_TRIES):
         key = _extract_key(layer.chain_id)
         try:
-            snapshotter.prepare(key, parent, labels=labels)
+            snapshotter.prepare(key, parent, labels=extract_labels)
             break
         except errors.AlreadyExists:
             if _committed(snapshotter, layer.chain_id):
@@ -835,6 +1153,8 @@ def _unpack(snapshotter, layer, parent, labels):
                                    % (layer.chain_id, _PREPARE_TRIES))
     try:
         _apply_scanned(snapshotter, key, layer.scan)
+        # The committed layer takes `labels`, not the lease's label: it
+        # lives on after the unpack.
         snapshotter.commit(layer.chain_id, key, labels=labels)
         return True
     except errors.AlreadyExists:
@@ -851,7 +1171,7 @@ def _unpack(snapshotter, layer, parent, labels):
         raise
 
 
-def apply_layers(snapshotter, tar_paths, labels=None, plan=None):
+def apply_layers(snapshotter, tar_paths, labels=None, plan=None, max_expanded_size=None):
     """Unpack a chain of layer tars (bottom first) into committed snapshots
     named by chainID, each on the previous one. A layer whose chainID is
     already committed is skipped, so running it again changes nothing.
@@ -862,9 +1182,10 @@ def apply_layers(snapshotter, tar_paths, labels=None, plan=None):
     existing layers are left alone. `plan` is a plan_layers() result to reuse.
     Returns [AppliedLayer(diff_id, chain_id, applied)]. A failing layer
     leaves the layers below it committed and nothing of its own.
+    `max_expanded_size` bounds each layer as in inspect_layer.
     """
     labels = labelrules.validate(labels)
-    plan = plan if plan is not None else plan_layers(snapshotter, tar_paths)
+    plan = plan if plan is not None else plan_layers(snapshotter, tar_paths, max_expanded_size)
     results = []
     parent = ""
     for layer in plan:

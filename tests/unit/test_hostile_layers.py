@@ -1,0 +1,240 @@
+"""Every layer of the hostile corpus (tests/unit/hostile_tars.py) applied to
+real snapshots: native and overlay snapshotters whose root lives in a
+sandbox directory on a 64 MiB loop ext4, beside a "host" directory of canary
+files that no layer may reach.
+
+For each layer and backend: apply_layer to an active snapshot whose parent
+holds hostile_tars.PARENT_FILES, then apply_layers (the commit path) of the
+parent and the layer; each must end as the corpus table says (refused with
+its error class, or contained). Whatever happens, nothing outside the
+snapshotter root changes (a listing of the sandbox without the root, with
+contents, modes, times and xattrs, is the same after), nothing appears at a
+few host paths the corpus aims at, a refused layer leaves the active
+snapshot byte-identical and apply_layers leaves no snapshot of its own.
+"""
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+
+import pytest
+
+from snaplab import errors, labels, layers, open_snapshotter
+from snaplab.types import Kind
+from tests.unit import hostile_tars
+from tests.unit.hostile_tars import CASES, CONTAINED
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root (loop ext4, mount, mknod, trusted.* xattrs)")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FILESYSTEM_MIB = 64
+# Host paths the corpus's names would reach if a leading "/" or ".." were
+# followed on the host instead of inside the snapshot.
+# overlayfs' own xattrs, which a layer must never set (written out here, not
+# taken from snaplab.layers, so that the test does not trust what it tests).
+OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+HOST_PATHS = ["/escape", "/pwned", "/stolen", "/etc/x", "/etc/escape", "/outside", "/canary"]
+
+
+# -- reading trees -----------------------------------------------------------------
+
+
+def listing(top, skip=None):
+    """{path relative to top: what a write could change}, symlinks not
+    followed, `skip` (an absolute path below top) left out."""
+    seen = {}
+
+    def walk(directory):
+        for entry in os.scandir(directory):
+            if entry.path == skip:
+                continue
+            st = os.lstat(entry.path)
+            if stat.S_ISREG(st.st_mode):
+                with open(entry.path, "rb") as f:
+                    content = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(entry.path)
+            else:
+                content = st.st_rdev
+            xattrs = {name: os.getxattr(entry.path, name, follow_symlinks=False)
+                      for name in os.listxattr(entry.path, follow_symlinks=False)}
+            seen[os.path.relpath(entry.path, top)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size, st.st_mtime_ns,
+                content, xattrs)
+            if stat.S_ISDIR(st.st_mode):
+                walk(entry.path)
+    walk(top)
+    return seen
+
+
+def host_paths():
+    return {path: os.path.lexists(path) for path in HOST_PATHS}
+
+
+def writable_directory(sn, key):
+    """The directory the layer is written into (overlay upper or bind
+    source), and the lower directories below it (overlay only)."""
+    mounts = sn.mounts(key)
+    overlay = layers._overlay_upper(mounts)
+    if overlay is not None:
+        return overlay
+    source = layers._bind_source(mounts)
+    assert source is not None, mounts
+    return source, []
+
+
+# -- the sandbox ---------------------------------------------------------------------
+
+
+class Sandbox:
+    """A snapshotter on a loop ext4, its parent layer committed, the corpus
+    built beside it."""
+
+    def __init__(self, mountpoint, corpus_dir, backend):
+        self.top = os.path.join(mountpoint, "sandbox")
+        self.host = os.path.join(self.top, "host")
+        self.root = os.path.join(self.top, "root")
+        os.makedirs(os.path.join(self.host, "sub"))
+        for name, data in (("canary", b"precious"), ("sub/canary2", b"precious too")):
+            with open(os.path.join(self.host, name), "wb") as f:
+                f.write(data)
+        os.symlink("/etc/passwd", os.path.join(self.host, "passwd-link"))
+        self.parent_tar = os.path.join(corpus_dir, "parent.tar")
+        with open(self.parent_tar, "wb") as f:
+            f.write(hostile_tars.parent_layer(self.host))
+        self.tars = hostile_tars.build_corpus(corpus_dir, self.host)
+        self.sn = open_snapshotter(self.root, backend)
+        self.parent = layers.apply_layers(self.sn, [self.parent_tar])[-1].chain_id
+
+    def outside(self):
+        """Everything of the sandbox but the snapshotter root."""
+        return listing(self.top, skip=self.root)
+
+
+@pytest.fixture(scope="module", params=["native", "overlay"])
+def sandbox(request):
+    from conformance.targets import FilesystemPool, FilesystemUnavailable
+    base = tempfile.mkdtemp(prefix="snaplab-test-hostile-")
+    pool = None
+    sandbox = None
+    try:
+        pool = FilesystemPool(base, sizes_mib={"ext4": FILESYSTEM_MIB})
+        try:
+            fs = pool.get("ext4")
+        except FilesystemUnavailable as unavailable:
+            pytest.skip("ext4 is not available: %s" % unavailable)
+        corpus_dir = os.path.join(base, "corpus")
+        os.mkdir(corpus_dir)
+        sandbox = Sandbox(fs.mountpoint, corpus_dir, request.param)
+        yield sandbox
+    finally:
+        try:
+            if sandbox is not None:
+                sandbox.sn.close()
+        finally:
+            if pool is not None:
+                pool.destroy()  # unmounts and detaches the loop ext4
+            shutil.rmtree(base)
+
+
+# -- the corpus, applied -------------------------------------------------------------
+
+
+def expect(case, call):
+    """Run call(); the outcome must be the case's. Returns call()'s result."""
+    if case.outcome == CONTAINED:
+        return call()
+    with pytest.raises(errors.SnapshotError, match=case.options.get("message")) as raised:
+        call()
+    assert type(raised.value).__name__ == case.outcome, raised.value
+    return None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_layer(sandbox, case):
+    sn, tar = sandbox.sn, sandbox.tars[case.name]
+    limit = case.options.get("max_expanded_size")
+    outside, on_host = sandbox.outside(), host_paths()
+
+    key = "active on parent for " + case.name
+    sn.prepare(key, sandbox.parent)
+    try:
+        writable, lowers = writable_directory(sn, key)
+        before, lowers_before = listing(writable), [listing(lower) for lower in lowers]
+        expect(case, lambda: layers.apply_layer(sn, key, tar, max_expanded_size=limit))
+        after = listing(writable)
+        if case.outcome != CONTAINED:
+            assert after == before, "a refused layer changed the active snapshot"
+        if "lands" in case.options:
+            landed = case.options["lands"].format(host=sandbox.host.lstrip("/"))
+            assert landed in after and landed not in before
+        if "no_overlay_xattrs" in case.options:
+            assert not [name for name in after[case.options["no_overlay_xattrs"]][7]
+                        if name.startswith(OVERLAY_XATTRS)]
+        assert [listing(lower) for lower in lowers] == lowers_before
+    finally:
+        sn.remove(key)
+    assert sandbox.outside() == outside
+    assert host_paths() == on_host
+
+    names = sorted(info.name for info in sn.list())
+    applied = expect(case, lambda: layers.apply_layers(
+        sn, [sandbox.parent_tar, tar], max_expanded_size=limit))
+    try:
+        if case.outcome == CONTAINED:
+            assert [layer.chain_id for layer in applied][0] == sandbox.parent
+            assert sn.stat(applied[-1].chain_id).kind == Kind.COMMITTED
+        else:  # no chainID for it, no extract-* snapshot left
+            assert sorted(info.name for info in sn.list()) == names
+    finally:
+        if applied and applied[-1].applied:
+            sn.remove(applied[-1].chain_id)
+    assert sandbox.outside() == outside
+    assert host_paths() == on_host
+
+
+# -- what the corpus and the table promise ---------------------------------------------
+
+
+def test_the_corpus_is_big_and_named_once():
+    names = [case.name for case in CASES]
+    assert len(names) >= 40 and len(set(names)) == len(names)
+    assert {case.outcome for case in CASES} == {CONTAINED, "InvalidArgument",
+                                               "FailedPrecondition"}
+
+
+def test_the_committed_table_is_the_generated_one():
+    with open(os.path.join(REPO, "docs", "hostile-layers.md"), encoding="utf-8") as f:
+        committed = f.read()
+    assert committed == hostile_tars.markdown(), (
+        "docs/hostile-layers.md is stale: python -m tests.unit.hostile_tars --markdown "
+        "> docs/hostile-layers.md")
+
+
+def test_max_expanded_size_stops_reading_early(tmp_path):
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(hostile_tars.gzip_bomb(hostile_tars.BOMB_FILE_SIZE))
+    with pytest.raises(errors.InvalidArgument, match="expands to more than %d bytes"
+                       % hostile_tars.BOMB_LIMIT):
+        layers.inspect_layer(str(bomb), max_expanded_size=hostile_tars.BOMB_LIMIT)
+    small = layers.inspect_layer(str(bomb), max_expanded_size=hostile_tars.BOMB_FILE_SIZE * 2)
+    assert small.files_size == hostile_tars.BOMB_FILE_SIZE
+
+
+@pytest.mark.parametrize("key", ["a\nb", "tab\there", "cr\r", "esc\x1b[2J", "del\x7f",
+                                 "nul\x00"])
+def test_keys_with_control_characters_are_refused(tmp_path, key):
+    with pytest.raises(errors.InvalidArgument):
+        labels.validate_key(key)
+    with open_snapshotter(str(tmp_path / "root"), "native") as sn:
+        with pytest.raises(errors.InvalidArgument):
+            sn.prepare(key, "")
+        assert sn.list() == []
+
+
+@pytest.mark.parametrize("key", ["plain", "with space", "ünïcode/ключ", "extract-1-a sha256:x"])
+def test_keys_without_control_characters_are_taken(key):
+    assert labels.validate_key(key) == key
