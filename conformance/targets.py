@@ -330,6 +330,48 @@ def stop_zfs_fuse(pidfile):
     return []
 
 
+def _harness_pidfile_of(pid):
+    """The --pidfile a harness gave the zfs-fuse daemon `pid` (None if none)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            argv = [os.fsdecode(arg) for arg in cmdline.read().split(b"\0")]
+    except OSError:
+        return None
+    if "--pidfile" in argv[:-1]:
+        pidfile = argv[argv.index("--pidfile") + 1]
+        if os.path.basename(pidfile) == "zfs-fuse.pid":
+            return pidfile
+    return None
+
+
+def stop_idle_zfs_fuse(own_pidfile):
+    """Stop the zfs-fuse daemon once no pool is left, if a harness started it:
+    this one (`own_pidfile`) or one that has finished since (its pidfile's
+    directory is gone). A daemon someone else started is never stopped."""
+    pids = zfs_fuse_pids()
+    if not pids:
+        return []
+    listing = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True,
+                             text=True, check=False)
+    if listing.returncode == 0 and listing.stdout.strip():
+        return []  # another run's pools: it still needs the daemon
+    pidfile = _harness_pidfile_of(pids[0])
+    if pidfile is None:
+        return []
+    if pidfile != own_pidfile and os.path.exists(os.path.dirname(pidfile)):
+        return []  # its starter is still there and stops it
+    os.kill(pids[0], signal.SIGTERM)
+    deadline = time.monotonic() + ZFS_FUSE_WAIT_S
+    while pids[0] in zfs_fuse_pids():  # it unmounts and syncs on the way out
+        if time.monotonic() > deadline:
+            return ["zfs-fuse (pid %d) did not exit within %d s of SIGTERM"
+                    % (pids[0], ZFS_FUSE_WAIT_S)]
+        time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pidfile)
+    return []
+
+
 def _zfs_unavailable_reason():
     """Why neither kernel zfs nor zfs-fuse can be used here (None if one can)."""
     if not kernel_zfs() and shutil.which("modprobe"):
@@ -501,8 +543,12 @@ class ZfsFilesystem(Filesystem):
         if self.image and not self.loop_device:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.image)
-        if self.daemon_pidfile and not self.pool:
-            problems += stop_zfs_fuse(self.daemon_pidfile)
+        if not self.pool:
+            # One zfs-fuse serves every pool of the machine: it stops when
+            # the last pool made by a harness is gone, whoever started it
+            # (several runs side by side share it; the first to finish must
+            # not take it from the others).
+            problems += stop_idle_zfs_fuse(self.daemon_pidfile)
         return problems
 
 

@@ -53,6 +53,14 @@ prints no `-o`; `--filter` on ls/tree/usage is snaplab's own):
         with a note on stderr, as containerd's GC ignores NotImplemented from
         Cleanup -- after the call there is nothing unreferenced left that the
         backend could remove, which is what the caller asked for.
+    doctor [--fix]          (beyond ctr)
+        Report every inconsistency between the metadata, the storage
+        (directories, subvolumes, datasets), the mounts and the temporary
+        names of the root -- what a killed operation leaves -- one per line:
+        `KIND SUBJECT: DETAIL (fix: WHAT)`. Reads only (works on a root
+        mounted read-only). Exit 0 when there is nothing, 1 when there are
+        findings. --fix runs cleanup (which makes every repair shown with a
+        fix) and then reports what is left.
     mount TARGET KEY        (beyond ctr; NOT ctr's alias of `mounts`)
         Really mount KEY's mounts at TARGET, an existing directory that is not
         already a mount point. Nothing is printed.
@@ -83,6 +91,9 @@ K=true; snaplab refuses it, so that a typo cannot set a label).
 Verbs that only read or remove never create a root: on a directory without
 metadata.db they fail with NotFound ("no snapshotter root at ..."), so a
 mistyped --root is noticed. prepare and view create the root if needed.
+Verbs that only read (mounts, ls, tree, info, usage, label without K=V,
+mount, doctor without --fix) write nothing to the root, so they work on a
+root whose filesystem is mounted read-only.
 
 --json output (one JSON document on stdout; Info is Info.to_dict(): Kind, Name,
 Parent and Labels omitted when empty, Created, Updated; Mount is
@@ -99,6 +110,8 @@ Mount.to_dict(): Type, Source, Target, Options):
     info, label             Info
     usage                   [{"key": KEY, "size": BYTES, "inodes": N}, ...]
     cleanup                 {"cleanup": "done"} or {"cleanup": "not implemented"}
+    doctor                  {"clean": BOOL, "findings": [{"kind": K, "subject": S,
+                            "detail": D, "fix": F}, ...]} (after the repairs with --fix)
     mount                   {"target": ABS_TARGET, "key": KEY, "mounts": [Mount, ...]}
     umount                  {"target": ABS_TARGET, "unmounted": true}
     apply-layers            {"layers": [{"path": TAR, "diff_id": D, "chain_id": C,
@@ -472,6 +485,11 @@ def build_parser():
 
     verb("cleanup", cmd_cleanup, "remove unreferenced on-disk data")
 
+    sub = verb("doctor", cmd_doctor, "report inconsistencies between metadata, storage, "
+               "mounts and temporary names (exit 1 if any)")
+    sub.add_argument("--fix", action="store_true",
+                     help="repair what can be repaired (cleanup), then report what is left")
+
     sub = verb("mount", cmd_mount, "mount a snapshot at a directory (not ctr's alias)")
     sub.add_argument("target", metavar="TARGET")
     sub.add_argument("key", metavar="KEY")
@@ -535,16 +553,17 @@ def _parse(argv):
 # -- opening the snapshotter -----------------------------------------------
 
 
-def open_snapshotter(settings, create):
+def open_snapshotter(settings, create, read_only=False):
     """The snapshotter of the settings. Only verbs that create snapshots
     (`create`) may create a root: a mistyped --root must not claim a
-    directory, so the others report that no root is there."""
+    directory, so the others report that no root is there. Verbs that only
+    read open it `read_only`: nothing is written to the root."""
     cls = backend_class(settings.backend)  # InvalidArgument for an unknown backend
     if not create and not os.path.exists(os.path.join(settings.root, "metadata.db")):
         raise errors.NotFound(
             "no snapshotter root at %s (nothing was prepared there; check --root or "
             "SNAPLAB_ROOT)" % settings.root)
-    return cls(settings.root, **settings.options)
+    return cls(settings.root, read_only=read_only and not create, **settings.options)
 
 
 # -- verbs -------------------------------------------------------------------
@@ -592,7 +611,7 @@ def cmd_view(opener, args, settings, out):
 
 def cmd_mounts(opener, args, settings, out):
     key = _key(args.key)
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         mounts = sn.mounts(key)
     if settings.json:
         out.write(machine_json([m.to_dict() for m in mounts]))
@@ -634,7 +653,7 @@ def cmd_rm(opener, args, settings, out):
 
 
 def cmd_ls(opener, args, settings, out):
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         infos = sn.list(*args.filter)
     if settings.json:
         out.write(machine_json([info.to_dict() for info in infos]))
@@ -644,7 +663,7 @@ def cmd_ls(opener, args, settings, out):
 
 
 def cmd_tree(opener, args, settings, out):
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         infos = sn.list(*args.filter)
     if settings.json:
         out.write(machine_json(tree_json(infos)))
@@ -655,7 +674,7 @@ def cmd_tree(opener, args, settings, out):
 
 def cmd_info(opener, args, settings, out):
     key = _key(args.key)
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         info = sn.stat(key)
     out.write(machine_json(info.to_dict()) if settings.json else go_json(info.to_dict()))
     return 0
@@ -666,7 +685,7 @@ def cmd_usage(opener, args, settings, out):
     if keys and args.filter:
         raise UsageError("usage: give KEYs or --filter, not both")
     entries = []
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         if not keys:
             keys = [info.name for info in sn.list(*args.filter)]
         for key in keys:
@@ -682,7 +701,7 @@ def cmd_usage(opener, args, settings, out):
 def cmd_label(opener, args, settings, out):
     name = _key(args.name, "name")
     wanted = parse_labels(args.labels)
-    with opener(False) as sn:
+    with opener(False, read_only=not wanted) as sn:
         if wanted:
             paths = ["labels." + k for k in wanted]
             info = sn.update(Info(kind=Kind.UNKNOWN, name=name, labels=wanted), *paths)
@@ -708,6 +727,25 @@ def cmd_cleanup(opener, args, settings, out):
     return 0
 
 
+def format_findings(findings):
+    return "".join("%s %s: %s%s\n" % (f.kind, f.subject, f.detail,
+                                      " (fix: %s)" % f.fix if f.fix else " (no automatic fix)")
+                   for f in findings)
+
+
+def cmd_doctor(opener, args, settings, out):
+    with opener(False, read_only=not args.fix) as sn:
+        if args.fix:
+            sn.cleanup()
+        findings = sn.doctor()
+    if settings.json:
+        out.write(machine_json({"clean": not findings,
+                                "findings": [f.to_dict() for f in findings]}))
+    else:
+        out.write(format_findings(findings))
+    return 1 if findings else 0
+
+
 def _directory(target):
     if not target:
         raise errors.InvalidArgument("the mount target must not be empty")
@@ -726,7 +764,7 @@ def cmd_mount(opener, args, settings, out):
         raise errors.FailedPrecondition(
             "%s is already a mount point; unmount it first (snaplab umount %s)"
             % (target, target))
-    with opener(False) as sn:
+    with opener(False, read_only=True) as sn:
         mounts = sn.mounts(key)
     mountlib.mount_all(mounts, target)
     if settings.json:
@@ -795,13 +833,13 @@ def cmd_serve(opener, args, settings, out):
 
 
 class _Opener:
-    """opener(create) -> context manager closing the snapshotter."""
+    """opener(create, read_only=False) -> context manager closing the snapshotter."""
 
     def __init__(self, settings):
         self.settings = settings
 
-    def __call__(self, create):
-        return _Closing(open_snapshotter(self.settings, create))
+    def __call__(self, create, read_only=False):
+        return _Closing(open_snapshotter(self.settings, create, read_only))
 
 
 class _Closing:

@@ -18,6 +18,7 @@ import stat
 import struct
 import tempfile
 
+from . import faults
 from .errors import NotImplemented as NotImplementedErr
 from .types import Usage
 
@@ -81,6 +82,7 @@ def copy_tree(src, dst):
                     os.mkdir(target, 0o700)
                     dirs.append((entry.path, target, st))
                 else:
+                    faults.point("copy.file")
                     _copy_non_dir(entry.path, target, st, links)
 
     for src_dir, dst_dir, st in reversed(dirs):
@@ -422,19 +424,28 @@ _DIRENT64 = struct.Struct("=QqHB")
 _DT_UNKNOWN = 0
 
 
+# The temporary directory has_d_type may make (Cleanup knows the prefix).
+D_TYPE_PROBE_PREFIX = ".snaplab-d_type-"
+
+
 def has_d_type(path):
     """Whether the filesystem holding directory `path` fills in d_type.
 
     overlayfs needs d_type to find whiteouts; ext4 without the `filetype`
     feature and xfs with ftype=0 return DT_UNKNOWN for every entry. Python's
     os.scandir hides d_type, so the entries are read with the raw getdents64
-    syscall. A temporary directory is created inside `path` and removed.
+    syscall. The entries `path` already has answer without writing anything
+    (an existing root opened read-only must stay untouched); only an empty
+    directory gets a temporary probe directory, removed at once.
     """
     number = _SYS_GETDENTS64.get(platform.machine().lower())
     if number is None:
         raise NotImplementedErr(
             "d_type check: getdents64 syscall number unknown for %s" % platform.machine())
-    probe = tempfile.mkdtemp(prefix=".snaplab-d_type-", dir=path)
+    for entry_name, d_type in _read_dirents(path, number):
+        if entry_name not in (b".", b".."):
+            return d_type != _DT_UNKNOWN
+    probe = tempfile.mkdtemp(prefix=D_TYPE_PROBE_PREFIX, dir=path)
     try:
         name = b"probe"
         os.close(os.open(os.path.join(os.fsencode(probe), name),
@@ -501,21 +512,28 @@ def remove_tree(path):
     if mounts:
         raise OSError(errno.EBUSY, "refusing to remove a tree holding mount points %s"
                       % ", ".join(mounts), path)
+    # shutil.rmtree walks with directory fds and O_NOFOLLOW, so it never
+    # follows a symlink, even one swapped in during the walk. An entry that
+    # vanishes under it is no error: another process (a Cleanup and a
+    # Remove racing) is deleting the same tree, and both only ever remove.
     try:
-        # shutil.rmtree walks with directory fds and O_NOFOLLOW, so it never
-        # follows a symlink, even one swapped in during the walk.
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_vanished_is_fine)
         return
-    except FileNotFoundError:
-        if not os.path.lexists(path):  # removed by someone else meanwhile
-            return
-        raise
     except PermissionError:
         # Retry once with every directory opened up; if the cause was
         # something else (immutable attribute, read-only mount) the second
         # attempt raises the real error.
-        _open_up_dirs(path)
-    shutil.rmtree(path)
+        try:
+            _open_up_dirs(path)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(path, onerror=_vanished_is_fine)
+
+
+def _vanished_is_fine(function, path, exc_info):
+    if isinstance(exc_info[1], FileNotFoundError):
+        return
+    raise exc_info[1]
 
 
 def _mount_points_under(path):

@@ -16,10 +16,12 @@ half-made snapshot.
 
 import collections
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from . import errors
 from . import filters
@@ -65,26 +67,52 @@ Snapshot = collections.namedtuple("Snapshot", "id kind parent_ids")
 class MetaStore:
     """The metadata database at <root>/metadata.db."""
 
-    def __init__(self, path, backend):
+    def __init__(self, path, backend, read_only=False):
         self.path = path
+        self.read_only = read_only
         self._lock = threading.RLock()  # one connection, shared by threads
         self._db = None
         try:
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
-                                       isolation_level=None, check_same_thread=False)
-            os.chmod(path, 0o600)
+            self._db = _connect(path, read_only)
+            if not read_only:
+                self._retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
-            with self.transaction(write=True) as tx:
-                tx.db.executescript_safe(_SCHEMA)
-                tx.claim_backend(backend)
+            # A root that is already set up for this backend is opened
+            # without writing: a full or read-only filesystem can still be
+            # listed, and a Remove or Cleanup can still free space.
+            if not self._claimed_by(backend):
+                if read_only:
+                    raise errors.NotFound("%s holds no snapshotter metadata" % path)
+                os.chmod(path, 0o600)
+                with self.transaction(write=True) as tx:
+                    tx.db.executescript_safe(_SCHEMA)
+                    tx.claim_backend(backend)
         except sqlite3.DatabaseError as err:
             self.close()
+            if not read_only and _read_only_directory(os.path.dirname(path) or "."):
+                raise errors.FailedPrecondition(
+                    "the snapshotter root %s is read-only (%s): only the verbs that read "
+                    "(ls, info, usage, mounts, doctor...) work there"
+                    % (os.path.dirname(path), err)) from None
             raise errors.FailedPrecondition(
                 "metadata store %s cannot be used: %s" % (path, err)) from None
         except BaseException:
             self.close()
             raise
+
+    def _claimed_by(self, backend):
+        """True if the store has its schema and belongs to `backend`;
+        FailedPrecondition if it belongs to another one."""
+        with self.transaction() as tx:
+            has_meta = tx.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+            if has_meta is None:
+                return False
+            row = tx.db.execute("SELECT value FROM meta WHERE name = 'backend'").fetchone()
+            if row is None:
+                return False
+            tx.claim_backend(backend)  # raises for another backend; writes nothing here
+            return True
 
     @staticmethod
     def _retry_locked(fn):
@@ -107,6 +135,9 @@ class MetaStore:
         """One transaction; rolled back if the block raises or it is read-only."""
         if self._db is None:
             raise errors.FailedPrecondition("metadata store %s is closed" % self.path)
+        if write and self.read_only:
+            raise errors.FailedPrecondition(
+                "the snapshotter root of %s was opened read-only" % self.path)
         with self._lock:
             self._retry_locked(
                 lambda: self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
@@ -132,6 +163,60 @@ class MetaStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _read_only_directory(directory):
+    """Whether nothing can be created in `directory` because its filesystem
+    is read-only (asked only once the store failed to open for writing:
+    access(2) does not know a zfs dataset's readonly=on)."""
+    probe = os.path.join(directory, ".snaplab-write-probe-%d" % os.getpid())
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as err:
+        return err.errno == errno.EROFS
+    os.unlink(probe)
+    return False
+
+
+def _connect(path, read_only):
+    """A connection to the database at `path`.
+
+    Read-only, nothing may be written to the root, not even SQLite's -wal
+    and -shm files (they change the root's mtime and fail on a read-only
+    mount). On a filesystem mounted read-only nobody can change the database
+    under us, so it is opened immutable (no locks, no -shm). On a writable
+    one with the -wal already there (another process has the store open),
+    mode=ro reads through those files without creating any. Otherwise the
+    database is complete in its main file (the last writer to close
+    checkpointed and removed the -wal), and a plain connection reads it;
+    SQLite then creates its lock files and removes them on close.
+    """
+    if not read_only:
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
+                               isolation_level=None, check_same_thread=False)
+    quoted = urllib.parse.quote(os.path.abspath(path))
+    if not os.path.exists(path):
+        raise errors.NotFound("no snapshotter metadata at %s" % path)
+    immutable = "file:%s?immutable=1" % quoted
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return sqlite3.connect(immutable, uri=True, isolation_level=None,
+                               check_same_thread=False)
+    if os.path.exists(path + "-wal") and os.path.exists(path + "-shm"):
+        return sqlite3.connect("file:%s?mode=ro" % quoted, uri=True,
+                               timeout=BUSY_TIMEOUT_SECONDS,
+                               isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
+                         isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        # The lock files cannot be made: a filesystem read-only in a way
+        # statvfs does not tell (a zfs dataset with readonly=on). Nobody
+        # can write the database through it either.
+        db.close()
+        return sqlite3.connect(immutable, uri=True, isolation_level=None,
+                               check_same_thread=False)
 
 
 class _Conn:
@@ -229,6 +314,12 @@ class Transaction:
             if filters.match_info(matcher, info):
                 found.append(info)
         return found
+
+    def snapshot_rows(self):
+        """[(id, key, Kind, parent_id, labels)] of every snapshot, by id."""
+        rows = self.db.execute(
+            "SELECT id, key, kind, parent_id FROM snapshots ORDER BY id").fetchall()
+        return [(i, key, Kind(kind), parent, self._labels(i)) for i, key, kind, parent in rows]
 
     def id_map(self):
         """{id: key} of every snapshot; what is on disk and not here is an orphan."""

@@ -176,6 +176,9 @@ def mount_all(mounts, target):
         raise
 
 
+MNT_DETACH = 2  # umount2(2): detach now, free when no longer busy
+
+
 def unmount(target, flags=0):
     """One umount2(2); MountError if it fails."""
     _check(_libc.umount2(_fs(target), flags), "umount %s" % target)
@@ -260,5 +263,5 @@ def is_mountpoint(path):
     return any(e.mountpoint == path for e in mount_table())
 
 
-__all__ = ["Mount", "MountError", "mount", "mount_all", "unmount", "unmount_all",
+__all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all", "unmount", "unmount_all",
            "lookup", "mounts_under", "mount_table", "is_mountpoint", "parse_options"]

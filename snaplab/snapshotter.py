@@ -12,6 +12,8 @@ on it; nothing is changed when one is raised.
 
 import abc
 
+from . import errors
+
 
 class Snapshotter(abc.ABC):
     """Copy-on-write filesystem snapshots, containerd style."""
@@ -117,7 +119,18 @@ class Snapshotter(abc.ABC):
         """Remove on-disk data no longer referenced (orphans, async removals).
 
         NotImplemented if the backend has nothing to clean up that way.
+
+        snaplab's backends also repair here what a killed operation left
+        (every Finding of doctor() that has a fix): temporary names and
+        mounts, the extract snapshots of a killed unpack, a subvolume frozen
+        by a killed Commit. Safe to run at any time, beside other processes.
         """
+
+    def doctor(self):
+        """Every inconsistency between metadata, storage, mounts and
+        temporary names, as [snaplab.types.Finding]; writes nothing.
+        (snaplab's own; NotImplemented for a snapshotter without it.)"""
+        raise errors.NotImplemented("this snapshotter has no doctor")
 
     @abc.abstractmethod
     def close(self):

@@ -117,3 +117,26 @@ class Mount:
         where = os.path.join(target, self.target.lstrip("/")) if self.target else target
         return "mount -t %s %s %s -o %s" % (self.type, self.source, where,
                                             ",".join(self.options))
+
+
+@dataclasses.dataclass
+class Finding:
+    """One inconsistency between a root's metadata, its storage, its mounts
+    and its temporary names, as `snaplab doctor` reports it.
+
+    `fix` says what Cleanup (`doctor --fix`) does about it; empty when it is
+    nothing snaplab may repair on its own (data a snapshot still needs is
+    missing). `repair`, when set, is how Cleanup does it: called inside the
+    write transaction with it, it returns the storage entries to remove
+    once the transaction is over.
+    """
+
+    kind: str
+    subject: str
+    detail: str
+    fix: str = ""
+    repair: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self):
+        return {"kind": self.kind, "subject": self.subject, "detail": self.detail,
+                "fix": self.fix}

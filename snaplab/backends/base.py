@@ -10,14 +10,18 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 
 from .. import errors
+from .. import faults
 from .. import filters
 from .. import fsutil
 from .. import labels as labelrules
+from .. import leases
+from .. import mount as mountlib
 from ..metastore import MetaStore
 from ..snapshotter import Snapshotter
-from ..types import Kind, Usage
+from ..types import Finding, Kind, Usage
 
 log = logging.getLogger("snaplab")
 
@@ -32,29 +36,62 @@ def nearest_existing(path):
     return path
 
 
+LEASE_LABEL = leases.LEASE_LABEL
+# Temporary mounts (a layer applied through the kernel) live under
+# <root>/mounts/<lease name>, each under a lease of that name.
+MOUNTS_DIRECTORY = "mounts"
+# Temporary names snaplab makes in a root, and how old one must be before
+# Cleanup takes it for a crash's leftover (a d_type probe lives for a few
+# milliseconds while a root is first opened, outside any lock).
+PROBE_PREFIX = fsutil.D_TYPE_PROBE_PREFIX
+PROBE_GRACE_SECONDS = 60
+# Data a Cleanup took away from under its id, to be deleted outside the lock.
+CLAIMED_PREFIX = "rm-"
+
+
 class StoreSnapshotter(Snapshotter):
-    """A Snapshotter over MetaStore; subclasses supply the filesystem part."""
+    """A Snapshotter over MetaStore; subclasses supply the filesystem part.
+
+    read_only=True opens an existing root for the verbs that only read
+    (Stat, Walk, Usage, Mounts, doctor): nothing at all is written to the
+    root, so a root on a filesystem mounted read-only works; a writing
+    verb then fails with FailedPrecondition.
+    """
 
     name = None  # the backend's name, as given to --backend
 
-    def __init__(self, root, **options):
+    def __init__(self, root, read_only=False, **options):
         if not isinstance(root, str) or not root:
             raise errors.InvalidArgument("the snapshotter root must be a non-empty path")
         self.root = os.path.abspath(root)
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise errors.InvalidArgument("snapshotter root %s exists and is not a directory"
                                          % self.root)
+        self.read_only = read_only
         self.options = options
         self._check_options(options)
         # Refuse an unsuitable filesystem before creating anything on it.
         self.check_filesystem(nearest_existing(self.root))
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        self.store = MetaStore(os.path.join(self.root, "metadata.db"), backend=self.name)
+        if read_only and not os.path.isdir(self.root):
+            raise errors.NotFound("no snapshotter root at %s" % self.root)
+        if not read_only:
+            if os.path.isdir(self.root) and os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                raise errors.FailedPrecondition(
+                    "the filesystem of snapshotter root %s is mounted read-only: only the "
+                    "verbs that read (ls, info, usage, mounts, doctor...) work there" % self.root)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self.store = MetaStore(os.path.join(self.root, "metadata.db"), backend=self.name,
+                               read_only=read_only)
         try:
             self.setup_layout()
         except BaseException:
             self.store.close()
             raise
+
+    def ensure_directory(self, path):
+        """makedirs for setup_layout: a read-only root gets nothing made."""
+        if not self.read_only:
+            os.makedirs(path, mode=0o700, exist_ok=True)
 
     def _check_options(self, options):
         unknown = set(options) - set(self.accepted_options())
@@ -108,7 +145,13 @@ class StoreSnapshotter(Snapshotter):
             with self.store.transaction(write=True) as tx:
                 snap = tx.create_snapshot(kind, key, parent or "", labels)
                 info = tx.get_info(key)[1]
+                # SQLite's id sequence rolls back with the transaction, so
+                # this id may have been given before to an operation killed
+                # before its metadata committed: what that one left under
+                # the id belongs to no snapshot, and must not block this one.
+                self.clear_stale_storage(snap.id)
                 self.create_storage(snap, info)
+                faults.point("create.stored")
         except BaseException:
             if snap is not None:  # the row is rolled back; do not leave its data
                 self.remove_storage_entries(self.storage_entries_of(snap.id))
@@ -131,6 +174,7 @@ class StoreSnapshotter(Snapshotter):
                 snapshot_id = tx.commit_active(key, name, usage, labels, parent)
                 self.commit_storage(snap, snapshot_id)
                 stored = (snap, snapshot_id)
+                faults.point("commit.stored")
         except BaseException:
             # The metadata was rolled back after the disk work was done:
             # the snapshot is still active, so its data must be too.
@@ -143,13 +187,17 @@ class StoreSnapshotter(Snapshotter):
         with self.store.transaction(write=True) as tx:
             snapshot_id, kind = tx.remove(key)
             self.remove_storage(snapshot_id, kind)
+            faults.point("remove.stored")
+        faults.point("remove.committed")
         # Only this snapshot's data goes now: sweeping every orphan on each
         # Remove (containerd's overlay does) costs a directory listing per
         # call; other leftovers wait for cleanup().
         orphans = [] if self.async_remove else self.storage_entries_of(snapshot_id)
         # After the commit: the id is gone for good, nobody can want its data.
         # The removal itself succeeded, so a failure here is only logged, and
-        # what is left stays an orphan for cleanup() (as containerd does).
+        # what is left stays an orphan for cleanup() (as containerd does). A
+        # Cleanup removing the same data at the same time is no failure:
+        # removal tolerates what vanishes under it.
         try:
             self.remove_storage_entries(orphans)
         except OSError as err:
@@ -164,16 +212,163 @@ class StoreSnapshotter(Snapshotter):
             fn(info)
 
     def cleanup(self):
+        """Repair what doctor() finds, as far as snaplab may: the repairs
+        that touch metadata or names run under the write lock (so no
+        operation can start on what they change); the deletions they hand
+        back run after it, so writers are not held up by a long removal."""
         with self.store.transaction(write=True) as tx:  # blocks creators meanwhile
-            orphans = self._orphans(tx)
-        self.remove_storage_entries(orphans)
+            later = []
+            for finding in self._findings(tx):
+                if finding.repair is not None:
+                    later.extend(finding.repair(tx) or ())
+        self.remove_storage_entries(later)
+        self._remove_old_probes()
+
+    def doctor(self):
+        """Every inconsistency between the metadata, the storage, the mounts
+        and the temporary names of the root, as [Finding]. Reads only: it
+        works on a root opened read-only."""
+        with self.store.transaction() as tx:
+            findings = self._findings(tx)
+        for probe in self._old_probes():
+            findings.append(Finding("probe", probe, "a d_type probe directory left by a "
+                                    "process killed while it opened the root",
+                                    "remove the directory"))
+        return findings
 
     def close(self):
         self.store.close()
 
-    def _orphans(self, tx):
-        live = {str(i) for i in tx.id_map()}
-        return [entry for entry in self.storage_entries() if entry.id not in live]
+    # -- what doctor finds and cleanup repairs -------------------------------
+
+    def _findings(self, tx):
+        rows = tx.snapshot_rows()
+        findings = self._stale_mounts()
+        findings += self._expired_leases(rows)
+        findings += self.storage_findings(rows)
+        findings += self._orphans(rows)
+        findings += self._stale_lease_files()
+        return findings
+
+    def _stale_mounts(self):
+        """Temporary mounts whose process is gone (killed while applying)."""
+        directory = os.path.join(self.root, MOUNTS_DIRECTORY)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if leases.is_held(self.root, name):
+                continue
+            path = os.path.join(directory, name)
+            mounted = mountlib.mounts_under(path)
+
+            def repair(tx, path=path):
+                unmount_tree(path)
+                os.rmdir(path)
+                return []
+            found.append(Finding(
+                "stale-mount", path,
+                ("a temporary mount (%s) whose process is gone" % ", ".join(mounted))
+                if mounted else "an empty temporary mount point whose process is gone",
+                "unmount it and remove the directory", repair))
+        return found
+
+    def _expired_leases(self, rows):
+        """Active snapshots tied to a lease no live process holds: the
+        extract snapshots of a killed layer unpack."""
+        found = []
+        for snapshot_id, key, kind, _parent, labels in rows:
+            lease = labels.get(LEASE_LABEL)
+            if not lease or kind == Kind.COMMITTED or leases.is_held(self.root, lease):
+                continue
+
+            def repair(tx, key=key):
+                removed_id, removed_kind = tx.remove(key)
+                self.remove_storage(removed_id, removed_kind)
+                return self.storage_entries_of(removed_id)
+            found.append(Finding(
+                "expired-lease", key,
+                "%s snapshot (id %s) of lease %s, which no live process holds (a layer "
+                "unpack was killed)" % (kind, snapshot_id, lease),
+                "remove the snapshot", repair))
+        return found
+
+    def _orphans(self, rows):
+        live = {str(row[0]) for row in rows}
+        found = []
+        for entry in self.storage_entries():
+            if entry.id in live:
+                continue
+            found.append(Finding(
+                "orphan", entry.path,
+                "storage of no snapshot (%s)" % self.orphan_reason(entry),
+                "delete it", lambda tx, entry=entry: self.claim_orphan(entry)))
+        return found
+
+    def _stale_lease_files(self):
+        found = []
+        for name in leases.lease_names(self.root):
+            if leases.is_held(self.root, name):
+                continue
+            found.append(Finding(
+                "lease-file", leases.lease_path(self.root, name),
+                "the lock file of a lease no process holds",
+                "remove the file",
+                lambda tx, name=name: leases.remove_if_free(self.root, name) and []))
+        return found
+
+    def _old_probes(self):
+        """d_type probe directories old enough to be a crash's leftovers."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        old = []
+        for name in names:
+            if not name.startswith(PROBE_PREFIX):
+                continue
+            path = os.path.join(self.root, name)
+            try:
+                age = time.time() - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > PROBE_GRACE_SECONDS:
+                old.append(path)
+        return old
+
+    def _remove_old_probes(self):
+        for path in self._old_probes():
+            fsutil.remove_tree(path)
+
+    # -- leases and temporary mounts -----------------------------------------
+
+    def lease(self, prefix="lease"):
+        """Hold a new lease of this root (see snaplab.leases) for a block:
+        `with sn.lease("extract") as name: sn.prepare(key, labels={LEASE_LABEL: name})`
+        makes a snapshot that Cleanup removes once this process is gone."""
+        name = "%s-%d-%s" % (prefix, os.getpid(), os.urandom(6).hex())
+        return leases.hold(self.root, name)
+
+    @contextlib.contextmanager
+    def temporary_mount(self, mounts):
+        """Mount `mounts` on a new directory under <root>/mounts for a block.
+
+        Under a lease: if this process is killed meanwhile, the mount stays,
+        but the next Cleanup (and doctor) finds it and takes it down.
+        """
+        with self.lease("mount") as name:
+            target = os.path.join(self.root, MOUNTS_DIRECTORY, name)
+            os.makedirs(target, mode=0o700)
+            try:
+                mountlib.mount_all(mounts, target)
+                try:
+                    yield target
+                finally:
+                    mountlib.unmount_all(target)
+            finally:
+                os.rmdir(target)
 
     # -- helpers for backends ----------------------------------------------
 
@@ -189,6 +384,7 @@ class StoreSnapshotter(Snapshotter):
         try:
             os.chmod(staging, mode)
             yield staging
+            faults.point("create.staged")
             os.rename(staging, final_path)
         except BaseException:
             fsutil.remove_tree(staging)
@@ -243,12 +439,74 @@ class StoreSnapshotter(Snapshotter):
         return [e for e in self.storage_entries() if e.id == str(snapshot_id)]
 
     def remove_storage_entries(self, entries):
+        """Delete entries; what vanishes meanwhile (a concurrent Cleanup or
+        Remove deleting the same) is no error."""
         for entry in entries:
             fsutil.remove_tree(entry.path)
+
+    def clear_stale_storage(self, snapshot_id):
+        """Remove what a killed operation left under `snapshot_id` (inside
+        the write tx of the snapshot that now gets this id)."""
+        self.remove_storage_entries(self.storage_entries_of(snapshot_id))
+
+    def claim_orphan(self, entry):
+        """Take an orphan away from under its name, inside Cleanup's write
+        tx, and return the entries to delete after it. A numeric name is
+        renamed: once the lock is released, a Prepare may get that id again
+        (a rolled-back id) and must not find its new data deleted."""
+        if not entry.id.isdigit():
+            return [entry]
+        claimed = os.path.join(os.path.dirname(entry.path),
+                               "%s%s-%s" % (CLAIMED_PREFIX, entry.id, os.urandom(4).hex()))
+        try:
+            os.rename(entry.path, claimed)
+        except FileNotFoundError:
+            return []  # gone already
+        return [StorageEntry(entry.id, claimed)]
+
+    def orphan_reason(self, entry):
+        """Why an entry may be an orphan, for doctor's report."""
+        if entry.id.startswith("new-"):
+            return "a snapshot being made when its process was killed"
+        if entry.id.startswith(CLAIMED_PREFIX):
+            return "taken by a Cleanup that did not finish deleting it"
+        if entry.id.isdigit():
+            return "its snapshot was removed, or its creation was rolled back"
+        return "a name snaplab does not make"
+
+    def storage_findings(self, rows):
+        """Backend checks of each snapshot's storage against its metadata
+        (rows: [(id, key, Kind, parent_id, labels)]): missing data, a wrong
+        read-only flag... as [Finding]."""
+        return []
 
     def decorate_info(self, info, tx):
         """Add backend-computed labels to Info (overlay's upperdir label)."""
         return info
+
+
+def unmount_tree(path):
+    """Unmount everything mounted at or below `path`, deepest first."""
+    for where in mountlib.mounts_under(path):  # latest first
+        try:
+            mountlib.unmount_all(where)
+        except OSError:  # busy: detach it now, the kernel frees it when unused
+            mountlib.unmount_all(where, mountlib.MNT_DETACH)
+
+
+def missing_storage(rows, missing_of):
+    """Findings for the snapshots whose storage is missing (no automatic fix:
+    the snapshot's data is gone, only its owner can say what to do).
+    missing_of(snapshot_id, kind, parent_id) names what is missing, or None."""
+    found = []
+    for snapshot_id, key, kind, parent_id, _labels in rows:
+        where = missing_of(snapshot_id, kind, parent_id)
+        if where is not None:
+            found.append(Finding(
+                "missing-data", key,
+                "%s snapshot (id %s) has no data at %s" % (kind, snapshot_id, where),
+                ""))
+    return found
 
 
 class StorageEntry:

@@ -31,10 +31,11 @@ import stat
 import struct
 
 from .. import errors
+from .. import faults
 from .. import fsutil
 from .. import mount as mountlib
-from ..types import Kind, Mount
-from .base import StorageEntry, StoreSnapshotter, directory_entries
+from ..types import Finding, Kind, Mount
+from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
 
 log = logging.getLogger("snaplab")
 
@@ -275,7 +276,7 @@ class BtrfsSnapshotter(StoreSnapshotter):
                 % (path, backing.fstype, backing.source))
 
     def setup_layout(self):
-        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        self.ensure_directory(self.snapshots_dir)
         # Every mount is of this device (containerd remembers it the same way).
         self.device = mountlib.lookup(self.root).source
 
@@ -289,6 +290,7 @@ class BtrfsSnapshotter(StoreSnapshotter):
     def create_storage(self, snap, info):
         staging = self._make_staged_subvolume(snap)
         try:
+            faults.point("create.staged")
             os.rename(staging, self.path_of(snap.id))
         except BaseException:
             delete_subvolume_tree(staging)
@@ -318,7 +320,10 @@ class BtrfsSnapshotter(StoreSnapshotter):
     def snapshot_mounts(self, snap, info):
         # Any kind has its own subvolume: a view of a parent is a read-only
         # snapshot of it, so the parent's data is never mounted directly.
-        options = ["subvolid=%d" % subvolume_id(self.path_of(snap.id))]
+        path = self.path_of(snap.id)
+        if snap.kind == Kind.ACTIVE and not self.read_only and is_readonly(path):
+            self._unfreeze_active(snap.id, path)
+        options = ["subvolid=%d" % subvolume_id(path)]
         if snap.kind != Kind.ACTIVE:
             options.append("ro")
         return [Mount(type="btrfs", source=self.device, options=options)]
@@ -348,7 +353,46 @@ class BtrfsSnapshotter(StoreSnapshotter):
 
     def remove_storage_entries(self, entries):
         for entry in entries:
-            delete_subvolume_tree(entry.path)
+            try:
+                delete_subvolume_tree(entry.path)
+            except OSError as err:
+                # Deleted meanwhile by a Cleanup or Remove racing this one.
+                if err.errno != errno.ENOENT:
+                    raise
+
+    def _unfreeze_active(self, snapshot_id, path):
+        """A Commit killed after it froze the subvolume but before its
+        metadata committed leaves an active snapshot read-only: make it
+        writable again, under the write lock (a Commit in flight holds it,
+        so this never thaws a snapshot being committed)."""
+        with self.store.transaction(write=True) as tx:
+            for row in tx.snapshot_rows():
+                if row[0] == snapshot_id and row[2] == Kind.ACTIVE and is_readonly(path):
+                    set_readonly(path, False)
+
+    def storage_findings(self, rows):
+        def missing(snapshot_id, _kind, _parent_id):
+            path = self.path_of(snapshot_id)
+            return None if os.path.isdir(path) else path
+        found = missing_storage(rows, missing)
+        for snapshot_id, key, kind, _parent, _labels in rows:
+            path = self.path_of(snapshot_id)
+            if not os.path.isdir(path):
+                continue
+            wanted = kind != Kind.ACTIVE
+            if is_readonly(path) == wanted:
+                continue
+
+            def repair(tx, path=path, wanted=wanted):
+                set_readonly(path, wanted)
+                return []
+            found.append(Finding(
+                "readonly-flag", key,
+                "%s snapshot (id %s): its subvolume %s is %s" % (
+                    kind, snapshot_id, path, "writable" if wanted else "read-only (a Commit "
+                    "was killed after freezing it)"),
+                "make the subvolume %s" % ("read-only" if wanted else "writable"), repair))
+        return found
 
 
 __all__ = ["BtrfsSnapshotter", "create_subvolume", "snapshot_subvolume", "destroy_subvolume",

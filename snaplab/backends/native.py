@@ -9,14 +9,14 @@ import os
 
 from .. import fsutil
 from ..types import Kind, Mount
-from .base import StorageEntry, StoreSnapshotter, directory_entries
+from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
 
 
 class NativeSnapshotter(StoreSnapshotter):
     name = "native"
 
     def setup_layout(self):
-        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        self.ensure_directory(self.snapshots_dir)
 
     @property
     def snapshots_dir(self):
@@ -52,3 +52,11 @@ class NativeSnapshotter(StoreSnapshotter):
     def storage_entries_of(self, snapshot_id):
         path = self.path_of(snapshot_id)
         return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []
+
+    def storage_findings(self, rows):
+        def missing(snapshot_id, kind, parent_id):
+            if kind == Kind.VIEW and parent_id is not None:
+                return None  # a view of a parent has no data of its own
+            path = self.path_of(snapshot_id)
+            return None if os.path.isdir(path) else path
+        return missing_storage(rows, missing)

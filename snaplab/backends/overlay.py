@@ -13,7 +13,7 @@ from .. import errors
 from .. import fsutil
 from .. import mount as mountlib
 from ..types import Kind, Mount
-from .base import StorageEntry, StoreSnapshotter, directory_entries
+from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
@@ -125,7 +125,7 @@ class OverlaySnapshotter(StoreSnapshotter):
             fsutil.remove_tree(probe)
 
     def setup_layout(self):
-        os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+        self.ensure_directory(self.snapshots_dir)
         self.extra_options = self._auto_options()
 
     def _auto_options(self):
@@ -196,3 +196,12 @@ class OverlaySnapshotter(StoreSnapshotter):
         if self.options.get("upperdir_label"):
             info.labels[UPPERDIR_LABEL] = self.upper_of(tx.get_info(info.name)[0])
         return info
+
+    def storage_findings(self, rows):
+        def missing(snapshot_id, kind, _parent_id):
+            needed = [self.upper_of(snapshot_id)]
+            if kind == Kind.ACTIVE:
+                needed.append(self.work_of(snapshot_id))
+            absent = [path for path in needed if not os.path.isdir(path)]
+            return ", ".join(absent) or None
+        return missing_storage(rows, missing)

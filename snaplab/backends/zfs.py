@@ -39,8 +39,8 @@ import time
 
 from .. import errors
 from .. import mount as mountlib
-from ..types import Kind, Mount, Usage
-from .base import StorageEntry, StoreSnapshotter
+from ..types import Finding, Kind, Mount, Usage
+from .base import StorageEntry, StoreSnapshotter, missing_storage
 
 log = logging.getLogger("snaplab")
 
@@ -70,6 +70,10 @@ class ZfsError(errors.SnapshotError, OSError):
     @property
     def missing(self):
         return "does not exist" in self.stderr
+
+    @property
+    def exists(self):
+        return "already exists" in self.stderr
 
     @property
     def busy(self):
@@ -164,7 +168,7 @@ class ZfsSnapshotter(StoreSnapshotter):
 
     def setup_layout(self):
         if self.fuse:
-            os.makedirs(self.snapshots_dir, mode=0o700, exist_ok=True)
+            self.ensure_directory(self.snapshots_dir)
 
     @property
     def snapshots_dir(self):
@@ -185,10 +189,24 @@ class ZfsSnapshotter(StoreSnapshotter):
             properties += ["-o", "readonly=on"]
         dataset = self.dataset_of(snap.id)
         if snap.parent_ids:
-            run_zfs("clone", *properties, self.dataset_of(snap.parent_ids[0]) + SNAPSHOT_SUFFIX,
-                    dataset)
+            command = ("clone", *properties,
+                       self.dataset_of(snap.parent_ids[0]) + SNAPSHOT_SUFFIX, dataset)
         else:
-            run_zfs("create", *properties, dataset)
+            command = ("create", *properties, dataset)
+        try:
+            run_zfs(*command)
+        except ZfsError as err:
+            if not err.exists:
+                raise
+            # Left by an operation killed before its metadata committed (the
+            # id came back with the rollback): nobody's, so it goes.
+            self.remove_storage_entries(self.storage_entries_of(snap.id))
+            run_zfs(*command)
+
+    def clear_stale_storage(self, snapshot_id):
+        # Asking zfs costs a command per Prepare; create_storage instead
+        # clears a stale dataset when zfs says it already exists.
+        pass
 
     def snapshot_mounts(self, snap, info):
         mode = "rw" if snap.kind == Kind.ACTIVE else "ro"
@@ -199,7 +217,14 @@ class ZfsSnapshotter(StoreSnapshotter):
         if not mountlib.is_mountpoint(home):
             # Unmounted behind our back (a destroy that failed busy unmounts
             # first): a bind of the empty directory would hide the data.
-            run_zfs("mount", dataset)
+            try:
+                run_zfs("mount", dataset)
+            except ZfsError:
+                if snap.kind != Kind.ACTIVE:
+                    raise
+                # A Commit killed after it set mountpoint=none: mount the
+                # active dataset back where it lives.
+                run_zfs("set", "mountpoint=" + home, dataset)
         return [Mount(type="bind", source=home, options=["rbind", mode])]
 
     def active_usage(self, snap):
@@ -212,7 +237,15 @@ class ZfsSnapshotter(StoreSnapshotter):
         if snap is None:
             return
         dataset = self.dataset_of(snapshot_id)
-        run_zfs("snapshot", dataset + SNAPSHOT_SUFFIX)
+        try:
+            run_zfs("snapshot", dataset + SNAPSHOT_SUFFIX)
+        except ZfsError as err:
+            if not err.exists:
+                raise
+            # Left by a Commit killed before its metadata committed; the
+            # dataset may have changed since, so it is taken again.
+            run_zfs("destroy", dataset + SNAPSHOT_SUFFIX)
+            run_zfs("snapshot", dataset + SNAPSHOT_SUFFIX)
         if self.fuse:
             try:
                 run_zfs("set", "mountpoint=none", dataset)
@@ -231,8 +264,11 @@ class ZfsSnapshotter(StoreSnapshotter):
         run_zfs("destroy", dataset + SNAPSHOT_SUFFIX)
 
     def remove_storage(self, snapshot_id, kind):
-        # Inside the transaction (as containerd): if zfs refuses, the
-        # snapshot stays, metadata and data alike.
+        # Inside the transaction: if the dataset is in use, the snapshot
+        # stays, metadata and data alike. The destroy itself comes after the
+        # commit, as in the other backends: destroying inside the
+        # transaction (containerd does) leaves, when the process is killed
+        # between the two, a snapshot whose data is gone.
         dataset = self.dataset_of(snapshot_id)
         home = self.home_of(snapshot_id)
         held = [entry.mountpoint for entry in mountlib.mount_table()
@@ -242,8 +278,6 @@ class ZfsSnapshotter(StoreSnapshotter):
             raise errors.FailedPrecondition(
                 "zfs backend: the dataset %s of snapshot id %s is mounted at %s; unmount it "
                 "before removing the snapshot" % (dataset, snapshot_id, ", ".join(held)))
-        destroy_dataset(dataset)
-        self._remove_home(snapshot_id)
 
     def storage_entries(self):
         listing = run_zfs("list", "-H", "-o", "name", "-d", "1", "-t", "filesystem",
@@ -265,6 +299,49 @@ class ZfsSnapshotter(StoreSnapshotter):
         for entry in entries:
             destroy_dataset(entry.path)
             self._remove_home(entry.id)
+
+    def claim_orphan(self, entry):
+        # A dataset cannot be renamed away as cheaply as a directory:
+        # orphans (rare: a crash's leftovers) are destroyed under the lock.
+        self.remove_storage_entries([entry])
+        return []
+
+    def storage_findings(self, rows):
+        listing = run_zfs("list", "-H", "-o", "name,mountpoint", "-t",
+                          "filesystem,snapshot", "-r", self.root_dataset)
+        mountpoints = dict(line.split("\t", 1) for line in listing.splitlines() if line)
+
+        def missing(snapshot_id, kind, _parent_id):
+            dataset = self.dataset_of(snapshot_id)
+            if dataset not in mountpoints:
+                return dataset
+            if kind == Kind.COMMITTED and dataset + SNAPSHOT_SUFFIX not in mountpoints:
+                return dataset + SNAPSHOT_SUFFIX
+            return None
+        found = missing_storage(rows, missing)
+        for snapshot_id, key, kind, _parent, _labels in rows:
+            dataset = self.dataset_of(snapshot_id)
+            if kind != Kind.ACTIVE or dataset not in mountpoints:
+                continue
+            if dataset + SNAPSHOT_SUFFIX in mountpoints:
+                def repair(tx, dataset=dataset):
+                    run_zfs("destroy", dataset + SNAPSHOT_SUFFIX)
+                    return []
+                found.append(Finding(
+                    "stale-zfs-snapshot", dataset + SNAPSHOT_SUFFIX,
+                    "active snapshot %r has the ZFS snapshot of a Commit killed before its "
+                    "metadata committed" % key, "destroy the ZFS snapshot", repair))
+            home = self.home_of(snapshot_id)
+            if home is not None and mountpoints[dataset] != home:
+                def remount(tx, dataset=dataset, home=home):
+                    run_zfs("set", "mountpoint=" + home, dataset)
+                    return []
+                found.append(Finding(
+                    "zfs-mountpoint", dataset,
+                    "active snapshot %r has mountpoint=%s (a Commit killed after it unmounted "
+                    "the dataset)" % (key, mountpoints[dataset]),
+                    "set mountpoint=%s" % home, remount))
+        return found
 
     # -- helpers -------------------------------------------------------------
 

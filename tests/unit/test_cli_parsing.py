@@ -323,8 +323,9 @@ def run(fake, *argv):
         def __init__(self, settings):
             self.settings = settings
 
-        def __call__(self, create):
+        def __call__(self, create, read_only=False):
             fake.create = create
+            fake.read_only = read_only
             return cli._Closing(fake)
 
     code = cli.run(list(argv), out=out, environ={}, opener_factory=Opener)
