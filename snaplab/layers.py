@@ -440,17 +440,29 @@ class _Tree:
         """(directory holding it, lstat) of what the snapshot shows at
         `relative`, or None. With lowers this is overlayfs' merged lookup:
         upper first; a whiteout hides; a directory merges with the lower
-        directories below it unless it is opaque."""
+        directories below it unless it is opaque. `relative` holds no
+        symlink before its last component (resolve() makes it so)."""
         if not self.overlay:
             try:
                 return self.root, os.lstat(os.path.join(self.root, relative))
             except (FileNotFoundError, NotADirectoryError):
                 return None
+        return self.last_of_walk(relative)
+
+    def last_of_walk(self, relative):
+        found, depth = None, 0
+        for depth, (_prefix, found) in enumerate(self.walk(relative), 1):
+            pass
+        return found if depth == relative.count("/") + 1 else None
+
+    def walk(self, relative):
+        """What lookup() shows at each prefix of `relative`, shallowest
+        first, in one pass: (prefix, found or None). It stops after a
+        prefix that shows nothing or a non-directory."""
         layers = [self.root] + self.lowers
-        parts = relative.split("/")
-        found = None
-        for depth in range(len(parts)):
-            prefix = "/".join(parts[:depth + 1])
+        prefix = ""
+        for part in relative.split("/"):
+            prefix = prefix + "/" + part if prefix else part
             found, merged = None, []
             for layer in layers:
                 path = os.path.join(layer, prefix)
@@ -458,21 +470,22 @@ class _Tree:
                     st = os.lstat(path)
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-                if found is None and _is_overlay_whiteout(st):
-                    return None
-                if not stat.S_ISDIR(st.st_mode) or _is_overlay_whiteout(st):
+                whiteout = self.overlay and _is_overlay_whiteout(st)
+                if found is None and whiteout:
+                    break  # deleted by a layer above
+                if not stat.S_ISDIR(st.st_mode) or whiteout:
                     if found is None:
                         found = (layer, st)
                     break  # a non-directory ends the merge
                 if found is None:
                     found = (layer, st)
                 merged.append(layer)
-                if _is_opaque(path):
+                if self.overlay and _is_opaque(path):
                     break
-            if found is None:
-                return None
+            yield prefix, found
+            if found is None or not stat.S_ISDIR(found[1].st_mode):
+                return
             layers = merged
-        return found
 
     def resolve(self, relative):
         """`relative` with every symlink in it resolved inside the root, as
@@ -565,7 +578,10 @@ class _PlannedTree(_Tree):
     and removals on top, nothing written. Every decision that depends on the
     snapshot below (a name under a file, a symlink loop, a hardlink target,
     the length of a resolved path) is taken here as the writer takes it, so
-    the writer finds no surprise once it starts."""
+    the writer finds no surprise once it starts.
+
+    What it knows is indexed by directory (`children`), so that removing a
+    directory or an opaque marker costs what lies below it, not the layer."""
 
     def __init__(self, tree):
         super().__init__(tree.root, tree.lowers if tree.overlay else None)
@@ -573,26 +589,42 @@ class _PlannedTree(_Tree):
         self.changed = {}      # resolved name -> _Planned, or None: removed by the layer
         self.fresh = set()     # directories whose contents in the tree are hidden ("" = root)
         self.entries = set()   # names this layer wrote as entries (an opaque keeps them)
-        self.plain = {""}      # known directories reached through directories only
+        self.plain = {""}      # directories reached through directories only
+        self.children = collections.defaultdict(set)  # directory -> names known below it
 
-    def lookup(self, relative):
-        parts = relative.split("/")
+    def know(self, name):
+        self.children[posixpath.dirname(name)].add(name)
+
+    def forget(self, name):
+        """Forget `name` and everything known below it (it is gone)."""
+        pending = [name]
+        while pending:
+            current = pending.pop()
+            pending.extend(self.children.pop(current, ()))
+            self.changed.pop(current, None)
+            for names in (self.fresh, self.entries, self.plain):
+                names.discard(current)
+        self.children[posixpath.dirname(name)].discard(name)
+
+    def walk(self, relative):
+        real = self.tree.walk(relative)
         hidden = "" in self.fresh
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
+        prefix = ""
+        for part in relative.split("/"):
+            prefix = prefix + "/" + part if prefix else part
+            real_found = next(real, (None, None))[1]  # in step with ours
             shown = self.changed.get(prefix, _UNCHANGED)
             if shown is _UNCHANGED:
-                if hidden:
-                    return None
-                continue
-            if shown is None:
-                return None
-            if depth == len(parts):
-                return None, shown
-            if not stat.S_ISDIR(shown.st_mode):
-                return None
-            hidden = hidden or prefix in self.fresh
-        return self.tree.lookup(relative)
+                found = None if hidden else real_found
+            else:
+                found = None if shown is None else (None, shown)
+                hidden = hidden or prefix in self.fresh
+            yield prefix, found
+            if found is None or not stat.S_ISDIR(found[1].st_mode):
+                return
+
+    def lookup(self, relative):
+        return self.last_of_walk(relative)
 
     def link_target(self, relative, found):
         if found[0] is None:
@@ -602,56 +634,54 @@ class _PlannedTree(_Tree):
     def shown(self, relative):
         """What lookup() shows at `relative` as a _Planned, or None."""
         found = self.lookup(relative)
-        if found is None:
-            return None
-        if found[0] is None:
-            return found[1]
+        if found is None or found[0] is None:
+            return found and found[1]
         mode = found[1].st_mode
         return _Planned(mode, self.link_target(relative, found) if stat.S_ISLNK(mode) else "")
 
     def resolve_directory(self, directory):
+        """The directory an entry's name is written in, made as the writer
+        makes it. One walk when no symlink is on the way (the usual case),
+        and nothing at all when it is a directory already seen."""
         if directory in self.plain:
             return directory
-        resolved = self.resolve(directory)
+        resolved = directory
+        for _prefix, found in self.walk(directory):
+            if found is not None and stat.S_ISLNK(found[1].st_mode):
+                resolved = self.resolve(directory)
+                break
         self.make_parents(resolved)
-        if resolved == directory:
-            self.plain.add(directory)
         return resolved
 
     def make_parents(self, resolved):
-        """As _LayerWriter.make_parents: a missing directory is made, any
+        """As _LayerWriter.make_parents: missing directories are made, any
         other non-directory on the way refuses the entry."""
         if not resolved:
             return
         parts = resolved.split("/")
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
-            shown = self.lookup(prefix)
-            if shown is None:
-                self.changed[prefix] = _PLANNED_DIRECTORY
-                self.fresh.add(prefix)
-            elif not stat.S_ISDIR(shown[1].st_mode):
+        missing_from = len(parts)
+        prefix = ""
+        for depth, (prefix, found) in enumerate(self.walk(resolved)):
+            if found is None:
+                missing_from = depth
+                prefix = posixpath.dirname(prefix)
+                break
+            if not stat.S_ISDIR(found[1].st_mode):
                 raise errors.InvalidArgument("cannot write under %s: it is not a directory"
                                              % prefix)
-
-    def forget_below(self, relative):
-        """What this layer planned below `relative` is gone with it."""
-        below = relative + "/"
-        for names in (self.changed, self.fresh, self.entries, self.plain):
-            for name in [n for n in names if n.startswith(below)]:
-                if isinstance(names, dict):
-                    del names[name]
-                else:
-                    names.discard(name)
-        self.fresh.discard(relative)
-        self.plain.discard(relative)
+            self.plain.add(prefix)
+            self.know(prefix)
+        for part in parts[missing_from:]:  # below a missing directory all is missing
+            prefix = prefix + "/" + part if prefix else part
+            self.changed[prefix] = _PLANNED_DIRECTORY
+            self.fresh.add(prefix)
+            self.plain.add(prefix)
+            self.know(prefix)
 
     def remove(self, relative):
-        before = self.lookup(relative)
-        if before is not None and stat.S_ISDIR(before[1].st_mode):
-            self.forget_below(relative)
+        self.forget(relative)
         self.changed[relative] = None
-        self.entries.discard(relative)
+        self.know(relative)
 
     def entry(self, member):
         """Plan one member as _LayerWriter.entry writes it; InvalidArgument
@@ -686,6 +716,7 @@ class _PlannedTree(_Tree):
                 self.fresh.add(path)
         self.changed[path] = shown
         self.entries.add(path)
+        self.know(path)
 
     def hardlink_target(self, member):
         """What a hardlink links: the entry at its target, resolved as
@@ -702,17 +733,20 @@ class _PlannedTree(_Tree):
 
     def opaque(self, resolved):
         """As _LayerWriter.remove_unwritten: under `resolved` only what this
-        layer wrote as entries, through entries it wrote, stays."""
-        below = resolved + "/" if resolved else ""
-        for name in [n for n in self.changed if n.startswith(below) and n != resolved]:
-            steps = name[len(below):].split("/")
-            if not all(below + "/".join(steps[:i + 1]) in self.entries
-                       for i in range(len(steps))):
-                self.changed.pop(name, None)
-        self.plain = {n for n in self.plain if not n.startswith(below) or n == resolved}
-        if resolved:
-            self.changed.setdefault(resolved, _PLANNED_DIRECTORY)
-        self.fresh.add(resolved)
+        layer wrote as entries, through entries it wrote, stays; what the
+        tree had there is hidden, below the kept directories too."""
+        pending = [resolved]
+        while pending:
+            directory = pending.pop()
+            self.fresh.add(directory)
+            for child in list(self.children.get(directory, ())):
+                if child not in self.entries:
+                    self.forget(child)
+                elif stat.S_ISDIR(self.changed[child].st_mode):
+                    pending.append(child)
+        if resolved and resolved not in self.changed:
+            self.changed[resolved] = _PLANNED_DIRECTORY
+            self.know(resolved)
 
 
 def _dry_run(tree, scan):

@@ -13,6 +13,7 @@ few host paths the corpus aims at, a refused layer leaves the active
 snapshot byte-identical and apply_layers leaves no snapshot of its own.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,6 +23,7 @@ import tempfile
 import pytest
 
 from snaplab import errors, labels, layers, open_snapshotter
+from snaplab.mount import mount_all, unmount_all
 from snaplab.types import Kind
 from tests.unit import hostile_tars
 from tests.unit.hostile_tars import CASES, CONTAINED
@@ -30,7 +32,9 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (loop ext4, mount, mknod, trusted.* xattrs)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FILESYSTEM_MIB = 64
+# Small loop filesystems: the gzip bomb's file is bigger than what is free.
+FILESYSTEM_MIB = {"ext4": 64, "btrfs": 128}
+BACKENDS = [("native", "ext4"), ("overlay", "ext4"), ("btrfs", "btrfs")]
 # Host paths the corpus's names would reach if a leading "/" or ".." were
 # followed on the host instead of inside the snapshot.
 # overlayfs' own xattrs, which a layer must never set (written out here, not
@@ -74,16 +78,26 @@ def host_paths():
     return {path: os.path.lexists(path) for path in HOST_PATHS}
 
 
-def writable_directory(sn, key):
+@contextlib.contextmanager
+def writable_directory(sn, key, scratch):
     """The directory the layer is written into (overlay upper or bind
-    source), and the lower directories below it (overlay only)."""
+    source) and the lower directories below it (overlay only); any other
+    snapshot (btrfs) mounted on a directory of `scratch` meanwhile."""
     mounts = sn.mounts(key)
     overlay = layers._overlay_upper(mounts)
-    if overlay is not None:
-        return overlay
     source = layers._bind_source(mounts)
-    assert source is not None, mounts
-    return source, []
+    if overlay is not None:
+        yield overlay
+    elif source is not None:
+        yield source, []
+    else:
+        target = tempfile.mkdtemp(prefix="mounted-", dir=scratch)
+        mount_all(mounts, target)
+        try:
+            yield target, []
+        finally:
+            unmount_all(target)
+            os.rmdir(target)
 
 
 # -- the sandbox ---------------------------------------------------------------------
@@ -94,6 +108,7 @@ class Sandbox:
     built beside it."""
 
     def __init__(self, mountpoint, corpus_dir, backend):
+        self.scratch = corpus_dir
         self.top = os.path.join(mountpoint, "sandbox")
         self.host = os.path.join(self.top, "host")
         self.root = os.path.join(self.top, "root")
@@ -114,21 +129,22 @@ class Sandbox:
         return listing(self.top, skip=self.root)
 
 
-@pytest.fixture(scope="module", params=["native", "overlay"])
+@pytest.fixture(scope="module", params=BACKENDS, ids=["%s-on-%s" % b for b in BACKENDS])
 def sandbox(request):
     from conformance.targets import FilesystemPool, FilesystemUnavailable
+    backend, filesystem = request.param
     base = tempfile.mkdtemp(prefix="snaplab-test-hostile-")
     pool = None
     sandbox = None
     try:
-        pool = FilesystemPool(base, sizes_mib={"ext4": FILESYSTEM_MIB})
+        pool = FilesystemPool(base, sizes_mib=FILESYSTEM_MIB)
         try:
-            fs = pool.get("ext4")
+            fs = pool.get(filesystem)
         except FilesystemUnavailable as unavailable:
-            pytest.skip("ext4 is not available: %s" % unavailable)
+            pytest.skip("%s is not available: %s" % (filesystem, unavailable))
         corpus_dir = os.path.join(base, "corpus")
         os.mkdir(corpus_dir)
-        sandbox = Sandbox(fs.mountpoint, corpus_dir, request.param)
+        sandbox = Sandbox(fs.mountpoint, corpus_dir, backend)
         yield sandbox
     finally:
         try:
@@ -162,10 +178,12 @@ def test_hostile_layer(sandbox, case):
     key = "active on parent for " + case.name
     sn.prepare(key, sandbox.parent)
     try:
-        writable, lowers = writable_directory(sn, key)
-        before, lowers_before = listing(writable), [listing(lower) for lower in lowers]
+        with writable_directory(sn, key, sandbox.scratch) as (writable, lowers):
+            before, lowers_before = listing(writable), [listing(lower) for lower in lowers]
         expect(case, lambda: layers.apply_layer(sn, key, tar, max_expanded_size=limit))
-        after = listing(writable)
+        with writable_directory(sn, key, sandbox.scratch) as (writable, lowers):
+            after = listing(writable)
+            lowers_after = [listing(lower) for lower in lowers]
         if case.outcome != CONTAINED:
             assert after == before, "a refused layer changed the active snapshot"
         if "lands" in case.options:
@@ -174,7 +192,7 @@ def test_hostile_layer(sandbox, case):
         if "no_overlay_xattrs" in case.options:
             assert not [name for name in after[case.options["no_overlay_xattrs"]][7]
                         if name.startswith(OVERLAY_XATTRS)]
-        assert [listing(lower) for lower in lowers] == lowers_before
+        assert lowers_after == lowers_before
     finally:
         sn.remove(key)
     assert sandbox.outside() == outside
@@ -238,3 +256,25 @@ def test_keys_with_control_characters_are_refused(tmp_path, key):
 @pytest.mark.parametrize("key", ["plain", "with space", "ünïcode/ключ", "extract-1-a sha256:x"])
 def test_keys_without_control_characters_are_taken(key):
     assert labels.validate_key(key) == key
+
+
+@pytest.mark.parametrize("name", ["component-256-bytes", "name-4096-bytes",
+                                  "resolved-path-too-long", "symlink-loop"])
+def test_the_cli_exits_invalid_argument_for_names_too_long_or_looping(tmp_path, capsys, name):
+    from snaplab import cli
+    each = {case.name: case for case in CASES}[name]
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(each.build(str(tmp_path / "host")))
+    common = ["--root", str(tmp_path / "root"), "--backend", "native"]
+    assert cli.main(common + ["prepare", "work"]) == 0
+    refused = errors.InvalidArgument.exit_code
+    assert cli.main(common + ["apply-layer", "work", str(tar)]) == refused
+    assert cli.main(common + ["apply-layers", str(tar)]) == refused
+    capsys.readouterr()
+
+
+def test_the_cli_refuses_a_key_with_a_newline(tmp_path, capsys):
+    from snaplab import cli
+    common = ["--root", str(tmp_path / "root"), "--backend", "native"]
+    assert cli.main(common + ["prepare", "two\nlines"]) == errors.InvalidArgument.exit_code
+    assert "control character U+000A" in capsys.readouterr().err

@@ -427,7 +427,8 @@ def test_hardlink_to_a_file_of_a_lower_layer(tmp_path, sn):
 @needs_root
 def test_a_layer_failing_half_way_leaves_the_layers_below_and_nothing_else(tmp_path, sn):
     good = write_layer(tmp_path / "good.tar", F("ok", b"ok"))
-    # Scans fine (the target could be in the snapshot below), fails when written.
+    # Scans fine (the target could be in the snapshot below); the dry run against
+    # the snapshot below refuses it, after apply_layers prepared its snapshot.
     bad = write_layer(tmp_path / "bad.tar", F("first", b"1"), H("second", "no/such/file"))
     with pytest.raises(errors.InvalidArgument, match="not a file of this layer"):
         layers.apply_layers(sn, [good, bad])
