@@ -358,15 +358,20 @@ target the layer itself does not hold (then the snapshot below must), and
 the bytes of its regular files (what writing it takes on disk, at least)."""
 
 
-def _read_through(tar, member):
-    """Read a regular file's data to its end: a size field the archive does
-    not fill is InvalidArgument now, not half-way through writing. Sparse
-    members are left to tarfile (their holes would be read as zeros)."""
-    if member.sparse is not None:
-        return
-    data = tar.extractfile(member)
-    while data.read(_CHUNK):
-        pass
+def _read_through(tar, member, path):
+    """Read a regular file's stored data (up to the next header) now: a
+    size field the archive does not fill is InvalidArgument here, not
+    half-way through writing, and a huge one (base-256 fields reach 2**63)
+    ends at the end of the stream, where tarfile's skipping forward would
+    read empty blocks for ever. Sparse members too: their stored data."""
+    remaining = tar.offset - member.offset_data
+    while remaining > 0:
+        got = len(tar.fileobj.read(min(remaining, _CHUNK)))
+        if not got:
+            raise errors.InvalidArgument(
+                "layer %s is truncated: entry %r claims %d more bytes than the archive holds"
+                % (path, member.name[:64], remaining))
+        remaining -= got
 
 
 def inspect_layer(path, max_expanded_size=None):
@@ -386,7 +391,7 @@ def inspect_layer(path, max_expanded_size=None):
             kind = entry_kind(member)
             if kind == "file":
                 files_size += member.size
-                _read_through(tar, member)
+                _read_through(tar, member, path)
             relative = clean_name(member.name)
             whiteout = whiteout_of(relative)
             if whiteout is not None:

@@ -578,6 +578,17 @@ def _(host):
     return _checksummed(header) + _padded(b"short data") + END
 
 
+@case("sparse-size-field-huge", "archive", INVALID,
+      "an old GNU sparse member whose stored size is 2**60 bytes")
+def _(host):
+    header = bytearray(_info("sparse", tarfile.GNUTYPE_SPARSE, size=10).tobuf(
+        format=tarfile.GNU_FORMAT))
+    header[386:410] = b"%011o\0%011o\0" % (0, 10)  # one sparse extent: 10 bytes at 0
+    header[483:495] = b"%011o\0" % 10                # the file's real size
+    header[124:136] = b"\x80" + (2 ** 60).to_bytes(11, "big")
+    return _checksummed(header) + _padded(b"short data") + END
+
+
 @case("size-swallows-a-header", "archive", INVALID,
       "the size field covers the next header; what follows is no header")
 def _(host):

@@ -23,7 +23,7 @@ import tempfile
 import pytest
 
 from snaplab import errors, labels, layers, open_snapshotter
-from snaplab.mount import mount_all, unmount_all
+from snaplab.mount import mount_all, mounts_under, unmount_all
 from snaplab.types import Kind
 from tests.unit import hostile_tars
 from tests.unit.hostile_tars import CASES, CONTAINED
@@ -104,10 +104,11 @@ def writable_directory(sn, key, scratch):
 
 
 class Sandbox:
-    """A snapshotter on a loop ext4, its parent layer committed, the corpus
-    built beside it."""
+    """The host directory and the snapshotter root side by side on a loop
+    filesystem, the corpus built in `corpus_dir`; start() commits the
+    parent layer with a snapshotter opened on the root."""
 
-    def __init__(self, mountpoint, corpus_dir, backend):
+    def __init__(self, mountpoint, corpus_dir):
         self.scratch = corpus_dir
         self.top = os.path.join(mountpoint, "sandbox")
         self.host = os.path.join(self.top, "host")
@@ -121,8 +122,11 @@ class Sandbox:
         with open(self.parent_tar, "wb") as f:
             f.write(hostile_tars.parent_layer(self.host))
         self.tars = hostile_tars.build_corpus(corpus_dir, self.host)
-        self.sn = open_snapshotter(self.root, backend)
-        self.parent = layers.apply_layers(self.sn, [self.parent_tar])[-1].chain_id
+        self.sn = self.parent = None
+
+    def start(self, sn):
+        self.sn = sn
+        self.parent = layers.apply_layers(sn, [self.parent_tar])[-1].chain_id
 
     def outside(self):
         """Everything of the sandbox but the snapshotter root."""
@@ -135,7 +139,6 @@ def sandbox(request):
     backend, filesystem = request.param
     base = tempfile.mkdtemp(prefix="snaplab-test-hostile-")
     pool = None
-    sandbox = None
     try:
         pool = FilesystemPool(base, sizes_mib=FILESYSTEM_MIB)
         try:
@@ -144,15 +147,17 @@ def sandbox(request):
             pytest.skip("%s is not available: %s" % (filesystem, unavailable))
         corpus_dir = os.path.join(base, "corpus")
         os.mkdir(corpus_dir)
-        sandbox = Sandbox(fs.mountpoint, corpus_dir, backend)
-        yield sandbox
+        sandbox = Sandbox(fs.mountpoint, corpus_dir)
+        with open_snapshotter(sandbox.root, backend) as sn:
+            sandbox.start(sn)
+            yield sandbox
     finally:
         try:
-            if sandbox is not None:
-                sandbox.sn.close()
+            for where in mounts_under(base):  # a snapshot a failed test left mounted
+                unmount_all(where)
         finally:
             if pool is not None:
-                pool.destroy()  # unmounts and detaches the loop ext4
+                pool.destroy()  # unmounts and detaches the loop filesystem
             shutil.rmtree(base)
 
 
@@ -253,7 +258,8 @@ def test_keys_with_control_characters_are_refused(tmp_path, key):
         assert sn.list() == []
 
 
-@pytest.mark.parametrize("key", ["plain", "with space", "ünïcode/ключ", "extract-1-a sha256:x"])
+@pytest.mark.parametrize("key", ["plain", "with space", "ünïcode/ключ",
+                                 "extract-1-a sha256:x"])
 def test_keys_without_control_characters_are_taken(key):
     assert labels.validate_key(key) == key
 
