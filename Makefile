@@ -16,7 +16,8 @@ CONTRIB_PACKAGES := $(ZFS_PACKAGE)
 # zfs-fuse) takes about 1 min.
 PYTEST_TIMEOUT ?= 900
 
-.PHONY: all deps apt venv test test-host pytest sanity units molecule collection demo bench clean leaks
+.PHONY: all deps apt venv test test-host pytest sanity units molecule collection demo bench clean leaks \
+	torture
 
 all: test
 
@@ -150,6 +151,21 @@ bench: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py
 	$(PY) benchmarks/bench_apply_usage.py
 	$(PY) benchmarks/bench_containerd.py
+
+## make torture: crash injection and concurrency (tests/torture/run.py). Each
+## mutating verb (prepare, view, commit, rm, label, cleanup, apply-layer,
+## apply-layers) runs in a child that is SIGKILLed at named crash points
+## (snaplab/faults.py) and after random delays, at least 1,000 kills over
+## native and overlay (loop ext4), btrfs (loop btrfs) and zfs (a zfs-fuse
+## pool), each followed by the invariant checks without a manual cleanup
+## first; then 8 processes x 500 mixed verbs on one root per backend. Prints
+## kills, named points hit and violations per backend and verb, and the
+## times; $(REPORTS)/torture.json. TORTURE_ARGS adds options (--seed S...).
+TORTURE_ARGS ?=
+torture: deps
+	mkdir -p $(REPORTS)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) tests/torture/run.py --kills 1000 \
+	  --concurrency-ops 500 --report $(REPORTS)/torture.json $(TORTURE_ARGS)
 
 ## make leaks: fail if a run left a snaplab mount, loop device, zpool (named
 ## snaplab-*), zfs-fuse daemon (started by a test: its pidfile is in a

@@ -1,0 +1,157 @@
+"""`make torture`: the crash-injection campaign and the concurrency run on
+native, overlay (loop ext4), btrfs (loop btrfs) and zfs (a zfs-fuse pool,
+or kernel OpenZFS), one process per backend, side by side.
+
+    .venv/bin/python tests/torture/run.py [--kills N] [--backends a,b] [--seed S]
+        [--concurrency-ops N] [--workers N] [--report PATH]
+
+Prints a table of kills, named points hit and violations per backend and
+operation, the concurrency tally, and the time each part took; writes it all
+as JSON (reports/torture.json). Exit 1 if there was any violation.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from tests.torture import concurrency, crash  # noqa: E402
+from tests.torture import lab as labmod  # noqa: E402
+
+# zfs-fuse makes every zfs step cost a few hundred ms: it gets a smaller
+# share of the kills so that the four backends, run side by side, end together.
+KILL_SHARES = {"native": 10, "overlay": 10, "btrfs": 10, "zfs": 2}
+
+
+def split_kills(kills, backends):
+    """{backend: kills}, by KILL_SHARES, summing to at least `kills`."""
+    weight = sum(KILL_SHARES[b] for b in backends)
+    return {b: -(-kills * KILL_SHARES[b] // weight) for b in backends}
+
+
+def backend_part(backend, root, scratch, tmpdir, seed, kills, workers, ops, report_path):
+    """One backend's crash campaign, then its concurrency run (a process of its own)."""
+    part = {"backend": backend, "records": [], "concurrency": None, "errors": [],
+            "crash_seconds": None, "concurrency_seconds": None}
+    started = time.monotonic()
+    try:
+        part["records"] = crash.run_backend(backend, root, scratch, tmpdir, seed, kills)
+    except Exception:
+        part["errors"].append("crash campaign aborted: " + traceback.format_exc()[-2000:])
+    part["crash_seconds"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
+    if ops:
+        try:
+            part["concurrency"] = concurrency.run_backend(backend, root, scratch, tmpdir, seed,
+                                                          workers, ops)
+        except Exception:
+            part["errors"].append("concurrency run aborted: " + traceback.format_exc()[-2000:])
+    part["concurrency_seconds"] = round(time.monotonic() - started, 1)
+    with open(report_path, "w") as report:
+        json.dump(part, report)
+
+
+def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout):
+    """The whole run; returns the report dict (report["violations"] counts them all)."""
+    started = time.monotonic()
+    shares = split_kills(kills, backends)
+    parts = []
+    with labmod.Lab(backends) as lab:
+        setup_seconds = round(time.monotonic() - started, 1)
+        context = multiprocessing.get_context("fork")
+        processes = []
+        for backend in backends:
+            path = os.path.join(lab.scratch(backend), "part.json")
+            process = context.Process(target=backend_part, args=(
+                backend, lab.roots[backend], lab.scratch(backend), lab.tmp_for(backend), seed,
+                shares[backend], workers, ops, path))
+            process.start()
+            processes.append((backend, process, path))
+        for backend, process, path in processes:
+            process.join()
+            if process.exitcode != 0 or not os.path.exists(path):
+                parts.append({"backend": backend, "records": [], "concurrency": None,
+                              "errors": ["backend process exit %s" % process.exitcode],
+                              "crash_seconds": None, "concurrency_seconds": None})
+                continue
+            with open(path) as data:
+                parts.append(json.load(data))
+    records = [r for p in parts for r in p["records"]]
+    table = crash.summarize(records)
+    summaries = [p["concurrency"] for p in parts if p["concurrency"]]
+    crash_violations = [r for r in records if r["violations"]]
+    concurrency_violations = sum(len(s["violations"]) for s in summaries)
+    errors = [e for p in parts for e in p["errors"]]
+    report = {
+        "seed": seed, "backends": backends, "kills_wanted": shares,
+        "table": [dict(backend=b, op=o, **row) for (b, o), row in sorted(table.items())],
+        "kills": sum(r["killed"] for r in records),
+        "crash_violations": crash_violations,
+        "concurrency": summaries,
+        "errors": errors,
+        "seconds": {"setup": setup_seconds,
+                    "total": round(time.monotonic() - started, 1),
+                    "crash": {p["backend"]: p["crash_seconds"] for p in parts},
+                    "concurrency": {p["backend"]: p["concurrency_seconds"] for p in parts}},
+        "notes": sorted({n for r in records for n in r["notes"]})[:50],
+    }
+    report["violations"] = len(crash_violations) + concurrency_violations + len(errors)
+    out.write("\ncrash injection (seed %s): kills, named points hit, violations\n" % seed)
+    out.write(crash.format_table(table))
+    for r in crash_violations:
+        where = r["point"] or ("delay %.3fs" % r["delay"] if r["delay"] is not None
+                               else r["mode"])
+        out.write("VIOLATION %s %s at %s (exit %s): %s\n" % (
+            r["backend"], r["op"], where, r["exit"], " | ".join(r["violations"])[:1500]))
+    if summaries:
+        out.write("\nconcurrency (%d workers x %d operations per backend)\n" % (workers, ops))
+        out.write(concurrency.format_summaries(summaries))
+        for s in summaries:
+            for v in s["violations"][:20]:
+                out.write("VIOLATION %s concurrent %s: %s (exit %s) %s\n" % (
+                    s["backend"], " ".join(v["argv"]), v["what"], v.get("exit"),
+                    v["detail"][:500]))
+    for error in errors:
+        out.write("ERROR %s\n" % error)
+    out.write("\ntime: setup %ss; crash %s; concurrency %s; total %ss\n" % (
+        report["seconds"]["setup"], report["seconds"]["crash"],
+        report["seconds"]["concurrency"], report["seconds"]["total"]))
+    out.write("kills %d, violations %d\n" % (report["kills"], report["violations"]))
+    if report_path:
+        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+        with open(report_path, "w") as data:
+            json.dump(report, data, indent=1)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=1000,
+                        help="SIGKILLs in all, shared out over the backends (default 1000)")
+    parser.add_argument("--backends", default=",".join(labmod.BACKENDS),
+                        help="comma-separated (default: native,overlay,btrfs,zfs)")
+    parser.add_argument("--seed", default=None, help="random seed (default: the time)")
+    parser.add_argument("--concurrency-ops", type=int, default=500,
+                        help="operations per concurrency worker (0: no concurrency run)")
+    parser.add_argument("--workers", type=int, default=8, help="concurrency workers")
+    parser.add_argument("--report", default=os.path.join(REPO, "reports", "torture.json"))
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - set(labmod.BACKENDS))
+    if unknown:
+        parser.error("unknown backend %s" % ", ".join(unknown))
+    seed = args.seed if args.seed is not None else str(int(time.time()))
+    report = run(backends, args.kills, seed, args.workers, args.concurrency_ops, args.report)
+    print("report: %s" % args.report)
+    return 1 if report["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
