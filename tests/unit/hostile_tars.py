@@ -29,15 +29,22 @@ CONTAINED = "contained"
 INVALID = "InvalidArgument"
 PRECONDITION = "FailedPrecondition"
 
+SCAN = "scan"
+DRY_RUN = "dry run"
+FREE_SPACE = "free space"
+
 MTIME = 1_600_000_000
 MIB = 1 << 20
 # The bomb's file is bigger than the free space of the test's 64 MiB ext4.
 BOMB_FILE_SIZE = 96 * MIB
 BOMB_LIMIT = 16 * MIB  # the max_expanded_size of the limited bomb case
 
-Case = collections.namedtuple("Case", "name group outcome why build options")
+Case = collections.namedtuple("Case", "name group outcome stage why build options")
 Case.__doc__ = """One tar of the corpus. `build(host)` returns the layer
-file's bytes; `options` may hold max_expanded_size (passed to apply_*),
+file's bytes; `stage` says what refuses it: SCAN (inspect_layer, the layer
+alone), DRY_RUN (the dry run against the snapshot below, before the first
+write) or FREE_SPACE (its files against the free space), "" if it is
+contained; `options` may hold max_expanded_size (passed to apply_*),
 lands (a name, "{host}" for host's path without its leading "/", that the
 layer must have written inside the snapshot), no_overlay_xattrs (a name
 that must carry no trusted.overlay.* xattr afterwards) and message (a
@@ -163,9 +170,14 @@ def parent_layer(host):
 CASES = []
 
 
-def case(name, group, outcome, why, **options):
+def case(name, group, outcome, why, stage=None, **options):
+    """Register a builder; `stage` defaults to SCAN for InvalidArgument and
+    FREE_SPACE for FailedPrecondition."""
+    if stage is None:
+        stage = {CONTAINED: "", INVALID: SCAN, PRECONDITION: FREE_SPACE}[outcome]
+
     def register(build):
-        CASES.append(Case(name, group, outcome, why, build, options))
+        CASES.append(Case(name, group, outcome, stage, why, build, options))
         return build
     return register
 
@@ -289,12 +301,14 @@ def _(host):
     return tar(F("uplink/pwned", b"x"))
 
 
-@case("symlink-loop", "symlink", INVALID, "a/x through a -> b -> a: too many levels")
+@case("symlink-loop", "symlink", INVALID, "a/x through a -> b -> a: too many levels",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, L("loop1", "loop2"), L("loop2", "loop1"), F("loop1/x", b"x"))
 
 
-@case("symlink-self-loop", "symlink", INVALID, "self -> self, then self/x")
+@case("symlink-self-loop", "symlink", INVALID, "self -> self, then self/x",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, L("self", "self"), F("self/x", b"x"))
 
@@ -307,7 +321,8 @@ def _(host):
 
 
 @case("symlink-to-file-then-write", "symlink", INVALID,
-      "a symlink to a file of the snapshot below, then a name under it: not a directory")
+      "a symlink to a file of the snapshot below, then a name under it: not a directory",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, L("f", "/etc/passwd"), F("f/x", b"x"))
 
@@ -331,19 +346,22 @@ def _(host):
 
 
 @case("hardlink-absolute-host", "hardlink", INVALID,
-      "the host canary's absolute path: not a file of the snapshot")
+      "the host canary's absolute path: not a file of the snapshot",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, H("stolen", host + "/canary"))
 
 
 @case("hardlink-through-symlinked-directory", "hardlink", INVALID,
-      "target through a symlink to the host directory: resolved inside, nothing there")
+      "target through a symlink to the host directory: resolved inside, nothing there",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, L("s", host), H("stolen", "s/canary"))
 
 
 @case("hardlink-through-lower-symlink", "hardlink", INVALID,
-      "target through the snapshot below's symlink to the host: nothing there")
+      "target through the snapshot below's symlink to the host: nothing there",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, H("stolen", "hostlink/canary"))
 
@@ -354,12 +372,14 @@ def _(host):
     return tar(L("s", "etc"), H("h", "s/passwd"))
 
 
-@case("hardlink-to-directory", "hardlink", INVALID, "a hardlink to a directory")
+@case("hardlink-to-directory", "hardlink", INVALID, "a hardlink to a directory",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, H("h", "etc"))
 
 
-@case("hardlink-to-missing", "hardlink", INVALID, "a hardlink to nothing")
+@case("hardlink-to-missing", "hardlink", INVALID, "a hardlink to nothing",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, H("h", "no/such/file"))
 
@@ -381,7 +401,9 @@ def _(host):
     return tar(FIRST, F("../.wh.x", b""))
 
 
-@case("opaque-at-root", "whiteout", CONTAINED, ".wh..wh..opq at the root")
+@case("opaque-at-root", "whiteout", CONTAINED,
+      ".wh..wh..opq at the root: native removes what is below; overlayfs ignores the "
+      "opaque xattr on the upper root, so the lower entries stay visible (as with containerd)")
 def _(host):
     return tar(F("kept", b"k"), OPQ(""))
 
@@ -488,7 +510,8 @@ def _(host):
 
 
 @case("resolved-path-too-long", "names", INVALID,
-      "a 4,080-byte name: under PATH_MAX alone, over it under the snapshot's root")
+      "a 4,080-byte name: under PATH_MAX alone, over it under the snapshot's root",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, F(("b" * 200 + "/") * 20 + "c" * 60, b"x"))
 
@@ -519,7 +542,8 @@ def _(host):
 
 
 @case("under-a-lower-file", "duplicates", INVALID,
-      "afile/b where the snapshot below has afile as a regular file")
+      "afile/b where the snapshot below has afile as a regular file",
+      stage=DRY_RUN)
 def _(host):
     return tar(FIRST, F("afile/b", b"x"))
 
@@ -668,13 +692,17 @@ def markdown():
         "%d layers: %d refused, %d contained." % (len(CASES), counts["refused"],
                                                   counts["contained"]),
         "",
-        "| Layer | Kind | Outcome | Why |",
-        "|---|---|---|---|",
+        "Refused by: *scan* is inspect_layer, the layer alone; *dry run* is the pass against",
+        "the snapshot below; *free space* compares the layer's files with the free space of",
+        "the filesystem that receives them.",
+        "",
+        "| Layer | Kind | Outcome | Refused by | Why |",
+        "|---|---|---|---|---|",
     ]
     for each in CASES:
         outcome = "contained" if each.outcome == CONTAINED else "refused: " + each.outcome
-        lines.append("| `%s` | %s | %s | %s |" % (each.name, each.group, outcome,
-                                                   each.why.replace("|", "\\|")))
+        lines.append("| `%s` | %s | %s | %s | %s |" % (
+            each.name, each.group, outcome, each.stage, each.why.replace("|", "\\|")))
     return "\n".join(lines) + "\n"
 
 

@@ -237,6 +237,20 @@ def test_the_committed_table_is_the_generated_one():
         "> docs/hostile-layers.md")
 
 
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_refusal_comes_from_its_stage(tmp_path, case):
+    """SCAN cases are refused by inspect_layer alone; the others pass it
+    (their refusal needs the snapshot below or its filesystem)."""
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(case.build(str(tmp_path / "host")))
+    limit = case.options.get("max_expanded_size")
+    if case.stage == hostile_tars.SCAN:
+        with pytest.raises(getattr(errors, case.outcome)):
+            layers.inspect_layer(str(tar), limit)
+    else:
+        layers.inspect_layer(str(tar), limit)
+
+
 def test_max_expanded_size_stops_reading_early(tmp_path):
     bomb = tmp_path / "bomb.tar.gz"
     bomb.write_bytes(hostile_tars.gzip_bomb(hostile_tars.BOMB_FILE_SIZE))
