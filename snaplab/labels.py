@@ -25,8 +25,9 @@ CONTROL_CHARACTERS = frozenset(chr(c) for c in list(range(0x20)) + [0x7F])
 
 
 def validate_key(key, what="key"):
-    """Keys are opaque strings, but never empty, never with NUL bytes and
-    never with a control character (U+0000-U+001F, U+007F).
+    """A key or name a snapshot is given: an opaque string, but never empty,
+    never with NUL bytes and never with a control character (U+0000-U+001F,
+    U+007F).
 
     The control characters are a deliberate deviation from containerd,
     whose keys may be any string: a key is printed one per line by
@@ -34,15 +35,24 @@ def validate_key(key, what="key"):
     carriage return or escape sequence in one would forge lines or columns
     there (a key "a\\nb" listed as two snapshots). No real client needs one:
     containerd's own keys are digests, "extract-<n>-<r> <chainID>" and
-    names a person chose.
+    names a person chose. Keys that only look a snapshot up are checked by
+    validate_existing_key, so that one made before this rule can still be
+    committed or removed.
     """
-    if isinstance(key, str) and key == "":
-        raise errors.InvalidArgument("%s must not be empty" % what)
-    _utf8(key, what)
+    validate_existing_key(key, what)
     bad = sorted(set(key) & CONTROL_CHARACTERS)
     if bad:
         raise errors.InvalidArgument("%s %r contains the control character %s" % (
             what, key, ", ".join("U+%04X" % ord(c) for c in bad)))
+    return key
+
+
+def validate_existing_key(key, what="key"):
+    """A key that names a snapshot which may already exist (to commit,
+    remove or update it, or as a parent): a string, not empty, no NUL byte."""
+    if isinstance(key, str) and key == "":
+        raise errors.InvalidArgument("%s must not be empty" % what)
+    _utf8(key, what)
     return key
 
 

@@ -298,3 +298,9 @@ def test_the_cli_refuses_a_key_with_a_newline(tmp_path, capsys):
     common = ["--root", str(tmp_path / "root"), "--backend", "native"]
     assert cli.main(common + ["prepare", "two\nlines"]) == errors.InvalidArgument.exit_code
     assert "control character U+000A" in capsys.readouterr().err
+
+
+def test_a_key_made_before_the_rule_can_still_be_looked_up():
+    assert labels.validate_existing_key("old\nkey") == "old\nkey"
+    with pytest.raises(errors.InvalidArgument):
+        labels.validate_existing_key("")
