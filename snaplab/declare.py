@@ -55,7 +55,6 @@ snapshot is removed again.
 
 import dataclasses
 import os
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -63,7 +62,7 @@ from . import errors
 from . import fsutil
 from . import labels as labelrules
 from . import layers
-from . import mount as mountlib
+from . import leases
 from .backends.overlay import UPPERDIR_LABEL
 from .types import Info, Kind
 
@@ -445,56 +444,73 @@ def read_state(snapshotter):
 # -- applying ----------------------------------------------------------------
 
 
+class ActionFailed(Exception):
+    """An action of a batch failed. `done` lists the actions carried out
+    before it (a re-run plans the rest), `action` is the one that failed and
+    `error` what it raised: the failure's class is that error's class. The
+    message names the snapshot, the action and the cause."""
+
+    def __init__(self, action, error, done):
+        self.action = action
+        self.error = error
+        self.done = list(done)
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        super().__init__("%s of snapshot %r failed after %d of the planned actions: %s" % (
+            action.action, action.key, len(done), cause or type(error).__name__))
+
+
 def apply(snapshotter, planned):
-    """Carry out the actions of `planned` in order. An error stops at the
-    failing action: those before it are done (a re-run plans the rest)."""
+    """Carry out the actions of `planned` in order; returns them. An error
+    stops at the failing action (ActionFailed, with the actions done before
+    it); those before it are done, a re-run plans the rest."""
+    done = []
     for action in planned.actions:
-        if action.action == "prepare":
-            snapshotter.prepare(action.key, action.parent, labels=action.labels)
-        elif action.action == "view":
-            snapshotter.view(action.key, action.parent, labels=action.labels)
-        elif action.action == "commit":
-            make_committed(snapshotter, action.key, action.parent, action.labels, action.source)
-        elif action.action == "update":
-            snapshotter.update(Info(kind=Kind.parse(action.kind), name=action.key,
-                                    labels=action.labels), "labels")
-        elif action.action == "remove":
-            snapshotter.remove(action.key)
-        else:
-            raise errors.InvalidArgument("unknown action %r" % action.action)
+        try:
+            _apply_action(snapshotter, action)
+        except (errors.SnapshotError, OSError) as err:
+            raise ActionFailed(action, err, done) from err
+        done.append(action)
+    return done
+
+
+def _apply_action(snapshotter, action):
+    if action.action == "prepare":
+        snapshotter.prepare(action.key, action.parent, labels=action.labels)
+    elif action.action == "view":
+        snapshotter.view(action.key, action.parent, labels=action.labels)
+    elif action.action == "commit":
+        make_committed(snapshotter, action.key, action.parent, action.labels, action.source)
+    elif action.action == "update":
+        snapshotter.update(Info(kind=Kind.parse(action.kind), name=action.key,
+                                labels=action.labels), "labels")
+    elif action.action == "remove":
+        snapshotter.remove(action.key)
+    else:
+        raise errors.InvalidArgument("unknown action %r" % action.action)
 
 
 def make_committed(snapshotter, key, parent, labels, source):
     """Prepare a temporary active snapshot on `parent`, fill it from
-    `source` (None: nothing), commit it as `key`. On failure nothing stays."""
+    `source` (None: nothing), commit it as `key`. On failure nothing stays;
+    if the process is killed, the temporary snapshot is under a lease of
+    this process, so the next Cleanup removes it."""
     temp_key = "%s%d-%s" % (TEMP_KEY_PREFIX, time.time_ns(), key)
-    mounts = snapshotter.prepare(temp_key, parent)
-    try:
-        if source and "layer" in source:
-            # as containerd's applier: overlay whiteouts written directly
-            layers.apply_layer(snapshotter, temp_key, source["layer"])
-        elif source:
-            copy_into_mounted(mounts, source["directory"])
-        snapshotter.commit(key, temp_key, labels=labels)
-    except BaseException:
+    with snapshotter.lease("declare") as lease:
+        snapshotter.prepare(temp_key, parent, labels={leases.LEASE_LABEL: lease})
         try:
-            snapshotter.remove(temp_key)
-        except errors.SnapshotError:
-            pass  # already committed or gone: nothing of ours to undo
-        raise
-
-
-def copy_into_mounted(mounts, directory):
-    """Mount `mounts` at a private temp directory and copy `directory` in."""
-    target = tempfile.mkdtemp(prefix="snaplab-declare-")
-    try:
-        mountlib.mount_all(mounts, target)
-        try:
-            fsutil.merge_tree(directory, target)
-        finally:
-            mountlib.unmount_all(target)
-    finally:
-        os.rmdir(target)
+            if source and "layer" in source:
+                # as containerd's applier: overlay whiteouts written directly
+                layers.apply_layer(snapshotter, temp_key, source["layer"])
+            elif source:
+                with snapshotter.temporary_mount(snapshotter.mounts(temp_key)) as target:
+                    fsutil.merge_tree(source["directory"], target)
+            snapshotter.commit(key, temp_key, labels=labels)
+        except BaseException:
+            try:
+                snapshotter.remove(temp_key)
+            except errors.SnapshotError:
+                pass  # already committed or gone: nothing of ours to undo
+            raise
 
 
 # -- reporting ---------------------------------------------------------------

@@ -17,8 +17,10 @@ half-made snapshot.
 import collections
 import contextlib
 import errno
+import fcntl
 import os
 import sqlite3
+import struct
 import threading
 import time
 import urllib.parse
@@ -72,8 +74,9 @@ class MetaStore:
         self.read_only = read_only
         self._lock = threading.RLock()  # one connection, shared by threads
         self._db = None
+        self._guard = None
         try:
-            self._db = _connect(path, read_only)
+            self._db, self._guard = _connect(path, read_only)
             if not read_only:
                 self._retry_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -89,6 +92,9 @@ class MetaStore:
                     tx.claim_backend(backend)
         except sqlite3.DatabaseError as err:
             self.close()
+            translated = _translated(err, path)
+            if isinstance(translated, OSError):
+                raise translated from None
             if not read_only and _read_only_directory(os.path.dirname(path) or "."):
                 raise errors.FailedPrecondition(
                     "the snapshotter root %s is read-only (%s): only the verbs that read "
@@ -139,23 +145,32 @@ class MetaStore:
             raise errors.FailedPrecondition(
                 "the snapshotter root of %s was opened read-only" % self.path)
         with self._lock:
-            self._retry_locked(
-                lambda: self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+            try:
+                self._retry_locked(
+                    lambda: self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+            except sqlite3.OperationalError as err:
+                raise _translated(err, self.path) from err
             try:
                 yield Transaction(_Conn(self._db), write)
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as err:
+                # SQLite may have rolled back already (a full disk does).
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.OperationalError):
+                    raise _translated(err, self.path) from err
                 raise
             if not write:
                 self._db.execute("ROLLBACK")
                 return
             try:
                 self._retry_locked(lambda: self._db.execute("COMMIT"))
-            except BaseException:
+            except BaseException as err:
                 # A COMMIT that failed leaves the transaction open: end it,
                 # so the connection is usable and nothing half-done stays.
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.OperationalError):
+                    raise _translated(err, self.path) from err
                 raise
 
     def close(self):
@@ -163,6 +178,33 @@ class MetaStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._guard is not None:
+                os.close(self._guard)
+                self._guard = None
+
+
+def _translated(err, path):
+    """The OSError a failed write of the store really is (a full disk says
+    "database or disk is full", ENOSPC underneath), so callers see the
+    cause and its class; other SQLite errors stay as they are."""
+    text = str(err)
+    if "full" in text or ("disk I/O error" in text and _no_space_left(path)):
+        return OSError(errno.ENOSPC, "No space left on device (writing the metadata store: "
+                       "%s)" % text, path)
+    if "disk I/O error" in text:
+        return OSError(errno.EIO, "I/O error writing the metadata store (%s); a full "
+                       "disk is one cause" % text, path)
+    if "readonly" in text or "read-only" in text:
+        return errors.FailedPrecondition("the metadata store %s is read-only: %s" % (path, text))
+    return err
+
+
+def _no_space_left(path):
+    """SQLite says only "disk I/O error" when it cannot grow its -shm file."""
+    try:
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
+    except OSError:
+        return False
 
 
 def _read_only_directory(directory):
@@ -178,8 +220,14 @@ def _read_only_directory(directory):
     return False
 
 
+# SQLite's lock bytes in the database file (os_unix.c): a connection in WAL
+# mode holds a read lock in the SHARED range for as long as it is open.
+_SQLITE_SHARED_FIRST = 0x40000000 + 2
+_SQLITE_SHARED_SIZE = 510
+
+
 def _connect(path, read_only):
-    """A connection to the database at `path`.
+    """(connection, guard fd or None) to the database at `path`.
 
     Read-only, nothing may be written to the root, not even SQLite's -wal
     and -shm files (they change the root's mtime and fail on a read-only
@@ -187,36 +235,40 @@ def _connect(path, read_only):
     under us, so it is opened immutable (no locks, no -shm). On a writable
     one with the -wal already there (another process has the store open),
     mode=ro reads through those files without creating any. Otherwise the
-    database is complete in its main file (the last writer to close
-    checkpointed and removed the -wal), and a plain connection reads it;
-    SQLite then creates its lock files and removes them on close.
+    database is complete in its main file (see below).
     """
     if not read_only:
         return sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
-                               isolation_level=None, check_same_thread=False)
+                               isolation_level=None, check_same_thread=False), None
     quoted = urllib.parse.quote(os.path.abspath(path))
     if not os.path.exists(path):
         raise errors.NotFound("no snapshotter metadata at %s" % path)
     immutable = "file:%s?immutable=1" % quoted
     if os.statvfs(path).f_flag & os.ST_RDONLY:
         return sqlite3.connect(immutable, uri=True, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False), None
     if os.path.exists(path + "-wal") and os.path.exists(path + "-shm"):
         return sqlite3.connect("file:%s?mode=ro" % quoted, uri=True,
                                timeout=BUSY_TIMEOUT_SECONDS,
-                               isolation_level=None, check_same_thread=False)
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
-                         isolation_level=None, check_same_thread=False)
+                               isolation_level=None, check_same_thread=False), None
+    # No -wal: the whole database is in its main file (the last connection
+    # to close checkpointed it). Read that file as it is, immutable, under a
+    # read lock on SQLite's SHARED byte range: a writer that opens meanwhile
+    # writes to a new -wal, and its checkpoint at close, which would rewrite
+    # the main file under us, needs the EXCLUSIVE lock we now stand in the
+    # way of (it leaves its -wal instead). Nothing is created, so this also
+    # works on a full filesystem.
+    guard = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return db
-    except sqlite3.OperationalError:
-        # The lock files cannot be made: a filesystem read-only in a way
-        # statvfs does not tell (a zfs dataset with readonly=on). Nobody
-        # can write the database through it either.
-        db.close()
+        # struct flock: l_type, l_whence, l_start, l_len, l_pid (OFD: 0).
+        fcntl.fcntl(guard, fcntl.F_OFD_SETLKW,
+                    struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _SQLITE_SHARED_FIRST,
+                                _SQLITE_SHARED_SIZE, 0))
         return sqlite3.connect(immutable, uri=True, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False), guard
+    except BaseException:
+        os.close(guard)
+        raise
 
 
 class _Conn:

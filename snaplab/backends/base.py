@@ -7,6 +7,7 @@ here once, so every backend raises the same error in the same case.
 """
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -47,6 +48,13 @@ PROBE_PREFIX = fsutil.D_TYPE_PROBE_PREFIX
 PROBE_GRACE_SECONDS = 60
 # Data a Cleanup took away from under its id, to be deleted outside the lock.
 CLAIMED_PREFIX = "rm-"
+# A file of space kept back for the operations that free space: on a full
+# filesystem, Remove and Cleanup cannot even write the metadata that says
+# what to delete (SQLite needs a few pages), so they give this back first
+# and try again. Random bytes: a compressing filesystem (zfs, btrfs) would
+# keep no space for zeros. Made again by the next open for writing.
+RESERVE_NAME = "reserve"
+RESERVE_BYTES = 1 << 20
 
 
 class StoreSnapshotter(Snapshotter):
@@ -80,13 +88,59 @@ class StoreSnapshotter(Snapshotter):
                     "the filesystem of snapshotter root %s is mounted read-only: only the "
                     "verbs that read (ls, info, usage, mounts, doctor...) work there" % self.root)
             os.makedirs(self.root, mode=0o700, exist_ok=True)
-        self.store = MetaStore(os.path.join(self.root, "metadata.db"), backend=self.name,
-                               read_only=read_only)
+        try:
+            self.store = self._open_store()
+        except OSError as err:
+            # Too full even for SQLite's lock files: the reserve makes room.
+            if err.errno != errno.ENOSPC or read_only or not self._give_back_reserve():
+                raise
+            self.store = self._open_store()
         try:
             self.setup_layout()
         except BaseException:
             self.store.close()
             raise
+        if not read_only:
+            self._refill_reserve()
+
+    def _refill_reserve(self):
+        path = os.path.join(self.root, RESERVE_NAME)
+        if os.path.exists(path):
+            return
+        staging = path + ".new-%d" % os.getpid()
+        try:
+            with open(staging, "wb") as reserve:
+                reserve.write(os.urandom(RESERVE_BYTES))
+            os.rename(staging, path)
+        except OSError:
+            # No space for it now (the filesystem is full): the next open
+            # tries again; nothing depends on it but the way out of a full disk.
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+
+    def _open_store(self):
+        return MetaStore(os.path.join(self.root, "metadata.db"), backend=self.name,
+                         read_only=self.read_only)
+
+    def _give_back_reserve(self):
+        """Free the reserve's space; False if there is none to give."""
+        try:
+            os.unlink(os.path.join(self.root, RESERVE_NAME))
+        except FileNotFoundError:
+            return False
+        log.warning("the filesystem of %s is full: its reserve (%d KiB) was given back",
+                    self.root, RESERVE_BYTES >> 10)
+        return True
+
+    def _freeing_space(self, operation):
+        """Run an operation that frees space; if the filesystem is too full
+        for its metadata write, give back the reserve and run it again."""
+        try:
+            return operation()
+        except OSError as err:
+            if err.errno != errno.ENOSPC or not self._give_back_reserve():
+                raise
+            return operation()
 
     def ensure_directory(self, path):
         """makedirs for setup_layout: a read-only root gets nothing made."""
@@ -184,10 +238,7 @@ class StoreSnapshotter(Snapshotter):
 
     def remove(self, key):
         labelrules.validate_key(key)
-        with self.store.transaction(write=True) as tx:
-            snapshot_id, kind = tx.remove(key)
-            self.remove_storage(snapshot_id, kind)
-            faults.point("remove.stored")
+        snapshot_id, kind = self._freeing_space(lambda: self._remove_metadata(key))
         faults.point("remove.committed")
         # Only this snapshot's data goes now: sweeping every orphan on each
         # Remove (containerd's overlay does) costs a directory listing per
@@ -202,6 +253,14 @@ class StoreSnapshotter(Snapshotter):
             self.remove_storage_entries(orphans)
         except OSError as err:
             log.warning("snapshot %r removed, but its data is left for cleanup: %s", key, err)
+        self._refill_reserve()  # given back if the filesystem was full
+
+    def _remove_metadata(self, key):
+        with self.store.transaction(write=True) as tx:
+            snapshot_id, kind = tx.remove(key)
+            self.remove_storage(snapshot_id, kind)
+            faults.point("remove.stored")
+        return snapshot_id, kind
 
     def walk(self, fn, *filter_strings):
         matcher = filters.parse(*filter_strings)
@@ -216,13 +275,18 @@ class StoreSnapshotter(Snapshotter):
         that touch metadata or names run under the write lock (so no
         operation can start on what they change); the deletions they hand
         back run after it, so writers are not held up by a long removal."""
+        later = self._freeing_space(self._repair)
+        self.remove_storage_entries(later)
+        self._remove_old_probes()
+        self._refill_reserve()
+
+    def _repair(self):
         with self.store.transaction(write=True) as tx:  # blocks creators meanwhile
             later = []
             for finding in self._findings(tx):
                 if finding.repair is not None:
                     later.extend(finding.repair(tx) or ())
-        self.remove_storage_entries(later)
-        self._remove_old_probes()
+        return later
 
     def doctor(self):
         """Every inconsistency between the metadata, the storage, the mounts

@@ -277,3 +277,42 @@ def test_snapshot_info_reads_and_changes_nothing(root):
     assert missing_root["failed"] and missing_root["error_class"] == "NotFound"
     assert not os.path.exists(root.path + "-missing")
     assert root.listing() == listing
+
+
+@pytest.mark.parametrize("backend", ["native", "overlay"])
+def test_a_full_filesystem_mid_batch_names_the_snapshot_and_a_rerun_converges(lab, backend):
+    """A real ENOSPC: the root on an 8 MiB tmpfs, three 3 MiB layers declared.
+    The failure names the snapshot it hit and the cause; `actions` lists only
+    what was done; after the filesystem grows, the same task makes the rest."""
+    place = tempfile.mkdtemp(dir=lab.base)
+    mountlib.mount(mountlib.Mount("tmpfs", "tmpfs", options=["size=8m"]), place)
+    try:
+        root = Root(lab, os.path.join(place, "root"), backend)
+        declared = []
+        for number, key in enumerate(["one", "two", "three"]):
+            source = os.path.join(lab.base, "big-%s-%s" % (backend, key))
+            os.makedirs(source, exist_ok=True)
+            with open(os.path.join(source, "data-%d" % number), "wb") as f:
+                f.write(os.urandom(3 << 20))
+            declared.append({"key": key, "parent": declared[-1]["key"] if declared else "",
+                             "source": {"directory": source}})
+
+        failed = root.snapshot(snapshots=declared)
+        assert failed.get("failed"), failed
+        assert "failed_action" in failed, failed
+        failed_key = failed["failed_action"]["key"]
+        assert failed["msg"].startswith("commit of snapshot %r failed after" % failed_key)
+        assert "No space left on device" in failed["msg"], failed["msg"]
+        assert failed["error_class"] == "OSError"
+        done = [a["key"] for a in failed["actions"]]
+        assert done == ["one", "two", "three"][:len(done)] and failed_key not in done
+        assert sorted(root.tree()) == sorted(done)  # nothing half-made is left
+
+        subprocess.run(["mount", "-o", "remount,size=64m", place], check=True)
+        rerun = root.snapshot(snapshots=declared)
+        assert rerun["changed"] and not rerun.get("failed"), rerun
+        assert steps(rerun) == [("commit", key) for key in ["one", "two", "three"]
+                                if key not in done]
+        assert not root.snapshot(snapshots=declared)["changed"]
+    finally:
+        mountlib.unmount_all(place)

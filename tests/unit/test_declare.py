@@ -315,10 +315,43 @@ def test_a_failed_fill_leaves_no_temporary_snapshot(snapshotter, tmp_path, monke
     monkeypatch.setattr(declare.fsutil, "merge_tree", broken)
     src = tmp_path / "src"
     src.mkdir()
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(declare.ActionFailed, match="commit of snapshot 'a' failed after 0 of "
+                       "the planned actions: disk on fire") as failed:
         declare.apply(snapshotter, declare.plan([], [{"key": "a",
                                                       "source": {"directory": str(src)}}]))
+    assert isinstance(failed.value.error, OSError) and failed.value.done == []
     assert snapshotter.list() == []
+
+
+@needs_root
+def test_a_batch_failing_in_the_middle_names_the_snapshot_and_lists_what_was_done(
+        snapshotter, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    real_merge = declare.fsutil.merge_tree
+    calls = []
+
+    def full_on_second(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_merge(source, target)
+    monkeypatch.setattr(declare.fsutil, "merge_tree", full_on_second)
+    declared = [{"key": "one", "source": {"directory": str(src)}},
+                {"key": "two", "parent": "one", "source": {"directory": str(src)}},
+                {"key": "three", "parent": "two", "source": {"directory": str(src)}}]
+    with pytest.raises(declare.ActionFailed) as failed:
+        declare.apply(snapshotter, declare.plan(snapshotter.list(), declared))
+    assert str(failed.value) == ("commit of snapshot 'two' failed after 1 of the planned "
+                                 "actions: No space left on device")
+    assert [a.key for a in failed.value.done] == ["one"]
+    assert failed.value.action.key == "two"
+    assert [i.name for i in snapshotter.list()] == ["one"]  # no temporary snapshot left
+    monkeypatch.setattr(declare.fsutil, "merge_tree", real_merge)
+    rerun = declare.plan(snapshotter.list(), declared)
+    assert [a.key for a in declare.apply(snapshotter, rerun)] == ["two", "three"]
+    assert not declare.plan(snapshotter.list(), declared).changed
 
 
 def write_layer(path, files=(), whiteouts=(), hostile=False):

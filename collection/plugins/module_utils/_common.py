@@ -54,9 +54,10 @@ def error_class(err):
     return type(err).__name__
 
 
-def fail(module, err, **result):
-    """fail_json with the error's message and class."""
-    module.fail_json(msg=str(err) or type(err).__name__, error_class=error_class(err), **result)
+def fail(module, err, msg=None, **result):
+    """fail_json with the error's class, and its message unless `msg` says more."""
+    module.fail_json(msg=msg or str(err) or type(err).__name__, error_class=error_class(err),
+                     **result)
 
 
 def run_module(module, run):

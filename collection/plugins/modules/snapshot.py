@@ -232,6 +232,8 @@ actions:
   description:
     - The actions taken (or, in check mode, that would be taken), in order. Empty when nothing
       changes.
+    - When an action fails, only the actions carried out before it (RV(failed_action) is the
+      one that failed); running the task again plans the rest.
   returned: always
   type: list
   elements: dict
@@ -324,6 +326,14 @@ diff:
   sample:
     before: {}
     after: {"base": {"kind": "committed", "parent": "", "labels": {}}}
+failed_action:
+  description:
+    - The action that failed, in the shape of an entry of RV(actions). The failure message names
+      its snapshot and the cause (for example V(No space left on device)).
+  returned: when an action failed
+  type: dict
+  sample: {"action": "commit", "key": "app", "kind": "committed", "parent": "base", "labels": {},
+           "source": {"directory": "/srv/images/app"}, "reason": "does not exist"}
 error_class:
   description:
     - On failure, the class of the error, as containerd's errdefs name it.
@@ -340,7 +350,7 @@ error_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, run_module)
+    SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import declare
 
 STATES = ["committed", "active", "view", "absent"]
@@ -415,8 +425,11 @@ def run(module):
                 snapshotter = open_root(module, create=True)
             try:
                 declare.apply(snapshotter, planned)
-            except EXPECTED_ERRORS as err:
-                fail(module, err, **result)
+            except declare.ActionFailed as failure:
+                # Only what was done: a re-run plans the rest.
+                result["actions"] = [a.to_dict() for a in failure.done]
+                result["failed_action"] = failure.action.to_dict()
+                fail(module, failure.error, msg=str(failure), **result)
         result["snapshots"] = declare.outcome(snapshotter, planned,
                                               applied=not module.check_mode)
         return result
