@@ -61,7 +61,9 @@ Safety: a layer never writes outside the snapshot.
   tar) refuses a bigger layer with InvalidArgument as soon as the stream
   passes it, and a layer whose regular files add up to more than the free
   space of the receiving filesystem is refused with FailedPrecondition
-  before anything is written.
+  before anything is written. What the scan and the dry run keep is one
+  record per name, so their memory grows with the number of entries, which
+  max_expanded_size bounds as well.
 - overlayfs' own xattrs (trusted.overlay.*, user.overlay.*) in a layer's
   PAX records are never set: on an upper directory they would forge
   whiteouts, opaque directories or redirects.
@@ -770,7 +772,8 @@ def _dry_run(tree, scan):
 
 def _check_free_space(tree, scan):
     """FailedPrecondition if the layer's files cannot fit in what is free
-    where they are written (sparse files are counted at their full size)."""
+    where they are written (sparse files are counted at their full size;
+    free is f_bavail, without the blocks a filesystem keeps for root)."""
     fs = os.statvfs(tree.root)
     free = fs.f_bavail * fs.f_frsize
     if scan.files_size > free:
