@@ -571,12 +571,20 @@ def open_snapshotter(settings, create, read_only=False):
 
 
 def _key(value, what="key"):
+    """A key that names an existing snapshot (a key made before the rule on
+    control characters can still be looked up, committed and removed)."""
+    labelrules.validate_existing_key(value, what)
+    return value
+
+
+def _new_key(value, what="key"):
+    """A key for a snapshot to be made."""
     labelrules.validate_key(value, what)
     return value
 
 
 def _create(verb_kind, opener, args, settings, out):
-    key = _key(args.key)
+    key = _new_key(args.key)
     parent = args.parent
     if parent is not None and parent == "":
         raise errors.InvalidArgument("parent must not be empty; leave it out for a "
@@ -622,7 +630,7 @@ def cmd_mounts(opener, args, settings, out):
 
 
 def cmd_commit(opener, args, settings, out):
-    name = _key(args.name, "name")
+    name = _new_key(args.name, "name")
     key = _key(args.key)
     labels = {labelrules.GC_ROOT: gc_root_label()}
     labels.update(parse_labels(args.label))

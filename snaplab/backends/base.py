@@ -162,7 +162,7 @@ class StoreSnapshotter(Snapshotter):
             return self.decorate_info(tx.get_info(key)[1], tx)
 
     def update(self, info, *fieldpaths):
-        labelrules.validate_key(info.name)
+        labelrules.validate_existing_key(info.name)
         labelrules.validate(info.labels)
         with self.store.transaction(write=True) as tx:
             return self.decorate_info(tx.update_info(info, fieldpaths), tx)
@@ -192,7 +192,7 @@ class StoreSnapshotter(Snapshotter):
     def _create(self, kind, key, parent, labels):
         labelrules.validate_key(key)
         if parent:
-            labelrules.validate_key(parent, "parent")
+            labelrules.validate_existing_key(parent, "parent")
         labels = labelrules.validate(labels)
         snap = None
         try:
@@ -214,7 +214,7 @@ class StoreSnapshotter(Snapshotter):
 
     def commit(self, name, key, labels=None, parent=None):
         labelrules.validate_key(name, "name")
-        labelrules.validate_key(key)
+        labelrules.validate_existing_key(key)
         labels = labelrules.validate(labels)
         stored = None
         try:
@@ -237,7 +237,7 @@ class StoreSnapshotter(Snapshotter):
             raise
 
     def remove(self, key):
-        labelrules.validate_key(key)
+        labelrules.validate_existing_key(key)
         snapshot_id, kind = self._freeing_space(lambda: self._remove_metadata(key))
         faults.point("remove.committed")
         # Only this snapshot's data goes now: sweeping every orphan on each
