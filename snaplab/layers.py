@@ -319,13 +319,22 @@ _ENTRY_TYPES = {
 def entry_kind(member):
     """What a tar member makes: "file", "directory", "symlink", "hardlink",
     "char device", "block device" or "fifo". InvalidArgument for any other
-    tar type (containerd refuses them too)."""
+    tar type (containerd refuses them too), and for a character device 0/0.
+
+    A 0/0 character device is overlayfs' whiteout and nothing else: written
+    as it is, it would be a device on native, a deletion in an overlay upper
+    directory and EPERM through an overlay mount (half-way through the
+    layer), as it is with containerd. A layer marks deletions with .wh.
+    names; this one is refused, the same way on every backend."""
     if member.isreg():  # regular, old-style regular, contiguous, GNU sparse
         return "file"
     kind = _ENTRY_TYPES.get(member.type)
     if kind is None:
         raise errors.InvalidArgument("entry %r has tar type %r, which a layer cannot hold"
                                      % (member.name, member.type))
+    if kind == "char device" and member.devmajor == 0 and member.devminor == 0:
+        raise errors.InvalidArgument("entry %r is a character device 0/0, overlayfs' whiteout: "
+                                     "a layer marks deletions with .wh. names" % member.name)
     return kind
 
 

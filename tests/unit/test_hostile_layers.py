@@ -34,7 +34,10 @@ pytestmark = pytest.mark.skipif(
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Small loop filesystems: the gzip bomb's file is bigger than what is free.
 FILESYSTEM_MIB = {"ext4": 64, "btrfs": 128}
-BACKENDS = [("native", "ext4"), ("overlay", "ext4"), ("btrfs", "btrfs")]
+# (backend, filesystem, direct): direct=False makes apply_layer mount the
+# snapshot and write through the kernel's overlay instead of into its upper.
+BACKENDS = [("native", "ext4", True), ("overlay", "ext4", True), ("overlay", "ext4", False),
+            ("btrfs", "btrfs", True)]
 # Host paths the corpus's names would reach if a leading "/" or ".." were
 # followed on the host instead of inside the snapshot.
 # overlayfs' own xattrs, which a layer must never set (written out here, not
@@ -122,10 +125,10 @@ class Sandbox:
         with open(self.parent_tar, "wb") as f:
             f.write(hostile_tars.parent_layer(self.host))
         self.tars = hostile_tars.build_corpus(corpus_dir, self.host)
-        self.sn = self.parent = None
+        self.sn = self.parent = self.direct = None
 
-    def start(self, sn):
-        self.sn = sn
+    def start(self, sn, direct):
+        self.sn, self.direct = sn, direct
         self.parent = layers.apply_layers(sn, [self.parent_tar])[-1].chain_id
 
     def outside(self):
@@ -133,10 +136,11 @@ class Sandbox:
         return listing(self.top, skip=self.root)
 
 
-@pytest.fixture(scope="module", params=BACKENDS, ids=["%s-on-%s" % b for b in BACKENDS])
+@pytest.fixture(scope="module", params=BACKENDS, ids=[
+    "%s-on-%s%s" % (backend, fs, "" if direct else "-mounted") for backend, fs, direct in BACKENDS])
 def sandbox(request):
     from conformance.targets import FilesystemPool, FilesystemUnavailable
-    backend, filesystem = request.param
+    backend, filesystem, direct = request.param
     base = tempfile.mkdtemp(prefix="snaplab-test-hostile-")
     pool = None
     try:
@@ -149,7 +153,7 @@ def sandbox(request):
         os.mkdir(corpus_dir)
         sandbox = Sandbox(fs.mountpoint, corpus_dir)
         with open_snapshotter(sandbox.root, backend) as sn:
-            sandbox.start(sn)
+            sandbox.start(sn, direct)
             yield sandbox
     finally:
         try:
@@ -185,7 +189,8 @@ def test_hostile_layer(sandbox, case):
     try:
         with writable_directory(sn, key, sandbox.scratch) as (writable, lowers):
             before, lowers_before = listing(writable), [listing(lower) for lower in lowers]
-        expect(case, lambda: layers.apply_layer(sn, key, tar, max_expanded_size=limit))
+        expect(case, lambda: layers.apply_layer(sn, key, tar, direct=sandbox.direct,
+                                                max_expanded_size=limit))
         with writable_directory(sn, key, sandbox.scratch) as (writable, lowers):
             after = listing(writable)
             lowers_after = [listing(lower) for lower in lowers]
@@ -194,9 +199,10 @@ def test_hostile_layer(sandbox, case):
         if "lands" in case.options:
             landed = case.options["lands"].format(host=sandbox.host.lstrip("/"))
             assert landed in after and landed not in before
-        if "no_overlay_xattrs" in case.options:
-            assert not [name for name in after[case.options["no_overlay_xattrs"]][7]
-                        if name.startswith(OVERLAY_XATTRS)]
+        if "forged_xattrs" in case.options:
+            name, forged = case.options["forged_xattrs"]
+            assert all(xattr.startswith(OVERLAY_XATTRS) for xattr in forged)
+            assert not set(forged) & set(after[name][7])
         assert lowers_after == lowers_before
     finally:
         sn.remove(key)
