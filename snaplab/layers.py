@@ -789,6 +789,13 @@ def _check_free_space(tree, scan):
         raise errors.FailedPrecondition(
             "layer %s holds %d bytes of files, more than the %d bytes free on the filesystem "
             "of %s" % (scan.path, scan.files_size, free, tree.root))
+    # Each entry takes an inode at most (hardlinks and naive whiteouts none):
+    # a layer of many empty files would otherwise stop half-way at ENOSPC.
+    # f_files is 0 where inodes are not counted (btrfs).
+    if fs.f_files and scan.entries > fs.f_favail:
+        raise errors.FailedPrecondition(
+            "layer %s has %d entries, more than the %d inodes free on the filesystem of %s"
+            % (scan.path, scan.entries, fs.f_favail, tree.root))
 
 
 _CHANGED = "layer %s changed since it was scanned: it is now more than %%d bytes"

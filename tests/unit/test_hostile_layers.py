@@ -14,10 +14,12 @@ snapshot byte-identical and apply_layers leaves no snapshot of its own.
 """
 
 import contextlib
+import gzip
 import hashlib
 import os
 import shutil
 import stat
+import tarfile
 import tempfile
 
 import pytest
@@ -255,6 +257,33 @@ def test_each_refusal_comes_from_its_stage(tmp_path, case):
             layers.inspect_layer(str(tar), limit)
     else:
         layers.inspect_layer(str(tar), limit)
+
+
+def test_more_entries_than_free_inodes_is_refused_before_writing(tmp_path):
+    """A 4 MiB ext4 has about a thousand inodes; a layer of 3,000 empty
+    files would fill them half-way through."""
+    from conformance.targets import FilesystemPool, FilesystemUnavailable
+    tar = tmp_path / "many.tar.gz"
+    tar.write_bytes(gzip.compress(hostile_tars.tar(
+        *[hostile_tars.F("f%d" % i) for i in range(3000)], fmt=tarfile.USTAR_FORMAT)))
+    base = tempfile.mkdtemp(prefix="snaplab-test-hostile-inodes-")
+    pool = FilesystemPool(base, sizes_mib={"ext4": 4})
+    try:
+        try:
+            fs = pool.get("ext4")
+        except FilesystemUnavailable as unavailable:
+            pytest.skip("ext4 is not available: %s" % unavailable)
+        target = os.path.join(fs.mountpoint, "target")
+        os.mkdir(target)
+        free_inodes = os.statvfs(target).f_favail
+        assert free_inodes < 3000
+        with pytest.raises(errors.FailedPrecondition, match="3000 entries, more than the %d "
+                           "inodes free" % free_inodes):
+            layers.apply_layer_to_directory(str(tar), target)
+        assert os.listdir(target) == []
+    finally:
+        pool.destroy()
+        shutil.rmtree(base)
 
 
 def test_max_expanded_size_stops_reading_early(tmp_path):
