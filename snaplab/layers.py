@@ -60,8 +60,8 @@ Safety: a layer never writes outside the snapshot.
   InvalidArgument at scan time, `max_expanded_size` (bytes of uncompressed
   tar) refuses a bigger layer with InvalidArgument as soon as the stream
   passes it, and a layer whose regular files add up to more than the free
-  space of the receiving filesystem is refused with FailedPrecondition
-  before anything is written. What the scan and the dry run keep is one
+  space of the receiving filesystem, or whose entries outnumber its free
+  inodes, is refused with FailedPrecondition before anything is written. What the scan and the dry run keep is one
   record per name, so their memory grows with the number of entries, which
   max_expanded_size bounds as well.
 - overlayfs' own xattrs (trusted.overlay.*, user.overlay.*) in a layer's
@@ -1133,7 +1133,8 @@ def apply_layer(snapshotter, key, tar_path, direct=True, max_expanded_size=None)
     `key` is not active, InvalidArgument (nothing written) for a layer that is
     not a tar or would write outside the snapshot. `direct=False` always
     mounts the snapshot instead of writing its directory. FailedPrecondition
-    (nothing written) if its files do not fit in the free space there;
+    (nothing written) if its files do not fit in the free space (or inodes)
+    there;
     `max_expanded_size` as in inspect_layer."""
     scan = inspect_layer(tar_path, max_expanded_size)
     return _apply_scanned(snapshotter, key, scan, direct)
