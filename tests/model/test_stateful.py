@@ -16,7 +16,7 @@ own, destroyed at the end of the example.
 
 How much to run comes from the environment:
   SNAPLAB_MODEL_EXAMPLES  examples (sequences) per backend; default 200
-  SNAPLAB_MODEL_STEPS     steps per sequence; default 25, and 12 for zfs
+  SNAPLAB_MODEL_STEPS     steps per sequence; default 50, and 20 for zfs
                           (each zfs call spawns a zfs command)
   SNAPLAB_MODEL_BACKENDS  comma-separated subset of native,overlay,btrfs,zfs
 Failing sequences are kept in .hypothesis/model-<backend>/ and replayed first.
@@ -47,8 +47,8 @@ from tests.model.semantics import Selector, SnapshotterModel  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_STEPS = {"zfs": 12}
-DEFAULT_STEPS_OTHERS = 25
+DEFAULT_STEPS = {"zfs": 20}
+DEFAULT_STEPS_OTHERS = 50
 
 # -- the alphabets -------------------------------------------------------------
 #
@@ -56,7 +56,9 @@ DEFAULT_STEPS_OTHERS = 25
 # own, so that most steps can build up state. sampled_from shrinks towards
 # the first element: the plainest come first.
 
-VALID_KEYS = ["a", "b", "c", "/abs/d", "e.f"]
+# Keys are opaque: a path, dots, a number (backends name their storage by
+# numeric ids), a relative path out of wherever it might be joined.
+VALID_KEYS = ["a", "b", "/abs/d", "e.f", "1", "../up"]
 MALFORMED_KEYS = ["", "nul\x00"]
 KEYS = st.sampled_from(VALID_KEYS)
 # "missing" is never created: a parent that does not exist
@@ -66,11 +68,13 @@ PARENTS = st.sampled_from(["", "", "", *VALID_KEYS, "missing"])
 LABEL_KEYS = ["a", "b", "x.y", "containerd.io/snapshot/t"]
 FITS_SHORT_KEYS = "x" * 4093  # with a key of <= 3 bytes it is 4096 bytes: fits
 TOO_BIG = "x" * 4096  # over the limit with any key
+TWO_BYTE_CHARS = "\u00e9" * 2047  # 4094 bytes in UTF-8: the limit counts bytes, not characters
 LABELS = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(["1", "2", ""]),
                          max_size=2)
 # at least one label; any of them may be malformed, or at or over the size limit
 ODD_LABELS = st.dictionaries(st.sampled_from(LABEL_KEYS + ["", "n\x00"]),
-                             st.sampled_from(["1", FITS_SHORT_KEYS, TOO_BIG, "v\x00"]),
+                             st.sampled_from(["1", FITS_SHORT_KEYS, TOO_BIG, TWO_BYTE_CHARS,
+                                              "v\x00"]),
                              min_size=1, max_size=2)
 # Inputs withheld from the draws while snaplab still differs from containerd
 # on them: each has its regression test in test_regressions.py (a strict
@@ -93,7 +97,8 @@ FILTER_FIELDS = [(("kind",), "kind"), (("name",), "name"), (("parent",), "parent
                  (("labels", "x", "y"), "labels.x.y"),
                  (("labels", "containerd.io/snapshot/t"), 'labels."containerd.io/snapshot/t"'),
                  (("labels",), "labels"), (("other",), "other")]
-FILTER_VALUES = ["active", "view", "committed", "Active", "a", "/abs/d", "e.f", "1", "2", ""]
+FILTER_VALUES = ["active", "view", "committed", "Active", "a", "/abs/d", "e.f", "1", "../up",
+                 "2", ""]
 FILTER_REGEXES = ["^a", "d$", "a|1", ".", "^$", "/", "t.d"]
 MALFORMED_FILTERS = ["name==", 'labels."unterminated', "kind=active", ",", "name==a ",
                      "labels.containerd.io/x==1", "==a", "name!==a"]
