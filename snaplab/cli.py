@@ -67,14 +67,18 @@ prints no `-o`; `--filter` on ls/tree/usage is snaplab's own):
     umount TARGET           (beyond ctr)
         Unmount everything stacked on TARGET; NotFound if nothing is mounted
         there. It does not check who mounted it (like umount(8)).
-    apply-layers [--label K=V]... TAR...    (beyond ctr; as containerd unpacks)
+    apply-layers [--label K=V]... [--max-expanded-size SIZE] TAR...
+                            (beyond ctr; as containerd unpacks)
         Unpack OCI layer tars (plain, gzip, zstd), bottom layer first, into
         committed snapshots named by their chainIDs, each on the previous
         one; a chainID already committed is skipped, so a re-run changes
         nothing. Prints `LAYER DIFF-ID CHAIN-ID STATUS` (applied or present).
         A layer that would write outside its snapshot is refused
         (InvalidArgument) before anything is written.
-    apply-layer KEY TAR...  (beyond ctr)
+        --max-expanded-size SIZE refuses a layer whose uncompressed tar is
+        larger (a decompression bomb), before anything is written; a layer
+        that would not fit in the free space (or inodes) is always refused.
+    apply-layer [--max-expanded-size SIZE] KEY TAR...  (beyond ctr)
         Apply layer tars, in order, to the active snapshot KEY (whiteouts
         delete what they name); prints each layer's DiffID.
     serve --socket PATH     (beyond ctr; needs grpcio: snaplab_grpc)
@@ -311,6 +315,17 @@ def machine_json(value):
     return json.dumps(value, indent=2, sort_keys=False) + "\n"
 
 
+def parse_size(text):
+    """Bytes from `123`, `64K`, `64M`, `1G`, `1T` (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper(), ""
+    if number[-1:] in units and number[-1:]:
+        number, unit = number[:-1], number[-1]
+    if not number.isdigit():
+        raise UsageError("not a size: %r (bytes, or a number with K, M, G or T)" % text)
+    return int(number) * units[unit]
+
+
 def parse_label(text):
     """'k=v' -> (k, v); the value may be empty (deletes in `label`)."""
     key, sep, value = text.partition("=")
@@ -437,6 +452,11 @@ def build_parser():
         sub.set_defaults(handler=handler)
         return sub
 
+    def max_expanded_flag(sub):
+        sub.add_argument("--max-expanded-size", type=parse_size, default=None, metavar="SIZE",
+                         help="refuse a layer whose uncompressed tar is larger (bytes, or "
+                              "with K/M/G/T: 64M), before anything is written")
+
     def label_flag(sub):
         sub.add_argument("--label", action="append", default=[], metavar="K=V",
                          help="label to set, repeatable")
@@ -500,9 +520,11 @@ def build_parser():
     sub = verb("apply-layers", cmd_apply_layers,
                "unpack OCI layer tars into committed snapshots named by chainID")
     label_flag(sub)
+    max_expanded_flag(sub)
     sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, bottom layer first")
 
     sub = verb("apply-layer", cmd_apply_layer, "apply OCI layer tars to an active snapshot")
+    max_expanded_flag(sub)
     sub.add_argument("key", metavar="KEY")
     sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, applied in order")
 
@@ -794,7 +816,8 @@ def cmd_umount(opener, args, settings, out):
 def cmd_apply_layers(opener, args, settings, out):
     labels = parse_labels(args.label)
     with opener(True) as sn:
-        results = layerlib.apply_layers(sn, args.tars, labels=labels)
+        results = layerlib.apply_layers(sn, args.tars, labels=labels,
+                                        max_expanded_size=args.max_expanded_size)
     if settings.json:
         out.write(machine_json({
             "layers": [{"path": path, "diff_id": r.diff_id, "chain_id": r.chain_id,
@@ -813,7 +836,8 @@ def cmd_apply_layer(opener, args, settings, out):
     applied = []
     with opener(False) as sn:
         for path in args.tars:
-            applied.append({"path": path, "diff_id": layerlib.apply_layer(sn, key, path)})
+            applied.append({"path": path, "diff_id": layerlib.apply_layer(
+                sn, key, path, max_expanded_size=args.max_expanded_size)})
     if settings.json:
         out.write(machine_json({"key": key, "layers": applied}))
     else:

@@ -450,13 +450,14 @@ class ActionFailed(Exception):
     `error` what it raised: the failure's class is that error's class. The
     message names the snapshot, the action and the cause."""
 
-    def __init__(self, action, error, done):
+    def __init__(self, action, error, done, planned=None):
         self.action = action
         self.error = error
         self.done = list(done)
         cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        super().__init__("%s of snapshot %r failed after %d of the planned actions: %s" % (
-            action.action, action.key, len(done), cause or type(error).__name__))
+        total = planned if planned is not None else len(done) + 1
+        super().__init__("%s of snapshot %r failed (%d of %d planned actions done): %s" % (
+            action.action, action.key, len(done), total, cause or type(error).__name__))
 
 
 def apply(snapshotter, planned):
@@ -468,7 +469,7 @@ def apply(snapshotter, planned):
         try:
             _apply_action(snapshotter, action)
         except (errors.SnapshotError, OSError) as err:
-            raise ActionFailed(action, err, done) from err
+            raise ActionFailed(action, err, done, len(planned.actions)) from err
         done.append(action)
     return done
 

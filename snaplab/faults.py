@@ -32,7 +32,7 @@ def point(name):
     wanted = os.environ.get(CRASH_ENV)
     if not wanted:
         return
-    target, _, count = wanted.partition(":")
+    target, _colon, count = wanted.partition(":")
     if target != name:
         return
     _reached[name] = _reached.get(name, 0) + 1

@@ -86,11 +86,11 @@ import time
 import zlib
 
 from . import errors
+from . import errors as snaplab_errors  # frombuf's `errors` parameter hides the module
 from . import faults
 from . import fsutil
 from . import labels as labelrules
 from . import leases
-from . import mount as mountlib
 from .backends.overlay import in_user_namespace
 from .types import Kind
 
@@ -247,14 +247,15 @@ class _StrictTarInfo(tarfile.TarInfo):
     refused, as Go refuses them."""
 
     @classmethod
-    def frombuf(cls, buf, encoding, errors_):
+    def frombuf(cls, buf, encoding, errors):  # pylint: disable=redefined-outer-name
         try:
-            info = super().frombuf(buf, encoding, errors_)
+            info = super().frombuf(buf, encoding, errors)
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as err:
             raise tarfile.SubsequentHeaderError("damaged or truncated header: %s" % err) from None
         if info.type in _SPECIAL_TYPES and info.size > MAX_SPECIAL_HEADER:
-            raise errors.InvalidArgument("a PAX or GNU long-name header of %d bytes (more than "
-                                         "%d)" % (info.size, MAX_SPECIAL_HEADER))
+            raise snaplab_errors.InvalidArgument(
+                "a PAX or GNU long-name header of %d bytes (more than %d)"
+                % (info.size, MAX_SPECIAL_HEADER))
         return info
 
 

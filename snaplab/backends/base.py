@@ -41,10 +41,9 @@ LEASE_LABEL = leases.LEASE_LABEL
 # Temporary mounts (a layer applied through the kernel) live under
 # <root>/mounts/<lease name>, each under a lease of that name.
 MOUNTS_DIRECTORY = "mounts"
-# Temporary names snaplab makes in a root, and how old one must be before
-# Cleanup takes it for a crash's leftover (a d_type probe lives for a few
-# milliseconds while a root is first opened, outside any lock).
-PROBE_PREFIX = fsutil.D_TYPE_PROBE_PREFIX
+# How old a probe directory (see probe_prefixes) must be before Cleanup takes
+# it for a crash's leftover: a probe lives for milliseconds while a root is
+# opened, outside any lock.
 PROBE_GRACE_SECONDS = 60
 # Data a Cleanup took away from under its id, to be deleted outside the lock.
 CLAIMED_PREFIX = "rm-"
@@ -67,6 +66,8 @@ class StoreSnapshotter(Snapshotter):
     """
 
     name = None  # the backend's name, as given to --backend
+    # Temporary directories check_filesystem may make in the root.
+    probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX,)
 
     def __init__(self, root, read_only=False, **options):
         if not isinstance(root, str) or not root:
@@ -295,8 +296,8 @@ class StoreSnapshotter(Snapshotter):
         with self.store.transaction() as tx:
             findings = self._findings(tx)
         for probe in self._old_probes():
-            findings.append(Finding("probe", probe, "a d_type probe directory left by a "
-                                    "process killed while it opened the root",
+            findings.append(Finding("probe", probe, "a probe directory left by a process "
+                                    "killed while it opened the root",
                                     "remove the directory"))
         return findings
 
@@ -391,7 +392,7 @@ class StoreSnapshotter(Snapshotter):
             return []
         old = []
         for name in names:
-            if not name.startswith(PROBE_PREFIX):
+            if not name.startswith(self.probe_prefixes):
                 continue
             path = os.path.join(self.root, name)
             try:
@@ -404,6 +405,7 @@ class StoreSnapshotter(Snapshotter):
 
     def _remove_old_probes(self):
         for path in self._old_probes():
+            unmount_tree(path)  # overlay's upper probe mounts inside its directory
             fsutil.remove_tree(path)
 
     # -- leases and temporary mounts -----------------------------------------

@@ -17,6 +17,7 @@ from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_sto
 
 UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
+_UPPER_PROBE_PREFIX = "overlay-probe-"
 
 
 # Upper filesystems overlayfs is known to take: no probe mount for them.
@@ -45,6 +46,7 @@ class OverlaySnapshotter(StoreSnapshotter):
     mount_options (list: appended to overlay mounts), upperdir_label (bool)."""
 
     name = "overlay"
+    probe_prefixes = StoreSnapshotter.probe_prefixes + (_UPPER_PROBE_PREFIX,)
 
     @classmethod
     def accepted_options(cls):
@@ -90,7 +92,7 @@ class OverlaySnapshotter(StoreSnapshotter):
         the probe does exactly that. Only filesystems not known to work pay
         for the probe.
         """
-        probe = tempfile.mkdtemp(prefix="overlay-probe-", dir=path)
+        probe = tempfile.mkdtemp(prefix=_UPPER_PROBE_PREFIX, dir=path)
         refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
                    "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
                    % (path, backing.fstype, backing.mountpoint))

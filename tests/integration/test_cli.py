@@ -321,3 +321,27 @@ def test_overlay_backend_options(lab):
     lab.run(*opts, "mount", target, "b")
     assert mountlib.lookup(target).fstype == "overlay"
     lab.run("umount", target)
+
+
+def test_max_expanded_size_refuses_a_decompression_bomb_before_writing(lab):
+    """A gzip layer of 8 MiB of zeros (a few KiB compressed) with a 1 MiB
+    limit: refused with InvalidArgument, nothing committed or left active;
+    without the limit it applies."""
+    import gzip
+    import io
+    import tarfile
+    layer = os.path.join(lab.base, "bomb.tar.gz")
+    with gzip.open(layer, "wb") as packed, tarfile.open(fileobj=packed, mode="w") as tar:
+        member = tarfile.TarInfo("zeros")
+        member.size = 8 << 20
+        tar.addfile(member, io.BytesIO(bytes(member.size)))
+    assert os.path.getsize(layer) < 64 << 10
+    lab.run("prepare", "work")
+    proc = lab.run("apply-layers", "--max-expanded-size", "1M", layer, code=INVALID_ARGUMENT)
+    assert "1048576" in proc.stderr or "1 MiB" in proc.stderr, proc.stderr
+    lab.run("apply-layer", "--max-expanded-size", "1M", "work", layer, code=INVALID_ARGUMENT)
+    assert [i["Name"] for i in lab.json("ls")] == ["work"]
+    assert lab.json("usage", "work")[0]["size"] < 1 << 20
+    lab.run("apply-layer", "--max-expanded-size", "banana", "work", layer, code=INVALID_ARGUMENT)
+    lab.run("apply-layers", layer)
+    assert len(lab.json("ls")) == 2

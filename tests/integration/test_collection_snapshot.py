@@ -301,7 +301,8 @@ def test_a_full_filesystem_mid_batch_names_the_snapshot_and_a_rerun_converges(la
         assert failed.get("failed"), failed
         assert "failed_action" in failed, failed
         failed_key = failed["failed_action"]["key"]
-        assert failed["msg"].startswith("commit of snapshot %r failed after" % failed_key)
+        assert failed["msg"].startswith("commit of snapshot %r failed (%d of 3 planned actions "
+                                        "done)" % (failed_key, len(failed["actions"])))
         assert "No space left on device" in failed["msg"], failed["msg"]
         assert failed["error_class"] == "OSError"
         done = [a["key"] for a in failed["actions"]]
@@ -316,3 +317,59 @@ def test_a_full_filesystem_mid_batch_names_the_snapshot_and_a_rerun_converges(la
         assert not root.snapshot(snapshots=declared)["changed"]
     finally:
         mountlib.unmount_all(place)
+
+
+def test_doctor_finds_what_a_killed_prepare_left_and_fixes_it(root):
+    """A Prepare killed (SIGKILL at a named crash point) after its data was in
+    place but before its metadata committed; then, through ansible-playbook:
+    snapshot_info with doctor, the doctor module in check mode (predicts,
+    changes nothing) and with fix (repairs; a second run changes nothing)."""
+    assert not root.snapshot(snapshots=chain(root.lab)).get("failed")
+    killed = subprocess.run([sys.executable, "-m", "snaplab", "--root", root.path, "--backend",
+                             root.backend, "prepare", "killed", "app"],
+                            env=dict(os.environ, SNAPLAB_CRASH_AT="create.stored"),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    entries = sorted(os.listdir(os.path.join(root.path, "snapshots")))
+
+    (info,) = root.play({"snaplab.snapshots.snapshot_info": {"doctor": True}})
+    (checked,) = root.play({"snaplab.snapshots.doctor": {"fix": True}}, check=True)
+    assert sorted(os.listdir(os.path.join(root.path, "snapshots"))) == entries
+    fixed, again = root.play(
+        {"snaplab.snapshots.doctor": {"fix": True}},
+        {"snaplab.snapshots.doctor": {"fix": True, "fail_on_findings": True}})
+    assert not info["changed"] and not info["doctor"]["clean"], info
+    assert [f["kind"] for f in info["doctor"]["findings"]] == ["orphan"]
+    assert checked["changed"] and checked["repaired"] == info["doctor"]["findings"]
+    assert fixed["changed"] and fixed["clean"], fixed
+    assert not again["changed"] and again["clean"] and not again.get("failed"), again
+    # the orphan (the killed Prepare's id) is gone, every snapshot's data is not
+    assert len(os.listdir(os.path.join(root.path, "snapshots"))) == len(entries) - 1
+    assert root.tree() == CHAIN_TREE
+    assert root.read("web-1-look", "etc/motd") == "from app\n"
+
+
+def test_check_mode_and_info_work_on_a_read_only_root(root):
+    """The root seen through a read-only bind mount: check mode of the
+    snapshot module, snapshot_info and doctor work and write nothing."""
+    assert not root.snapshot(snapshots=chain(root.lab)).get("failed")
+    listing = root.listing()
+    view = tempfile.mkdtemp(dir=root.lab.base)
+    mountlib.mount(mountlib.Mount("bind", root.path, options=["bind"]), view)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", view], check=True)
+        seen = Root(root.lab, view, root.backend)
+        more = chain(root.lab) + [{"key": "web-2", "parent": "app", "state": "active"}]
+        checked = seen.snapshot(snapshots=more, check=True, diff=True)
+        assert checked["changed"] and not checked.get("failed"), checked
+        assert steps(checked) == [("prepare", "web-2")]
+        info, doctor = seen.play({"snaplab.snapshots.snapshot_info": {"doctor": True}},
+                                 {"snaplab.snapshots.doctor": {}})
+        assert not info.get("failed") and info["doctor"]["clean"], info
+        assert not doctor.get("failed") and doctor["clean"], doctor
+        applied = seen.snapshot(snapshots=more)
+        assert applied["failed"] and applied["error_class"] == "FailedPrecondition", applied
+        assert "read-only" in applied["msg"]
+    finally:
+        mountlib.unmount_all(view)
+    assert root.listing() == listing

@@ -315,8 +315,8 @@ def test_a_failed_fill_leaves_no_temporary_snapshot(snapshotter, tmp_path, monke
     monkeypatch.setattr(declare.fsutil, "merge_tree", broken)
     src = tmp_path / "src"
     src.mkdir()
-    with pytest.raises(declare.ActionFailed, match="commit of snapshot 'a' failed after 0 of "
-                       "the planned actions: disk on fire") as failed:
+    with pytest.raises(declare.ActionFailed, match=r"commit of snapshot 'a' failed \(0 of 1 "
+                       r"planned actions done\): disk on fire") as failed:
         declare.apply(snapshotter, declare.plan([], [{"key": "a",
                                                       "source": {"directory": str(src)}}]))
     assert isinstance(failed.value.error, OSError) and failed.value.done == []
@@ -343,8 +343,8 @@ def test_a_batch_failing_in_the_middle_names_the_snapshot_and_lists_what_was_don
                 {"key": "three", "parent": "two", "source": {"directory": str(src)}}]
     with pytest.raises(declare.ActionFailed) as failed:
         declare.apply(snapshotter, declare.plan(snapshotter.list(), declared))
-    assert str(failed.value) == ("commit of snapshot 'two' failed after 1 of the planned "
-                                 "actions: No space left on device")
+    assert str(failed.value) == ("commit of snapshot 'two' failed (1 of 3 planned actions "
+                                 "done): No space left on device")
     assert [a.key for a in failed.value.done] == ["one"]
     assert failed.value.action.key == "two"
     assert [i.name for i in snapshotter.list()] == ["one"]  # no temporary snapshot left

@@ -32,16 +32,18 @@ def root_exists(root):
     return os.path.exists(os.path.join(root, "metadata.db"))
 
 
-def open_root(module, create):
+def open_root(module, create, read_only=False):
     """The snapshotter of the module's root, backend and backend_options.
 
     Without `create`, a root that does not exist yet is None: reading or
-    check mode must not make one.
+    check mode must not make one. `read_only` (info modules, check mode):
+    nothing at all is written to the root, so it works on a read-only one.
     """
     params = module.params
     if not create and not root_exists(params["root"]):
         return None
-    return open_snapshotter(params["root"], params["backend"], **params["backend_options"])
+    return open_snapshotter(params["root"], params["backend"], read_only=read_only and not create,
+                            **params["backend_options"])
 
 
 def error_class(err):

@@ -194,7 +194,7 @@ def layer_dicts(plan, applied):
 def run(module):
     """Plan (scan every layer), apply unless in check mode, report."""
     params = module.params
-    snapshotter = open_root(module, create=False)
+    snapshotter = open_root(module, create=False, read_only=module.check_mode)
     try:
         plan = layers.plan_layers(snapshotter, params["layers"])
         before = [layer.chain_id for layer in plan if layer.present]

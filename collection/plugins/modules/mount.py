@@ -230,7 +230,7 @@ def mounted_here(mounts, path):
 def snapshot_mounts(module):
     """The snapshot's mounts; None if it (or its root) does not exist and the
     task is to unmount, where that is not an error."""
-    snapshotter = open_root(module, create=False)
+    snapshotter = open_root(module, create=False, read_only=module.check_mode)
     if snapshotter is None:
         if module.params["state"] == "unmounted":
             return None

@@ -411,7 +411,7 @@ def declarations(params):
 
 def run(module):
     """Plan, apply unless in check mode, and return the result."""
-    snapshotter = open_root(module, create=False)
+    snapshotter = open_root(module, create=False, read_only=module.check_mode)
     try:
         existing = declare.read_state(snapshotter) if snapshotter else []
         planned = declare.plan(existing, declarations(module.params))

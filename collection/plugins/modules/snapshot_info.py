@@ -45,6 +45,15 @@ options:
       - Add RV(snapshots[].mounts) to each active and view snapshot.
     type: bool
     default: false
+  doctor:
+    description:
+      - Also check the root for inconsistencies between its metadata, its storage (directories,
+        subvolumes, datasets), its mounts and its temporary names, as C(snaplab doctor) does,
+        and return them in RV(doctor). What a killed operation leaves shows up here; the
+        M(snaplab.snapshots.doctor) module with O(snaplab.snapshots.doctor#module:fix=true), or
+        C(snaplab doctor --fix), repairs what has a fix.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - snaplab.snapshots._snapshotter
   - snaplab.snapshots._attributes
@@ -54,6 +63,7 @@ attributes:
     platforms: posix
 seealso:
   - module: snaplab.snapshots.snapshot
+  - module: snaplab.snapshots.doctor
 """
 
 EXAMPLES = r"""
@@ -85,6 +95,24 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+doctor:
+  description: With O(doctor=true), what the check found.
+  returned: when O(doctor=true)
+  type: dict
+  contains:
+    clean:
+      description: Whether nothing was found.
+      type: bool
+      sample: false
+    findings:
+      description: One entry per inconsistency.
+      type: list
+      elements: dict
+      sample:
+        - kind: orphan
+          subject: /var/lib/snaplab/snapshots/new-k2j4x9
+          detail: storage of no snapshot (a snapshot being made when its process was killed)
+          fix: delete it
 snapshots:
   description: The snapshots found, in key order for a walk, in the order of O(keys) for a Stat.
   returned: success
@@ -170,6 +198,7 @@ ARGUMENT_SPEC = dict(
     filters=dict(type="list", elements="str"),
     usage=dict(type="bool", default=False),
     mounts=dict(type="bool", default=False),
+    doctor=dict(type="bool", default=False),
 )
 
 
@@ -186,11 +215,14 @@ def describe(snapshotter, info, params):
 
 def run(module):
     params = module.params
-    snapshotter = open_root(module, create=False)
+    snapshotter = open_root(module, create=False, read_only=True)
     if snapshotter is None:
         raise errors.NotFound("no snapshotter root at %s (no metadata.db there)" % params["root"])
     with snapshotter:
         result = dict(changed=False)
+        if params["doctor"]:
+            findings = [finding.to_dict() for finding in snapshotter.doctor()]
+            result["doctor"] = dict(clean=not findings, findings=findings)
         if params["keys"] is not None:
             infos, missing = [], []
             for key in params["keys"]:

@@ -110,14 +110,20 @@ def test_a_conflict_fails_with_what_differs_and_its_class(run_module, root):
     assert "replace" in result["msg"]
 
 
-def test_a_failure_while_applying_reports_the_planned_actions(run_module, root, monkeypatch):
+def test_a_failure_while_applying_reports_the_actions_done_and_the_failed_one(
+        run_module, root, monkeypatch):
     def broken(snapshotter, planned):
-        raise mountlib.MountError(1, "mount x on y: Operation not permitted")
+        error = mountlib.MountError(1, "mount x on y: Operation not permitted")
+        raise snapshot.declare.ActionFailed(planned.actions[1], error, planned.actions[:1],
+                                            len(planned.actions))
     monkeypatch.setattr(snapshot.declare, "apply", broken)
     result = declare(run_module, root, snapshots=CHAIN)
     assert result["failed"] and result["error_class"] == "MountError"
     assert "Operation not permitted" in result["msg"]
-    assert len(result["actions"]) == 3
+    assert result["msg"].startswith("%s of snapshot %r failed (1 of 3 planned actions done)"
+                                    % (result["failed_action"]["action"],
+                                       result["failed_action"]["key"]))
+    assert len(result["actions"]) == 1
 
 
 def test_an_unknown_backend_option_is_an_invalid_argument(run_module, root):
