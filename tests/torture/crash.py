@@ -141,7 +141,8 @@ class Case:
     states (before, maybe some in between, after), the content a key must
     have if it ends in its `after` state, and the keys to remove afterwards."""
 
-    def __init__(self, op, argv, keys, outcomes, content=None, teardown=(), on_success=None):
+    def __init__(self, op, argv, keys, outcomes, content=None, teardown=(), on_success=None,
+                 restore=None):
         self.op = op
         self.argv = list(argv)
         self.keys = list(keys)
@@ -149,6 +150,7 @@ class Case:
         self.content = content or {}  # key -> manifest, checked when the key exists
         self.teardown = list(teardown)  # keys to rm, in order
         self.on_success = on_success  # (key, manifest) that must hold after exit 0
+        self.restore = restore  # argv that undoes the operation's effect afterwards
 
 
 class CrashRun:
@@ -220,10 +222,9 @@ class CrashRun:
             value = self._new_key("value")
             after = (before[0], before[1], dict(sorted(dict(before[2], **{"torture": value})
                                                        .items())))
-            case = Case(op, ["label", "base2", "torture=" + value], ["base2"],
-                        [{"base2": before}, {"base2": after}])
-            case.restore = ["label", "base2", "torture="]
-            return case
+            return Case(op, ["label", "base2", "torture=" + value], ["base2"],
+                        [{"base2": before}, {"base2": after}],
+                        restore=["label", "base2", "torture="])
         if op == "cleanup":
             # Something to clean: a Prepare killed with its data stored and
             # its metadata not committed (an orphan, as a crash leaves it).
@@ -238,10 +239,9 @@ class CrashRun:
             key = self._new_key("unpack")
             self._make("prepare", *FIXED_GC_ROOT, key, "base")
             active = ("active", "base", {GC_ROOT: "torture"})
-            case = Case(op, ["apply-layer", key, self.fixture.layer], [key],
-                        [{key: active}, {key: active}], teardown=[key])
-            case.on_success = (key, self.fixture.base_with_layer)
-            return case
+            return Case(op, ["apply-layer", key, self.fixture.layer], [key],
+                        [{key: active}, {key: active}], teardown=[key],
+                        on_success=(key, self.fixture.base_with_layer))
         if op == "apply-layers":
             bottom, top = self.fixture.chain
             # apply-layers adds containerd's labels; only their presence is
@@ -386,9 +386,8 @@ class CrashRun:
             raise CheckFailed("; ".join(problems))
 
     def _teardown(self, case, record):
-        restore = getattr(case, "restore", None)
-        if restore:
-            self._expect_clean_run(*restore)
+        if case.restore:
+            self._expect_clean_run(*case.restore)
         leftovers = [i["Name"] for i in json.loads(self.run("--json", "ls").out)
                      if i["Name"].startswith("extract-")]
         if leftovers:

@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 import traceback
@@ -36,13 +37,15 @@ def split_kills(kills, backends):
     return {b: -(-kills * KILL_SHARES[b] // weight) for b in backends}
 
 
-def backend_part(backend, root, scratch, tmpdir, seed, kills, workers, ops, report_path):
+def backend_part(backend, root, scratch, tmpdir, seed, kills, workers, ops, report_path,
+                 crash_deadline=None):
     """One backend's crash campaign, then its concurrency run (a process of its own)."""
     part = {"backend": backend, "records": [], "concurrency": None, "errors": [],
             "crash_seconds": None, "concurrency_seconds": None}
     started = time.monotonic()
     try:
-        part["records"] = crash.run_backend(backend, root, scratch, tmpdir, seed, kills)
+        part["records"] = crash.run_backend(backend, root, scratch, tmpdir, seed, kills,
+                                            deadline=crash_deadline)
     except Exception:
         part["errors"].append("crash campaign aborted: " + traceback.format_exc()[-2000:])
     part["crash_seconds"] = round(time.monotonic() - started, 1)
@@ -58,9 +61,12 @@ def backend_part(backend, root, scratch, tmpdir, seed, kills, workers, ops, repo
         json.dump(part, report)
 
 
-def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout):
-    """The whole run; returns the report dict (report["violations"] counts them all)."""
+def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout,
+        crash_minutes=None):
+    """The whole run; returns the report dict (report["violations"] counts them all).
+    `crash_minutes` stops the crash campaigns after that long (fewer kills)."""
     started = time.monotonic()
+    crash_deadline = started + 60 * crash_minutes if crash_minutes else None
     shares = split_kills(kills, backends)
     parts = []
     with labmod.Lab(backends) as lab:
@@ -71,7 +77,7 @@ def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout):
             path = os.path.join(lab.scratch(backend), "part.json")
             process = context.Process(target=backend_part, args=(
                 backend, lab.roots[backend], lab.scratch(backend), lab.tmp_for(backend), seed,
-                shares[backend], workers, ops, path))
+                shares[backend], workers, ops, path, crash_deadline))
             process.start()
             processes.append((backend, process, path))
         for backend, process, path in processes:
@@ -110,6 +116,13 @@ def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout):
                                else r["mode"])
         out.write("VIOLATION %s %s at %s (exit %s): %s\n" % (
             r["backend"], r["op"], where, r["exit"], " | ".join(r["violations"])[:1500]))
+    kinds = violation_kinds(crash_violations, summaries)
+    if kinds:
+        out.write("\nviolations by kind (count, where, first text):\n")
+        for text, (count, where) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+            out.write("%5d  %s\n       %s\n" % (count, ", ".join(sorted(where))[:300], text))
+    report["violation_kinds"] = {text: {"count": count, "where": sorted(where)}
+                                 for text, (count, where) in kinds.items()}
     if summaries:
         out.write("\nconcurrency (%d workers x %d operations per backend)\n" % (workers, ops))
         out.write(concurrency.format_summaries(summaries))
@@ -123,12 +136,34 @@ def run(backends, kills, seed, workers, ops, report_path=None, out=sys.stdout):
     out.write("\ntime: setup %ss; crash %s; concurrency %s; total %ss\n" % (
         report["seconds"]["setup"], report["seconds"]["crash"],
         report["seconds"]["concurrency"], report["seconds"]["total"]))
-    out.write("kills %d, violations %d\n" % (report["kills"], report["violations"]))
+    out.write("kills %d (wanted %d), violations %d\n" % (report["kills"], sum(shares.values()),
+                                                         report["violations"]))
     if report_path:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
         with open(report_path, "w") as data:
             json.dump(report, data, indent=1)
     return report
+
+
+def violation_kinds(crash_violations, summaries):
+    """{text with numbers, hex and keys blurred: (count, {backend op/point})}."""
+    kinds = {}
+
+    def add(text, where):
+        text = re.sub(r"0x[0-9a-f]+|[0-9a-f]{12,}|\d+", "N", text)[:400]
+        count, places = kinds.get(text, (0, set()))
+        places.add(where)
+        kinds[text] = (count + 1, places)
+
+    for r in crash_violations:
+        point = (r["point"] or "").split(":")[0] or r["mode"]
+        for text in r["violations"]:
+            add(text, "%s %s@%s" % (r["backend"], r["op"], point))
+    for s in summaries:
+        for v in s["violations"]:
+            add("concurrent %s: %s: %s" % (v["argv"][0] if v["argv"] else "", v["what"],
+                                           v["detail"]), "%s concurrency" % s["backend"])
+    return kinds
 
 
 def main(argv=None):
@@ -141,6 +176,8 @@ def main(argv=None):
     parser.add_argument("--concurrency-ops", type=int, default=500,
                         help="operations per concurrency worker (0: no concurrency run)")
     parser.add_argument("--workers", type=int, default=8, help="concurrency workers")
+    parser.add_argument("--crash-minutes", type=float, default=None,
+                        help="stop the crash campaigns after this long (default: no limit)")
     parser.add_argument("--report", default=os.path.join(REPO, "reports", "torture.json"))
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -148,7 +185,8 @@ def main(argv=None):
     if unknown:
         parser.error("unknown backend %s" % ", ".join(unknown))
     seed = args.seed if args.seed is not None else str(int(time.time()))
-    report = run(backends, args.kills, seed, args.workers, args.concurrency_ops, args.report)
+    report = run(backends, args.kills, seed, args.workers, args.concurrency_ops, args.report,
+                 crash_minutes=args.crash_minutes)
     print("report: %s" % args.report)
     return 1 if report["violations"] else 0
 

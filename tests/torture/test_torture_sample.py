@@ -11,6 +11,7 @@ The seed is fixed per run of the suite only through SNAPLAB_TORTURE_SEED
 
 import io
 import os
+import tempfile
 import time
 
 import pytest
@@ -40,3 +41,63 @@ def test_crash_and_concurrency_sample(backend):
     print(out.getvalue())
     assert report["kills"] >= KILLS_PER_BACKEND * 0.8, out.getvalue()
     assert report["violations"] == 0, out.getvalue()
+
+
+def test_the_checker_sees_a_changed_byte_and_a_half_done_operation(tmp_path):
+    """The comparisons the harness relies on can fail: one byte, one mode
+    bit, a missing file; a state that is neither before nor after."""
+    from tests.torture import crash
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"abc")
+    before = labmod.manifest(str(tmp_path))
+    assert labmod.manifest_difference(before, labmod.manifest(str(tmp_path))) == ""
+    (tmp_path / "d" / "f").write_bytes(b"abd")
+    assert "changed (d/f)" in labmod.manifest_difference(before, labmod.manifest(str(tmp_path)))
+    (tmp_path / "d" / "f").write_bytes(b"abc")
+    os.chmod(tmp_path / "d" / "f", 0o600)
+    assert "changed (d/f)" in labmod.manifest_difference(before, labmod.manifest(str(tmp_path)))
+    os.unlink(tmp_path / "d" / "f")
+    assert "missing (d/f)" in labmod.manifest_difference(before, labmod.manifest(str(tmp_path)))
+
+    committed = ("committed", "base", {"a": "1"})
+    outcomes = [{"work": ("active", "base", {"a": "1"}), "name": None},
+                {"work": None, "name": committed}]
+    half_done = {"work": ("active", "base", {"a": "1"}), "name": committed}
+    assert not any(crash._matches(half_done, wanted) for wanted in outcomes)
+    assert crash._matches({"work": None, "name": committed}, outcomes[1])
+    assert not crash._matches({"work": None, "name": ("committed", "base", {})}, outcomes[1])
+
+
+def test_the_checker_sees_a_committed_snapshot_changed_on_disk():
+    """(b) for real: a byte of the parent's data changed behind snaplab's
+    back (native keeps it as plain files) is reported, naming the file."""
+    from snaplab.backends import open_snapshotter
+    from tests.torture import crash
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir  # CrashRun points them at its lab
+    try:
+        _corrupt_and_check(open_snapshotter, crash)
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+
+
+def _corrupt_and_check(open_snapshotter, crash):
+    with labmod.Lab(["native"]) as lab:
+        campaign = crash.CrashRun("native", lab.roots["native"], lab.scratch("native"),
+                                  lab.tmp_for("native"), seed=1)
+        campaign.fixture.verify_committed()
+        snapshotter = open_snapshotter(lab.roots["native"], "native")
+        try:
+            with snapshotter.store.transaction() as tx:
+                base_id = tx.get_info("base")[0]
+        finally:
+            snapshotter.close()
+        victim = os.path.join(lab.roots["native"], "snapshots", str(base_id), "base000",
+                              "base00003")
+        with open(victim, "ab") as data:
+            data.write(b"!")
+        with pytest.raises(labmod.CheckFailed, match="committed base changed.*base000/base00003"):
+            campaign.fixture.verify_committed()
