@@ -8,7 +8,7 @@ import tempfile
 import pytest
 
 from snaplab import mount as mountlib
-from tests.model.environment import FILESYSTEM_OF, BackendEnv, chosen_backends
+from tests.model.environment import BACKENDS, BackendEnv, chosen_backends
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +36,12 @@ def backend_env(model_filesystems):
     filesystem cannot be made here."""
     from conformance.targets import FilesystemUnavailable
 
-    def env(backend):
+    def env(name):
+        filesystem = BACKENDS[name][2]
         try:
-            return BackendEnv(backend, model_filesystems.get(FILESYSTEM_OF[backend]))
+            return BackendEnv(name, model_filesystems.get(filesystem))
         except FilesystemUnavailable as unavailable:
-            pytest.skip("%s is not available: %s" % (FILESYSTEM_OF[backend], unavailable))
+            pytest.skip("%s is not available: %s" % (filesystem, unavailable))
     return env
 
 

@@ -20,26 +20,38 @@ import pytest
 from snaplab import mount as mountlib
 from snaplab.backends import open_snapshotter
 
-# backend -> the FilesystemPool name its roots go on
-FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs"}
+# name -> (backend, its options, the FilesystemPool name its roots go on).
+# overlay-async is overlay as containerd's plugin runs it by default: Remove
+# leaves the data to Cleanup.
+BACKENDS = {
+    "native": ("native", {}, "ext4"),
+    "overlay": ("overlay", {}, "ext4"),
+    "overlay-async": ("overlay", {"async_remove": True}, "ext4"),
+    "btrfs": ("btrfs", {}, "btrfs"),
+    "zfs": ("zfs", {}, "zfs"),
+}
 
 
 def chosen_backends():
     names = [b.strip() for b in os.environ.get("SNAPLAB_MODEL_BACKENDS", "").split(",")
-             if b.strip()] or list(FILESYSTEM_OF)
-    unknown = sorted(set(names) - set(FILESYSTEM_OF))
+             if b.strip()] or list(BACKENDS)
+    unknown = sorted(set(names) - set(BACKENDS))
     if unknown:
         raise pytest.UsageError("SNAPLAB_MODEL_BACKENDS: unknown backend %s (known: %s)"
-                                % (", ".join(unknown), ", ".join(FILESYSTEM_OF)))
+                                % (", ".join(unknown), ", ".join(BACKENDS)))
     return names
 
 
 class BackendEnv:
-    """A backend and the filesystem its roots go on."""
+    """A backend (by its name in BACKENDS) and the filesystem its roots go on."""
 
-    def __init__(self, backend, fs):
-        self.backend = backend
+    def __init__(self, name, fs):
+        self.name = name
+        self.backend, self.options, _ = BACKENDS[name]
         self.fs = fs
+
+    def open(self, root):
+        return open_snapshotter(root, self.backend, **self.options)
 
     @contextlib.contextmanager
     def fresh_root(self):
@@ -69,7 +81,7 @@ class BackendEnv:
     def snapshotter(self):
         """A snapshotter on a fresh root, and its scratch directory."""
         with self.fresh_root() as (root, scratch):
-            sn = open_snapshotter(root, self.backend)
+            sn = self.open(root)
             try:
                 yield sn, scratch
             finally:

@@ -9,16 +9,17 @@ Each call goes to the backend and to the model; their outcomes must agree:
 the same result, or an error of the same class. After every step the Stat
 of each key the model holds, and an unfiltered Walk, must match the model.
 
-Each example gets a fresh root on a filesystem made once for the module:
-native and overlay on a loop ext4, btrfs on a loop btrfs, zfs on a pool
-(zfs-fuse where the kernel has no zfs), where each root is a dataset of its
-own, destroyed at the end of the example.
+Each example gets a fresh root on a filesystem made once per session
+(environment.py, conftest.py): native and overlay on a loop ext4, btrfs on a
+loop btrfs, zfs on a pool (zfs-fuse where the kernel has no zfs), where each
+root is a dataset of its own, destroyed at the end of the example.
 
 How much to run comes from the environment:
   SNAPLAB_MODEL_EXAMPLES  examples (sequences) per backend; default 200
   SNAPLAB_MODEL_STEPS     steps per sequence; default 50, and 20 for zfs
                           (each zfs call spawns a zfs command)
-  SNAPLAB_MODEL_BACKENDS  comma-separated subset of native,overlay,btrfs,zfs
+  SNAPLAB_MODEL_BACKENDS  comma-separated subset of native, overlay,
+                          overlay-async (async_remove), btrfs, zfs
 Failing sequences are kept in .hypothesis/model-<backend>/ and replayed first.
 """
 
@@ -39,7 +40,6 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 
 from snaplab import errors  # noqa: E402
 from snaplab import mount as mountlib  # noqa: E402
-from snaplab.backends import open_snapshotter  # noqa: E402
 from snaplab.types import Info, Kind  # noqa: E402
 
 from tests.model.environment import chosen_backends  # noqa: E402
@@ -47,7 +47,7 @@ from tests.model.semantics import Selector, SnapshotterModel  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_STEPS = {"zfs": 20}
+DEFAULT_STEPS = {"zfs": 20}  # each zfs call spawns zfs commands
 DEFAULT_STEPS_OTHERS = 50
 
 # -- the alphabets -------------------------------------------------------------
@@ -131,7 +131,7 @@ class Sentinel(Exception):
 # -- comparing outcomes --------------------------------------------------------
 
 def outcome(call):
-    """(result, None) or (None, the SnapshotError class raised)."""
+    """(result, None), or (None, the SnapshotError raised)."""
     try:
         return call(), None
     except errors.SnapshotError as err:
@@ -168,7 +168,7 @@ class SnapshotterMachine(RuleBasedStateMachine):
         self.resources = contextlib.ExitStack()
         try:
             self.root, self.mnt = self.resources.enter_context(self.env.fresh_root())
-            self.sn = open_snapshotter(self.root, self.env.backend)
+            self.sn = self.env.open(self.root)
         except BaseException:
             self.resources.close()
             raise
@@ -436,7 +436,7 @@ class SnapshotterMachine(RuleBasedStateMachine):
         """Close and open the root again: everything must still be there."""
         self.sn.close()
         self.sn = None
-        self.sn = open_snapshotter(self.root, self.env.backend)
+        self.sn = self.env.open(self.root)
 
     # -- content through the mounts ------------------------------------------
 
@@ -518,6 +518,6 @@ def machine_settings(backend):
 
 @pytest.mark.parametrize("backend", chosen_backends())
 def test_backend_follows_the_model(backend, backend_env):
-    machine = type("SnapshotterMachine_" + backend, (SnapshotterMachine,),
+    machine = type("SnapshotterMachine_" + backend.replace("-", "_"), (SnapshotterMachine,),
                    {"env": backend_env(backend)})
     run_state_machine_as_test(machine, settings=machine_settings(backend))
