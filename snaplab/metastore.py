@@ -468,6 +468,11 @@ class Transaction:
             else:
                 raise errors.InvalidArgument(
                     "cannot update %r field on snapshot %r" % (path, info.name))
+        # Empty values are deletions (a path naming a label the request does
+        # not carry deletes it): only what is stored must be valid, so
+        # "labels." (the label named "", absent) changes nothing, as in
+        # containerd.
+        stored = labelrules.without_empty(stored)
         labelrules.validate(stored)
         self._write_labels(row[0], stored)
         self.db.execute("UPDATE snapshots SET updated = ? WHERE id = ?", (now_ns(), row[0]))
