@@ -73,8 +73,8 @@ is absent. A malformed filter is refused (InvalidArgument).
 Cleanup. Removes only what no snapshot refers to: nothing any call can see
 changes. A backend with nothing to clean that way may say NotImplemented.
 
-Content. A new active snapshot shows its parent's files (none without a
-parent) and takes writes; committing freezes what it shows; a view shows its
+Content. A new active snapshot shows its parent's files and directories
+(none without a parent) and takes writes and removals; committing freezes what it shows; a view shows its
 parent's files and refuses writes. A rebase (Commit with a parent the active
 snapshot did not have) changes the parent on record; what the committed
 snapshot then shows is the backend's business (a layered backend shows the
@@ -85,12 +85,13 @@ made on it.
 
 import dataclasses
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from snaplab import errors
 from snaplab.types import Kind
 
 MAX_LABEL_BYTES = 4096
+DIRECTORY = "<directory>"  # a directory in ModelSnapshot.files
 
 
 @dataclasses.dataclass
@@ -98,8 +99,9 @@ class ModelSnapshot:
     kind: Kind
     parent: str
     labels: Dict[str, str]
-    # top-level file name -> content, as the mounts show it; None: not predicted
-    files: Optional[Dict[str, bytes]]
+    # what the mounts show: relative path -> the bytes of a file, or
+    # DIRECTORY; None when it is not predicted (see "Content")
+    files: Optional[Dict[str, Union[bytes, str]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,13 +289,28 @@ class SnapshotterModel:
 
     # -- content -----------------------------------------------------------
 
-    def write_file(self, key, file_name, content):
-        """A write through the active snapshot's mounts; None deletes the file."""
-        snapshot = self.get(key)
-        assert snapshot.kind == Kind.ACTIVE, "only active snapshots take writes"
-        if snapshot.files is None:
+    def write_file(self, key, path, content):
+        """A file written through the active snapshot's mounts (its
+        directories made as needed)."""
+        files = self._changed_files(key)
+        if files is None:
             return
-        if content is None:
-            snapshot.files.pop(file_name, None)
-        else:
-            snapshot.files[file_name] = content
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            files["/".join(parts[:depth])] = DIRECTORY
+        files[path] = content
+
+    def remove_path(self, key, path):
+        """A file, or a directory with all in it, removed through the mounts
+        (nothing happens if it is not there)."""
+        files = self._changed_files(key)
+        if files is None:
+            return
+        for name in list(files):
+            if name == path or name.startswith(path + "/"):
+                del files[name]
+
+    def _changed_files(self, key):
+        snapshot = self.get(key)
+        assert snapshot.kind == Kind.ACTIVE, "only active snapshots take changes"
+        return snapshot.files

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -43,7 +44,7 @@ from snaplab import mount as mountlib  # noqa: E402
 from snaplab.types import Info, Kind  # noqa: E402
 
 from tests.model.environment import chosen_backends  # noqa: E402
-from tests.model.semantics import Selector, SnapshotterModel  # noqa: E402
+from tests.model.semantics import DIRECTORY, Selector, SnapshotterModel  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,16 +80,17 @@ ODD_LABELS = st.dictionaries(st.sampled_from(LABEL_KEYS + ["", "n\x00"]),
 # Inputs withheld from the draws while snaplab still differs from containerd
 # on them: each has its regression test in test_regressions.py (a strict
 # xfail). When that test passes, its input goes back into the draws.
-WITHHELD = {
-    "labels.": "test_update_of_the_empty_label_path_is_accepted",
-}
+WITHHELD = {}
 FIELDPATHS = st.lists(st.sampled_from([path for path in (
     "labels", "labels.a", "labels.b", "labels.x.y", "labels.containerd.io/snapshot/t",
     "labels.", "parent", "kind", "name", "created", "updated", "labelsx")
     if path not in WITHHELD]), max_size=2)
 
-FILE_NAMES = st.sampled_from(["f1", "f2"])
-FILE_CONTENTS = st.sampled_from([b"one", b"two", None])  # None deletes the file
+# a file at the top, one in a directory (removing the directory of a lower
+# layer is what overlay's whiteouts and opaque directories are for)
+FILE_PATHS = st.sampled_from(["f1", "d/f2"])
+REMOVED_PATHS = st.sampled_from(["f1", "d/f2", "d"])
+FILE_CONTENTS = st.sampled_from([b"one", b"two"])
 
 # Filters: (field tuple, how to write it). A label key with dots can be
 # written quoted or as several fields (joined back with dots).
@@ -248,6 +250,9 @@ class SnapshotterMachine(RuleBasedStateMachine):
             self.mounts_of[key] = [m.to_dict() for m in mounts]
             info = self.sn.stat(key)
             assert info.created == info.updated, "a new snapshot has created != updated"
+            if created.files:  # on a parent with content: it must show through
+                self.verify_content(key)
+        return created is not None
 
     def do_commit(self, name, key, labels, parent):
         committed, _, _ = self.agree(
@@ -259,6 +264,7 @@ class SnapshotterMachine(RuleBasedStateMachine):
             self.forget(name)
             info = self.sn.stat(name)
             assert info.created == info.updated, "commit must set created == updated"
+        return committed is not None
 
     def do_remove(self, key):
         _, _, err = self.agree("remove(%r)" % key, lambda: self.model.remove(key),
@@ -326,6 +332,18 @@ class SnapshotterMachine(RuleBasedStateMachine):
     @rule(data=st.data(), name=KEYS, labels=LABELS)
     def commit(self, data, name, labels):
         self.do_commit(name, self.draw_key(data, "key", KEYS, Kind.ACTIVE), labels, None)
+
+    @rule(data=st.data(), key=KEYS, name=KEYS, paths=st.lists(FILE_PATHS, min_size=1,
+                                                              max_size=2, unique=True),
+          content=FILE_CONTENTS)
+    def layer(self, data, key, name, paths, content):
+        """What an unpack does: prepare on a committed parent (or none),
+        write files, commit; each step compared with the model."""
+        parent = self.draw_key(data, "parent", PARENTS, Kind.COMMITTED)
+        if self.do_create(Kind.ACTIVE, key, parent, {}):
+            for path in paths:
+                self.write(key, path, content)
+            self.do_commit(name, key, {}, None)
 
     @rule(data=st.data(), name=KEYS, labels=LABELS)
     def commit_rebase(self, data, name, labels):
@@ -448,32 +466,56 @@ class SnapshotterMachine(RuleBasedStateMachine):
         finally:
             mountlib.unmount_all(self.mnt)
 
+    def draw_active(self, data):
+        return data.draw(st.sampled_from(self.model.keys_of_kind(Kind.ACTIVE)), label="key")
+
     @precondition(lambda self: self.model.keys_of_kind(Kind.ACTIVE))
-    @rule(data=st.data(), file_name=FILE_NAMES, content=FILE_CONTENTS)
-    def write_file(self, data, file_name, content):
-        key = data.draw(st.sampled_from(self.model.keys_of_kind(Kind.ACTIVE)), label="key")
+    @rule(data=st.data(), path=FILE_PATHS, content=FILE_CONTENTS)
+    def write_file(self, data, path, content):
+        self.write(self.draw_active(data), path, content)
+
+    def write(self, key, path, content):
         with self.mounted(key) as where:
-            path = os.path.join(where, file_name)
-            if content is None:
-                if os.path.lexists(path):
-                    os.unlink(path)
-            else:
-                with open(path, "wb") as f:
-                    f.write(content)
-        self.model.write_file(key, file_name, content)
+            os.makedirs(os.path.dirname(os.path.join(where, path)), exist_ok=True)
+            with open(os.path.join(where, path), "wb") as f:
+                f.write(content)
+        self.model.write_file(key, path, content)
+        self.verify_content(key)
+
+    @precondition(lambda self: self.model.keys_of_kind(Kind.ACTIVE))
+    @rule(data=st.data(), path=REMOVED_PATHS)
+    def remove_path(self, data, path):
+        key = self.draw_active(data)
+        with self.mounted(key) as where:
+            target = os.path.join(where, path)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.unlink(target)
+        self.model.remove_path(key, path)
+        self.verify_content(key)
 
     @precondition(lambda self: self.model.keys_of_kind(Kind.ACTIVE)
                   or self.model.keys_of_kind(Kind.VIEW))
     @rule(data=st.data())
     def check_content(self, data):
-        key = data.draw(st.sampled_from(self.model.keys_of_kind(Kind.ACTIVE)
-                                        + self.model.keys_of_kind(Kind.VIEW)), label="key")
+        self.verify_content(data.draw(st.sampled_from(
+            self.model.keys_of_kind(Kind.ACTIVE) + self.model.keys_of_kind(Kind.VIEW)),
+            label="key"))
+
+    def verify_content(self, key):
+        """What the mounts of an active or view snapshot show is what the
+        model says (when it says); a view refuses a new file."""
         want = self.model.get(key)
         with self.mounted(key) as where:  # mounted even when the content is not predicted
             found = {}
-            for name in sorted(os.listdir(where)):
-                with open(os.path.join(where, name), "rb") as f:
-                    found[name] = f.read()
+            for directory, dirs, files in os.walk(where):
+                relative = os.path.relpath(directory, where)
+                for name in dirs:
+                    found[os.path.normpath(os.path.join(relative, name))] = DIRECTORY
+                for name in files:
+                    with open(os.path.join(directory, name), "rb") as f:
+                        found[os.path.normpath(os.path.join(relative, name))] = f.read()
             if want.kind == Kind.VIEW:
                 try:
                     with open(os.path.join(where, "written-in-a-view"), "wb"):
@@ -482,8 +524,8 @@ class SnapshotterMachine(RuleBasedStateMachine):
                     pass
                 else:
                     raise AssertionError("a file could be created in the view %r" % key)
-        assert want.files is None or found == want.files, "content of %r: backend %r, model %r" % (
-            key, found, want.files)
+        assert want.files is None or found == want.files, (
+            "content of %r: backend %r, model %r" % (key, found, want.files))
 
     # -- after every step ----------------------------------------------------
 
