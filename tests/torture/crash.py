@@ -18,6 +18,7 @@ runs snaplab.cli.main in a process group of its own: the kill takes the
 zfs commands it runs with it, as a crash would.
 """
 
+import collections
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ POINTS = {
 }
 # Points that only one backend's code path reaches.
 BACKEND_ONLY = {"copy.file": "native"}
+MISSES_BEFORE_DROP = 3
 
 # The fixture: a parent with thousands of files (native copies it on each
 # Prepare: slow enough to be hit mid-copy), its child, and layers with many
@@ -163,6 +165,8 @@ class CrashRun:
         self.results = []
         self.durations = {}  # op -> seconds of its last uninterrupted run
         self.number = 0
+        self.point_hits = collections.Counter()  # (op, point name) -> kills there
+        self.point_misses = collections.Counter()  # ... -> runs that never reached it
         # snaplab's temp mounts go to our private directory (the forked
         # children inherit it), where nothing else makes any.
         os.environ["TMPDIR"] = tmpdir
@@ -273,7 +277,9 @@ class CrashRun:
         if mode == "point":
             crash_at = self._pick_point(op)
             record["point"] = crash_at
-        elif mode == "random":
+            if crash_at is None:
+                mode = record["mode"] = "random"
+        if mode == "random":
             delay = self.rng.uniform(0, self.durations.get(op, 0.5))
             record["delay"] = round(delay, 4)
         outcome = fork_and_kill(self.root, self.backend, case.argv, crash_at, delay)
@@ -282,6 +288,8 @@ class CrashRun:
         record["killed"] = outcome["killed"]
         if mode == "point":
             record["point_reached"] = outcome["killed"]
+            counter = self.point_hits if outcome["killed"] else self.point_misses
+            counter[op, crash_at.split(":")[0]] += 1
         if not outcome["killed"]:
             if outcome["exit"] == 0:
                 self.durations[op] = outcome["seconds"]
@@ -295,7 +303,14 @@ class CrashRun:
         return record
 
     def _pick_point(self, op):
-        points = [p for p in POINTS[op] if BACKEND_ONLY.get(p, self.backend) == self.backend]
+        """NAME:N for `op`, or None if it has no point left: one not reached
+        in its first MISSES_BEFORE_DROP tries is not tried again (this code
+        path does not pass it, as a native view of a parent creates nothing)."""
+        points = [p for p in POINTS[op] if BACKEND_ONLY.get(p, self.backend) == self.backend
+                  and not (self.point_misses[op, p] >= MISSES_BEFORE_DROP
+                           and not self.point_hits[op, p])]
+        if not points:
+            return None
         name = self.rng.choice(points)
         most = POINTS[op][name]
         most = {"files": self.fixture.parent_files, "entries": LAYER_ENTRIES}.get(most, most)
@@ -308,6 +323,7 @@ class CrashRun:
                  ("(b) committed content", self.fixture.verify_committed),
                  ("cleanup", lambda: self._expect_clean_run("cleanup")),
                  ("(d) unreferenced after cleanup", self._check_unreferenced),
+                 ("(c) content after cleanup", lambda: self._check_content(case)),
                  ("(e) mounts and temp names", lambda: self._check_leftovers(record)),
                  ("teardown", lambda: self._teardown(case, record)))
         timing = record.setdefault("seconds", {})
@@ -331,6 +347,17 @@ class CrashRun:
         if outcome["exit"] == 0 and len(case.outcomes) - 1 not in matches:
             raise CheckFailed("exit 0 but the state is %s, not %s" % (observed,
                                                                        case.outcomes[-1]))
+        problems = self._content_problems(case, observed)
+        if case.on_success and outcome["exit"] == 0:
+            key, expected = case.on_success
+            difference = labmod.manifest_difference(
+                expected, labmod.content_of(self.root, self.backend, key, self.tmpdir))
+            if difference:
+                problems.append("content of %s after success: %s" % (key, difference))
+        if problems:
+            raise CheckFailed("; ".join(problems))
+
+    def _content_problems(self, case, observed):
         problems = []
         for key, expected in case.content.items():
             if observed.get(key) is None:
@@ -339,12 +366,13 @@ class CrashRun:
                 expected, labmod.content_of(self.root, self.backend, key, self.tmpdir))
             if difference:
                 problems.append("content of %s: %s" % (key, difference))
-        if case.on_success and outcome["exit"] == 0:
-            key, expected = case.on_success
-            difference = labmod.manifest_difference(
-                expected, labmod.content_of(self.root, self.backend, key, self.tmpdir))
-            if difference:
-                problems.append("content of %s after success: %s" % (key, difference))
+        return problems
+
+    def _check_content(self, case):
+        """What the operation made is still whole after Cleanup (which must
+        not take a live snapshot's data for a crash's leftover)."""
+        observed = {k: state(info_of(self.root, self.backend, k)) for k in case.content}
+        problems = self._content_problems(case, observed)
         if problems:
             raise CheckFailed("; ".join(problems))
 
