@@ -277,7 +277,9 @@ class StoreSnapshotter(Snapshotter):
         operation can start on what they change); the deletions they hand
         back run after it, so writers are not held up by a long removal."""
         later = self._freeing_space(self._repair)
-        self.remove_storage_entries(later)
+        for entry in later:
+            faults.point("cleanup.entry")
+            self.remove_storage_entries([entry])
         self._remove_old_probes()
         self._refill_reserve()
 
