@@ -47,6 +47,8 @@ MOUNTS_DIRECTORY = "mounts"
 PROBE_GRACE_SECONDS = 60
 # Data a Cleanup took away from under its id, to be deleted outside the lock.
 CLAIMED_PREFIX = "rm-"
+# The lease a Remove holds on its snapshot's data until it has deleted it.
+REMOVAL_LEASE = "remove-%s"
 # A file of space kept back for the operations that free space: on a full
 # filesystem, Remove and Cleanup cannot even write the metadata that says
 # what to delete (SQLite needs a few pages), so they give this back first
@@ -239,29 +241,45 @@ class StoreSnapshotter(Snapshotter):
 
     def remove(self, key):
         labelrules.validate_existing_key(key)
-        snapshot_id, kind = self._freeing_space(lambda: self._remove_metadata(key))
-        faults.point("remove.committed")
-        # Only this snapshot's data goes now: sweeping every orphan on each
-        # Remove (containerd's overlay does) costs a directory listing per
-        # call; other leftovers wait for cleanup().
-        orphans = [] if self.async_remove else self.storage_entries_of(snapshot_id)
-        # After the commit: the id is gone for good, nobody can want its data.
-        # The removal itself succeeded, so a failure here is only logged, and
-        # what is left stays an orphan for cleanup() (as containerd does). A
-        # Cleanup removing the same data at the same time is no failure:
-        # removal tolerates what vanishes under it.
-        try:
-            self.remove_storage_entries(orphans)
-        except OSError as err:
-            log.warning("snapshot %r removed, but its data is left for cleanup: %s", key, err)
+        snapshot_id, kind, lease = self._freeing_space(lambda: self._remove_metadata(key))
+        with lease:
+            faults.point("remove.committed")
+            # Only this snapshot's data goes now: sweeping every orphan on each
+            # Remove (containerd's overlay does) costs a directory listing per
+            # call; other leftovers wait for cleanup().
+            orphans = [] if self.async_remove else self.storage_entries_of(snapshot_id)
+            # After the commit: the id is gone for good, nobody can want its
+            # data. The removal itself succeeded, so a failure here is only
+            # logged, and what is left stays an orphan for cleanup() (as
+            # containerd does).
+            try:
+                self.remove_storage_entries(orphans)
+            except OSError as err:
+                log.warning("snapshot %r removed, but its data is left for cleanup: %s",
+                            key, err)
         self._refill_reserve()  # given back if the filesystem was full
 
     def _remove_metadata(self, key):
-        with self.store.transaction(write=True) as tx:
-            snapshot_id, kind = tx.remove(key)
-            self.remove_storage(snapshot_id, kind)
-            faults.point("remove.stored")
-        return snapshot_id, kind
+        """The metadata part of Remove; returns (id, kind, lease): the lease
+        on the id's data, taken inside the transaction, keeps a Cleanup
+        (which needs the write lock, so comes after the commit) from
+        deleting the same data at the same time until the caller is done."""
+        lease = contextlib.ExitStack()
+        try:
+            with self.store.transaction(write=True) as tx:
+                snapshot_id, kind = tx.remove(key)
+                if not self.async_remove:
+                    try:
+                        lease.enter_context(
+                            leases.hold(self.root, REMOVAL_LEASE % snapshot_id))
+                    except OSError:  # no room even for a lock file: Cleanup may race
+                        pass
+                self.remove_storage(snapshot_id, kind)
+                faults.point("remove.stored")
+        except BaseException:
+            lease.close()
+            raise
+        return snapshot_id, kind, lease
 
     def walk(self, fn, *filter_strings):
         matcher = filters.parse(*filter_strings)
@@ -326,14 +344,15 @@ class StoreSnapshotter(Snapshotter):
             return []
         found = []
         for name in names:
-            if leases.is_held(self.root, name):
-                continue
             path = os.path.join(directory, name)
+            if leases.is_held(self.root, name) or not os.path.lexists(path):
+                continue  # in use, or its process has just finished with it
             mounted = mountlib.mounts_under(path)
 
             def repair(tx, path=path):
                 unmount_tree(path)
-                os.rmdir(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(path)
                 return []
             found.append(Finding(
                 "stale-mount", path,
@@ -366,7 +385,7 @@ class StoreSnapshotter(Snapshotter):
         live = {str(row[0]) for row in rows}
         found = []
         for entry in self.storage_entries():
-            if entry.id in live:
+            if entry.id in live or leases.is_held(self.root, REMOVAL_LEASE % entry.id):
                 continue
             found.append(Finding(
                 "orphan", entry.path,

@@ -297,7 +297,10 @@ class ZfsSnapshotter(StoreSnapshotter):
 
     def remove_storage_entries(self, entries):
         for entry in entries:
-            destroy_dataset(entry.path)
+            # With its dependents: a clone of a dataset no snapshot uses any
+            # more is itself an orphan (a snapshot's parent is always in the
+            # metadata), left by a Prepare whose own undo failed.
+            destroy_dataset(entry.path, dependents=True)
             self._remove_home(entry.id)
 
     def claim_orphan(self, entry):
