@@ -77,7 +77,13 @@ class ZfsError(errors.SnapshotError, OSError):
 
     @property
     def busy(self):
-        return "busy" in self.stderr
+        # "dataset is busy"; "has dependent clones" while another process is
+        # destroying a clone of it (two Removes of a child and its parent)
+        return "busy" in self.stderr or "dependent clones" in self.stderr
+
+    @property
+    def not_mounted(self):
+        return "not currently mounted" in self.stderr or "not mounted" in self.stderr
 
 
 def run_zfs(*argv):
@@ -115,9 +121,15 @@ def destroy_dataset(dataset, dependents=False):
     unmounted = []
     try:
         for name in mounted:
-            run_zfs("unmount", name)
+            try:
+                run_zfs("unmount", name)
+            except ZfsError as err:
+                if not (err.not_mounted or err.missing):  # another process was first
+                    raise
             unmounted.append(name)
-        delays = iter(BUSY_RETRY_DELAYS if unmounted else ())
+        # Busy is also what another process destroying the same dataset,
+        # or a clone of it, makes zfs say for a moment: wait a little.
+        delays = iter(BUSY_RETRY_DELAYS)
         while True:
             try:
                 run_zfs("destroy", "-R" if dependents else "-r", dataset)
