@@ -161,11 +161,17 @@ bench: deps
 ## first; then 8 processes x 500 mixed verbs on one root per backend. Prints
 ## kills, named points hit and violations per backend and verb, and the
 ## times; $(REPORTS)/torture.json. TORTURE_ARGS adds options (--seed S...).
+## Then the stateful model test (tests/model) with MODEL_EXAMPLES sequences per
+## backend (5 backends: 10,000 sequences; `make test` runs 200 per backend).
 TORTURE_ARGS ?=
+MODEL_EXAMPLES ?= 2000
 torture: deps
 	mkdir -p $(REPORTS)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) tests/torture/run.py --kills 1000 \
 	  --concurrency-ops 500 --report $(REPORTS)/torture.json $(TORTURE_ARGS)
+	PATH=$(abspath $(VENV))/bin:$$PATH SNAPLAB_MODEL_EXAMPLES=$(MODEL_EXAMPLES) \
+	  $(PY) -m pytest -q --timeout=0 -p no:cacheprovider tests/model/test_stateful.py \
+	  --junitxml=$(REPORTS)/model-junit.xml
 
 ## make leaks: fail if a run left a snaplab mount, loop device, zpool (named
 ## snaplab-*), zfs-fuse daemon (started by a test: its pidfile is in a

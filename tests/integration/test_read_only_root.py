@@ -69,7 +69,7 @@ def make_read_only(fs, root, read_only):
 
 @pytest.mark.parametrize("backend,filesystem", CASES, ids=["-on-".join(c) for c in CASES])
 def test_reading_verbs_write_nothing_and_work_on_a_read_only_mount(
-        backend, filesystem, loop_filesystem, tmp_path):
+        backend, filesystem, loop_filesystem):
     with loop_filesystem(filesystem, "snaplab-test-ro-") as fs:
         root = os.path.join(fs.mountpoint, "root")
         if filesystem == "zfs":
@@ -78,7 +78,9 @@ def test_reading_verbs_write_nothing_and_work_on_a_read_only_mount(
         ok(root, backend, "commit", "base", "base-work")
         ok(root, backend, "prepare", "work", "base")
         ok(root, backend, "view", "look", "base")
-        target = str(tmp_path / "mnt")
+        # beside the filesystem, in the scratch directory that is unmounted
+        # whatever happens
+        target = os.path.join(os.path.dirname(fs.mountpoint), "mnt")
         os.mkdir(target)
         verbs = reading_verbs(target)
 
