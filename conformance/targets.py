@@ -319,6 +319,11 @@ def stop_zfs_fuse(pidfile):
         return []  # no pidfile, or the daemon is gone
     if not ours or pid not in zfs_fuse_pids():
         return []
+    return _terminate_zfs_fuse(pid, pidfile)
+
+
+def _terminate_zfs_fuse(pid, pidfile):
+    """SIGTERM the daemon `pid`, wait until it has exited, remove its pidfile."""
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + ZFS_FUSE_WAIT_S
     while pid in zfs_fuse_pids():  # it unmounts and syncs on the way out
@@ -360,16 +365,7 @@ def stop_idle_zfs_fuse(own_pidfile):
         return []
     if pidfile != own_pidfile and os.path.exists(os.path.dirname(pidfile)):
         return []  # its starter is still there and stops it
-    os.kill(pids[0], signal.SIGTERM)
-    deadline = time.monotonic() + ZFS_FUSE_WAIT_S
-    while pids[0] in zfs_fuse_pids():  # it unmounts and syncs on the way out
-        if time.monotonic() > deadline:
-            return ["zfs-fuse (pid %d) did not exit within %d s of SIGTERM"
-                    % (pids[0], ZFS_FUSE_WAIT_S)]
-        time.sleep(0.1)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(pidfile)
-    return []
+    return _terminate_zfs_fuse(pids[0], pidfile)
 
 
 def _zfs_unavailable_reason():

@@ -1187,13 +1187,9 @@ def _unpack(snapshotter, layer, parent, labels):
 
     The extract snapshot lives under a lease of this process (containerd's
     unpack runs under a lease too): if the process is killed half-way,
-    Cleanup removes the half-applied snapshot. A snapshotter without leases
-    (one reached over gRPC) gets a plain one.
+    Cleanup removes the half-applied snapshot.
     """
-    lease = getattr(snapshotter, "lease", None)
-    if lease is None:
-        return _unpack_in_lease(snapshotter, layer, parent, labels, labels)
-    with lease("extract") as name:
+    with snapshotter.lease("extract") as name:
         extract_labels = dict(labels)
         extract_labels[leases.LEASE_LABEL] = name
         return _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels)

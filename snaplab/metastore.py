@@ -207,11 +207,15 @@ def _no_space_left(path):
         return False
 
 
+# The file _read_only_directory makes for a moment (Cleanup knows the prefix).
+WRITE_PROBE_PREFIX = ".snaplab-write-probe-"
+
+
 def _read_only_directory(directory):
     """Whether nothing can be created in `directory` because its filesystem
     is read-only (asked only once the store failed to open for writing:
     access(2) does not know a zfs dataset's readonly=on)."""
-    probe = os.path.join(directory, ".snaplab-write-probe-%d" % os.getpid())
+    probe = os.path.join(directory, "%s%d" % (WRITE_PROBE_PREFIX, os.getpid()))
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     except OSError as err:

@@ -20,7 +20,7 @@ from .. import fsutil
 from .. import labels as labelrules
 from .. import leases
 from .. import mount as mountlib
-from ..metastore import MetaStore
+from ..metastore import WRITE_PROBE_PREFIX, MetaStore
 from ..snapshotter import Snapshotter
 from ..types import Finding, Kind, Usage
 
@@ -55,6 +55,7 @@ REMOVAL_LEASE = "remove-%s"
 # and try again. Random bytes: a compressing filesystem (zfs, btrfs) would
 # keep no space for zeros. Made again by the next open for writing.
 RESERVE_NAME = "reserve"
+RESERVE_STAGING_PREFIX = RESERVE_NAME + ".new-"
 RESERVE_BYTES = 1 << 20
 
 
@@ -68,8 +69,9 @@ class StoreSnapshotter(Snapshotter):
     """
 
     name = None  # the backend's name, as given to --backend
-    # Temporary directories check_filesystem may make in the root.
-    probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX,)
+    # Temporary names made in the root for a moment, outside any lock: the
+    # d_type probe, the metadata store's write probe, the reserve being made.
+    probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX, WRITE_PROBE_PREFIX, RESERVE_STAGING_PREFIX)
 
     def __init__(self, root, read_only=False, **options):
         if not isinstance(root, str) or not root:
@@ -110,7 +112,7 @@ class StoreSnapshotter(Snapshotter):
         path = os.path.join(self.root, RESERVE_NAME)
         if os.path.exists(path):
             return
-        staging = path + ".new-%d" % os.getpid()
+        staging = os.path.join(self.root, "%s%d" % (RESERVE_STAGING_PREFIX, os.getpid()))
         try:
             with open(staging, "wb") as reserve:
                 reserve.write(os.urandom(RESERVE_BYTES))
@@ -316,9 +318,8 @@ class StoreSnapshotter(Snapshotter):
         with self.store.transaction() as tx:
             findings = self._findings(tx)
         for probe in self._old_probes():
-            findings.append(Finding("probe", probe, "a probe directory left by a process "
-                                    "killed while it opened the root",
-                                    "remove the directory"))
+            findings.append(Finding("probe", probe, "a temporary name left by a process "
+                                    "killed while it opened the root", "remove it"))
         return findings
 
     def close(self):
@@ -398,11 +399,13 @@ class StoreSnapshotter(Snapshotter):
         for name in leases.lease_names(self.root):
             if leases.is_held(self.root, name):
                 continue
+
+            def repair(tx, name=name):
+                leases.remove_if_free(self.root, name)
+                return []
             found.append(Finding(
                 "lease-file", leases.lease_path(self.root, name),
-                "the lock file of a lease no process holds",
-                "remove the file",
-                lambda tx, name=name: leases.remove_if_free(self.root, name) and []))
+                "the lock file of a lease no process holds", "remove the file", repair))
         return found
 
     def _old_probes(self):

@@ -322,7 +322,7 @@ class BtrfsSnapshotter(StoreSnapshotter):
         # snapshot of it, so the parent's data is never mounted directly.
         path = self.path_of(snap.id)
         if snap.kind == Kind.ACTIVE and not self.read_only and is_readonly(path):
-            self._unfreeze_active(snap.id, path)
+            self._unfreeze_active(info.name, snap.id, path)
         options = ["subvolid=%d" % subvolume_id(path)]
         if snap.kind != Kind.ACTIVE:
             options.append("ro")
@@ -360,15 +360,15 @@ class BtrfsSnapshotter(StoreSnapshotter):
                 if err.errno != errno.ENOENT:
                     raise
 
-    def _unfreeze_active(self, snapshot_id, path):
+    def _unfreeze_active(self, key, snapshot_id, path):
         """A Commit killed after it froze the subvolume but before its
         metadata committed leaves an active snapshot read-only: make it
         writable again, under the write lock (a Commit in flight holds it,
         so this never thaws a snapshot being committed)."""
         with self.store.transaction(write=True) as tx:
-            for row in tx.snapshot_rows():
-                if row[0] == snapshot_id and row[2] == Kind.ACTIVE and is_readonly(path):
-                    set_readonly(path, False)
+            found_id, info = tx.get_info(key)[:2]
+            if found_id == snapshot_id and info.kind == Kind.ACTIVE and is_readonly(path):
+                set_readonly(path, False)
 
     def storage_findings(self, rows):
         def missing(snapshot_id, _kind, _parent_id):
