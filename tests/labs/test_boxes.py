@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -148,9 +147,7 @@ def test_a_built_box_is_reused_without_building(cache, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt a box the cache has")
     monkeypatch.setattr(boxes, "Build", no_build)
-    start = time.monotonic()
     reused, read = boxes.build("bookworm")
-    assert time.monotonic() - start < 1
     assert reused.box == box.box and read == manifest
     assert boxes.main(["path", "bookworm"]) == 0
 

@@ -2,7 +2,6 @@
 
 import os
 import re
-import time
 
 import pytest
 
@@ -216,15 +215,15 @@ def test_a_missing_source_is_not_found_only_when_something_is_made(tmp_path):
     assert declare.plan([committed("a")], declared).actions == []
 
 
-def test_planning_200_existing_snapshots_is_fast():
+def test_re_declaring_200_existing_snapshots_plans_nothing():
+    # How long planning takes is measured in benchmarks/bench_declare.py
+    # (core_plan_seconds), not timed here.
     existing, declared = [], []
     for i in range(200):
         parent = "layer-%03d" % (i - 1) if i else ""
         existing.append(committed("layer-%03d" % i, parent, {"n": str(i)}))
         declared.append({"key": "layer-%03d" % i, "parent": parent, "labels": {"n": str(i)}})
-    start = time.perf_counter()
     planned = declare.plan(existing, declared)
-    assert time.perf_counter() - start < 0.1
     assert planned.actions == []
 
 
