@@ -20,7 +20,9 @@ import time
 
 import pytest
 
+from snaplab import backends
 from snaplab import errors
+from snaplab import options as optionlib
 
 from .containerd import Containerd, ContainerdTarget, unavailable_reason
 from .targets import Target
@@ -32,22 +34,14 @@ STOP_TIMEOUT_S = 30
 ERROR_OF_EXIT_CODE = {cls.exit_code: cls for cls in errors.ALL}
 
 
+def option_args(backend, options):
+    """Backend keyword options -> the --option K=V arguments the CLI reads back."""
+    texts = optionlib.to_texts(backends.declared_options(backend), options, backend)
+    return [arg for text in texts for arg in ("--option", text)]
+
+
 class ServeFailed(Exception):
     """The serve process did not start, or did not stop as it should."""
-
-
-def option_args(options):
-    """Backend keyword options -> --option K=V arguments (as the CLI reads them)."""
-    argv = []
-    for name, value in sorted(options.items()):
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = ",".join(value)
-        else:
-            text = str(value)
-        argv += ["--option", "%s=%s" % (name, text)]
-    return argv
 
 
 class ServeProcess:
@@ -68,7 +62,7 @@ class ServeProcess:
 
     def argv(self):
         return [self.python, "-m", "snaplab", "--root", self.root, "--backend", self.backend,
-                *option_args(self.options), "serve", "--socket", self.socket]
+                *option_args(self.backend, self.options), "serve", "--socket", self.socket]
 
     def environ(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLAB_")}

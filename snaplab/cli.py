@@ -150,19 +150,14 @@ from . import errors
 from . import labels as labelrules
 from . import layers as layerlib
 from . import mount as mountlib
-from .backends import backend_class
+from . import backends
+from . import options as optionlib
 from .types import Info, Kind
 
 DEFAULT_ROOT = "/var/lib/snaplab"
 DEFAULT_BACKEND = "overlay"
 ROOT_ENV = "SNAPLAB_ROOT"
 BACKEND_ENV = "SNAPLAB_BACKEND"
-
-# How the values of known backend options are read from K=V text.
-BOOL_OPTIONS = frozenset({"async_remove", "upperdir_label"})
-LIST_OPTIONS = frozenset({"mount_options"})
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
 
@@ -338,43 +333,6 @@ def parse_label(text):
 
 def parse_labels(texts):
     return dict(parse_label(text) for text in texts or ())
-
-
-def parse_bool(name, text):
-    word = text.strip().lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise UsageError("option %s expects a boolean (true/false, yes/no, on/off, 1/0), not %r"
-                     % (name, text))
-
-
-def parse_options(texts):
-    """--option K=V strings -> backend keyword options.
-
-    Known booleans and lists are typed by name; an unknown K is typed by its
-    value (boolean word, comma list, or text) and left for the backend to
-    accept or refuse.
-    """
-    options = {}
-    for text in texts or ():
-        name, sep, value = text.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise UsageError("--option %r must be NAME=VALUE" % text)
-        if name in BOOL_OPTIONS:
-            options[name] = parse_bool(name, value)
-        elif name in LIST_OPTIONS:
-            options.setdefault(name, [])
-            options[name] = options[name] + [v.strip() for v in value.split(",") if v.strip()]
-        elif value.strip().lower() in _TRUE | _FALSE:
-            options[name] = parse_bool(name, value)
-        elif "," in value:
-            options[name] = [v.strip() for v in value.split(",") if v.strip()]
-        else:
-            options[name] = value
-    return options
 
 
 def gc_root_label():
@@ -563,7 +521,8 @@ def parse_args(argv, environ=None):
         raise UsageError("--backend must not be empty")
     option_texts = list(getattr(args, "option", None) or []) + \
         list(getattr(args, "option_after", None) or [])
-    options = parse_options(option_texts)
+    # Typed by the backend's declaration; an unknown backend or option is InvalidArgument.
+    options = optionlib.parse_texts(backends.declared_options(backend), option_texts, backend)
     json_output = bool(getattr(args, "json", False) or getattr(args, "json_after", False))
     return args, Settings(root, backend, options, json_output)
 
@@ -580,12 +539,11 @@ def open_snapshotter(settings, create, read_only=False):
     (`create`) may create a root: a mistyped --root must not claim a
     directory, so the others report that no root is there. Verbs that only
     read open it `read_only`: nothing is written to the root."""
-    cls = backend_class(settings.backend)  # InvalidArgument for an unknown backend
-    if not create and not os.path.exists(os.path.join(settings.root, "metadata.db")):
-        raise errors.NotFound(
-            "no snapshotter root at %s (nothing was prepared there; check --root or "
-            "SNAPLAB_ROOT)" % settings.root)
-    return cls(settings.root, read_only=read_only and not create, **settings.options)
+    try:
+        return backends.open_snapshotter(settings.root, settings.backend, create=create,
+                                         read_only=read_only, **settings.options)
+    except errors.NotFound as err:
+        raise errors.NotFound("%s; check --root or SNAPLAB_ROOT" % err) from None
 
 
 # -- verbs -------------------------------------------------------------------

@@ -63,7 +63,6 @@ from . import fsutil
 from . import labels as labelrules
 from . import layers
 from . import leases
-from .backends.overlay import UPPERDIR_LABEL
 from .types import Info, Kind
 
 COMMITTED = "committed"
@@ -76,7 +75,7 @@ SOURCE_KINDS = ("directory", "layer")
 
 # Labels a backend computes on every Stat/Walk (overlay's upperdir_label
 # option): they are not stored, so declarations neither compare nor set them.
-COMPUTED_LABELS = frozenset({UPPERDIR_LABEL})
+COMPUTED_LABELS = frozenset({labelrules.UPPERDIR_LABEL})
 
 # Committed snapshots are built under a temporary active key like this one.
 TEMP_KEY_PREFIX = "snaplab-declare-tmp-"

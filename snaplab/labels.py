@@ -7,6 +7,8 @@ MAX_LABEL_SIZE = 4096  # bytes of key + value, containerd's pkg/labels limit
 INHERITED_PREFIX = "containerd.io/snapshot/"
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 GC_ROOT = "containerd.io/gc.root"
+# Set by the overlay backend on Stat/Walk (its upperdir_label option), never stored.
+UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 
 
 def _utf8(text, what):

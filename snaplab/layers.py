@@ -91,7 +91,7 @@ from . import faults
 from . import fsutil
 from . import labels as labelrules
 from . import leases
-from .backends.overlay import in_user_namespace
+from .kernel import in_user_namespace
 from .types import Kind
 
 WHITEOUT_PREFIX = ".wh."

@@ -31,6 +31,8 @@ from . import labels as labelrules
 from .types import Info, Kind, Usage, now_ns
 
 SCHEMA_VERSION = "1"
+# The database's name in a snapshotter root: its presence is what makes a root.
+METADATA_FILE = "metadata.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (

@@ -1,6 +1,9 @@
 """Backends by name, and opening a snapshotter on a root."""
 
+import os
+
 from .. import errors
+from ..metastore import METADATA_FILE
 
 
 def _native():
@@ -47,6 +50,21 @@ def backend_class(name):
         ) from None
 
 
-def open_snapshotter(root, backend, **options):
-    """The Snapshotter of `backend` on `root` (created if missing)."""
-    return backend_class(backend)(root, **options)
+def declared_options(name):
+    """The Option declarations of backend `name` (InvalidArgument if unknown)."""
+    return backend_class(name).declared_options
+
+
+def open_snapshotter(root, backend, create=True, read_only=False, **options):
+    """The Snapshotter of `backend` on `root`.
+
+    With `create` a missing root is made. Without it, a root that does not
+    exist yet is NotFound: a mistyped path must not claim a directory, and
+    reading must not make one. `read_only` (only without `create`): nothing
+    at all is written to the root, so it works on a read-only filesystem.
+    `options` are the backend's keyword options, typed or as text.
+    """
+    cls = backend_class(backend)  # InvalidArgument for an unknown backend
+    if not create and not os.path.exists(os.path.join(root, METADATA_FILE)):
+        raise errors.NotFound("no snapshotter root at %s (no %s there)" % (root, METADATA_FILE))
+    return cls(root, read_only=read_only and not create, **options)

@@ -8,30 +8,21 @@ the reason, so the conformance matrix shows aufs as not runnable (and why)
 instead of leaving it out.
 """
 
-import os
-
 from .. import errors
+from .. import kernel
 from .base import StoreSnapshotter
-
-
-def kernel_has_aufs():
-    try:
-        with open("/proc/filesystems") as known:
-            return any(line.split()[-1] == "aufs" for line in known if line.strip())
-    except OSError:
-        return False
 
 
 def why_not_runnable():
     """The reason aufs cannot be run here (it never can with snaplab)."""
-    kernel = os.uname().release
-    if not kernel_has_aufs():
+    release = kernel.release()
+    if not kernel.filesystem_in_kernel("aufs"):
         return ("aufs is not runnable: kernel %s has no aufs (/proc/filesystems does not "
                 "list it). aufs was never merged into Linux, Debian dropped aufs-dkms after "
                 "bullseye and containerd removed its aufs snapshotter in 2.0; use the overlay "
-                "backend" % kernel)
+                "backend" % release)
     return ("aufs is not runnable: kernel %s has aufs, but snaplab has no aufs backend "
-            "(containerd removed its aufs snapshotter in 2.0); use the overlay backend" % kernel)
+            "(containerd removed its aufs snapshotter in 2.0); use the overlay backend" % release)
 
 
 class AufsSnapshotter(StoreSnapshotter):

@@ -20,7 +20,8 @@ from .. import fsutil
 from .. import labels as labelrules
 from .. import leases
 from .. import mount as mountlib
-from ..metastore import WRITE_PROBE_PREFIX, MetaStore
+from .. import options as optionlib
+from ..metastore import METADATA_FILE, WRITE_PROBE_PREFIX, MetaStore
 from ..snapshotter import Snapshotter
 from ..types import Finding, Kind, Usage
 
@@ -81,8 +82,8 @@ class StoreSnapshotter(Snapshotter):
             raise errors.InvalidArgument("snapshotter root %s exists and is not a directory"
                                          % self.root)
         self.read_only = read_only
-        self.options = options
-        self._check_options(options)
+        # Typed and checked against the backend's declaration (InvalidArgument).
+        self.options = optionlib.convert(self.declared_options, options, self.name)
         # Refuse an unsuitable filesystem before creating anything on it.
         self.check_filesystem(nearest_existing(self.root))
         if read_only and not os.path.isdir(self.root):
@@ -124,7 +125,7 @@ class StoreSnapshotter(Snapshotter):
                 os.unlink(staging)
 
     def _open_store(self):
-        return MetaStore(os.path.join(self.root, "metadata.db"), backend=self.name,
+        return MetaStore(os.path.join(self.root, METADATA_FILE), backend=self.name,
                          read_only=self.read_only)
 
     def _give_back_reserve(self):
@@ -151,14 +152,6 @@ class StoreSnapshotter(Snapshotter):
         """makedirs for setup_layout: a read-only root gets nothing made."""
         if not self.read_only:
             os.makedirs(path, mode=0o700, exist_ok=True)
-
-    def _check_options(self, options):
-        unknown = set(options) - set(self.accepted_options())
-        if unknown:
-            raise errors.InvalidArgument(
-                "backend %s has no option %s (it accepts: %s)" % (
-                    self.name, ", ".join(sorted(unknown)),
-                    ", ".join(sorted(self.accepted_options())) or "none"))
 
     # -- the interface ----------------------------------------------------
 
@@ -484,10 +477,8 @@ class StoreSnapshotter(Snapshotter):
 
     async_remove = False
 
-    @classmethod
-    def accepted_options(cls):
-        """Names of the keyword options the backend understands."""
-        return ()
+    # The keyword options the backend understands (snaplab.options.Option).
+    declared_options = ()
 
     def check_filesystem(self, path):
         """Raise FailedPrecondition if the filesystem at `path` cannot hold a root."""

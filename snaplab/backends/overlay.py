@@ -11,11 +11,13 @@ import tempfile
 
 from .. import errors
 from .. import fsutil
+from .. import kernel
 from .. import mount as mountlib
+from ..labels import UPPERDIR_LABEL
+from ..options import Option
 from ..types import Kind, Mount
 from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
 
-UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
 _INDEX_PARAMETER = "/sys/module/overlay/parameters/index"
 _UPPER_PROBE_PREFIX = "overlay-probe-"
 
@@ -24,40 +26,25 @@ _UPPER_PROBE_PREFIX = "overlay-probe-"
 _KNOWN_UPPER_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs", "f2fs")
 
 
-def in_user_namespace():
-    """True unless we are in the initial user namespace (full identity map)."""
-    try:
-        with open("/proc/self/uid_map") as uid_map:
-            return uid_map.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
-
-
-def overlay_in_kernel():
-    try:
-        with open("/proc/filesystems") as known:
-            return any(line.split()[-1] == "overlay" for line in known if line.strip())
-    except OSError:
-        return False
-
-
 class OverlaySnapshotter(StoreSnapshotter):
-    """Options: async_remove (bool: defer deletion to cleanup()),
-    mount_options (list: appended to overlay mounts), upperdir_label (bool)."""
-
     name = "overlay"
     probe_prefixes = StoreSnapshotter.probe_prefixes + (_UPPER_PROBE_PREFIX,)
-
-    @classmethod
-    def accepted_options(cls):
-        return ("async_remove", "mount_options", "upperdir_label")
+    declared_options = (
+        Option("async_remove", "bool", False,
+               "Remove only drops the metadata; the data is deleted by the next Cleanup."),
+        Option("mount_options", "list", [],
+               "Options appended to every overlay mount (userxattr, index=on...)."),
+        Option("upperdir_label", "bool", False,
+               "Stat and Walk report each snapshot's upper directory in the label "
+               "containerd.io/snapshot/overlay.upperdir."),
+    )
 
     @property
     def async_remove(self):
         return bool(self.options.get("async_remove", False))
 
     def check_filesystem(self, path):
-        if not overlay_in_kernel():
+        if not kernel.filesystem_in_kernel("overlay"):
             raise errors.FailedPrecondition(
                 "overlay backend: this kernel has no overlay filesystem "
                 "(not listed in /proc/filesystems); load the overlay module or use --backend native")
@@ -132,9 +119,7 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     def _auto_options(self):
         configured = list(self.options.get("mount_options") or [])
-        if not all(isinstance(o, str) for o in configured):
-            raise errors.InvalidArgument("overlay mount_options must be strings")
-        if in_user_namespace() and "userxattr" not in configured:
+        if kernel.in_user_namespace() and "userxattr" not in configured:
             configured.append("userxattr")  # rootless overlay, containerd #5060
         configures_index = any(o == "index" or o.startswith("index=") for o in configured)
         if not configures_index and os.path.exists(_INDEX_PARAMETER):

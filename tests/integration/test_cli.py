@@ -67,8 +67,8 @@ class Lab:
 
 
 def _overlay_usable(directory):
-    from snaplab.backends.overlay import overlay_in_kernel
-    return overlay_in_kernel() and mountlib.lookup(directory).fstype != "overlay"
+    from snaplab.kernel import filesystem_in_kernel
+    return filesystem_in_kernel("overlay") and mountlib.lookup(directory).fstype != "overlay"
 
 
 @pytest.fixture(params=["native", "overlay"])

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from snaplab import declare, errors, open_snapshotter
-from snaplab.backends.overlay import UPPERDIR_LABEL
+from snaplab.labels import UPPERDIR_LABEL
 from snaplab.types import Info, Kind
 
 
