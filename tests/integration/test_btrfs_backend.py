@@ -19,7 +19,7 @@ import pytest
 
 from snaplab import errors
 from snaplab import mount as mountlib
-from tests.integration.test_cli import Lab, write_file
+from tests.integration.cli_lab import Lab, write_file
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root"),

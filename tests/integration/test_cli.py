@@ -17,6 +17,7 @@ import pytest
 
 from snaplab import errors
 from snaplab import mount as mountlib
+from tests.integration.cli_lab import Lab, write_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,44 +27,6 @@ NOT_FOUND = errors.NotFound.exit_code
 ALREADY_EXISTS = errors.AlreadyExists.exit_code
 FAILED_PRECONDITION = errors.FailedPrecondition.exit_code
 INVALID_ARGUMENT = errors.InvalidArgument.exit_code
-
-
-class Lab:
-    """A temp directory with a snapshotter root and mount targets in it."""
-
-    def __init__(self, backend, base):
-        self.backend = backend
-        self.base = base
-        self.root = os.path.join(self.base, "root")
-        self.targets = []
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLAB_")}
-        self.env["PYTHONPATH"] = REPO + os.pathsep + self.env.get("PYTHONPATH", "")
-
-    def run(self, *argv, code=0, root=True):
-        """Run snaplab with this lab's root and backend; check the exit code."""
-        prefix = ["--root", self.root, "--backend", self.backend] if root else []
-        proc = subprocess.run([sys.executable, "-m", "snaplab", *prefix, *argv], cwd=REPO,
-                              env=self.env, capture_output=True, text=True, timeout=300)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        assert proc.returncode == code, (argv, proc.returncode, proc.stdout, proc.stderr)
-        if code == 0:
-            assert proc.stderr == "", proc.stderr
-        else:
-            lines = proc.stderr.splitlines()
-            assert len(lines) == 1 and lines[0].startswith("snaplab: "), proc.stderr
-        return proc
-
-    def out(self, *argv):
-        return self.run(*argv).stdout
-
-    def json(self, *argv):
-        return json.loads(self.run("--json", *argv).stdout)
-
-    def target(self, name="mnt"):
-        path = os.path.join(self.base, name)
-        os.mkdir(path)
-        self.targets.append(path)
-        return path
 
 
 def _overlay_usable(directory):
@@ -77,13 +40,6 @@ def lab(request, scratch_dir):
         pytest.skip("overlay cannot run on %s here" % tempfile.gettempdir())
     with scratch_dir("snaplab-test-cli-") as base:
         yield Lab(request.param, base)
-
-
-def write_file(path, size):
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def test_the_demo(lab):
