@@ -21,7 +21,7 @@ from snaplab import backends, errors, fsutil
 from snaplab.backends import aufs
 from snaplab.backends import btrfs as btrfsbackend
 from snaplab.backends import zfs as zfsbackend
-from snaplab.backends.zfs import ZFS_FSTYPES
+from snaplab.kernel import ZFS_FSTYPES
 from snaplab import mount as mountlib
 
 from . import resultlog

@@ -6,6 +6,9 @@ can ask "does this kernel have overlayfs?" without importing a backend.
 
 import os
 
+# What the mount table calls a ZFS dataset: OpenZFS in the kernel, zfs-fuse.
+ZFS_FSTYPES = ("zfs", "fuse.zfs")
+
 
 def filesystem_in_kernel(name):
     """True if /proc/filesystems lists `name` (built in or a loaded module)."""

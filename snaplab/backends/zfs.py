@@ -39,12 +39,12 @@ import time
 
 from .. import errors
 from .. import mount as mountlib
+from ..kernel import ZFS_FSTYPES
 from ..types import Finding, Kind, Mount, Usage
 from .base import StorageEntry, StoreSnapshotter, missing_storage
 
 log = logging.getLogger("snaplab")
 
-ZFS_FSTYPES = ("zfs", "fuse.zfs")  # OpenZFS in the kernel; zfs-fuse
 FUSE_FSTYPE = "fuse.zfs"
 SNAPSHOT_SUFFIX = "@snapshot"  # containerd's name for a committed snapshot's ZFS snapshot
 # Inheriting a user property that is not set changes nothing, but it is a
