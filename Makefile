@@ -17,7 +17,7 @@ CONTRIB_PACKAGES := $(ZFS_PACKAGE)
 PYTEST_TIMEOUT ?= 900
 
 .PHONY: all deps apt venv test test-host pytest sanity units molecule collection demo bench clean leaks \
-	torture
+	torture staged-collections
 
 all: test
 
@@ -60,26 +60,16 @@ deps: apt venv
 ## that) and, alongside it, `make lab-smoke`: the bookworm box (built when
 ## the cache lacks it) and one VM running the suite on kernel ZFS.
 ##
-## The two lanes share the 2 cores: the lab's is niced, so the host tests
-## keep their pace and the box build and the VM take what is left. The host
-## tests run in a mount namespace of their own (and the box build in
-## another): libvirt's qemu copies the host's mounts into the VM's namespace
-## when it starts, and a copy of a test's loop filesystem or pool would stay
-## busy there after the test unmounted it. The lab lane is a process group
-## of its own (setsid): on Ctrl-C (which a background job ignores) the trap
-## sends the whole group SIGTERM, and labs.run takes its VM down (make alone
-## would not pass the signal on).
+## tests/lanes.py runs the two lanes and says how: the lab's niced and a
+## session of its own (Ctrl-C reaches it as the SIGTERM labs.run needs to
+## take its VM down), the host tests in a mount namespace of their own (the
+## box build has another, labs/boxes.py) so that libvirt's qemu does not
+## copy their mounts; its exit status is 0 only if both lanes passed.
 LAB_SMOKE_LOG ?= $(REPORTS)/lab-smoke.log
 test: deps lab-deps
-	@mkdir -p $(REPORTS)
-	@echo "make lab-smoke runs alongside the host tests; its output: $(LAB_SMOKE_LOG)"
-	@nice -n 10 setsid $(MAKE) --no-print-directory lab-smoke > $(LAB_SMOKE_LOG) 2>&1 & smoke=$$!; \
-	trap 'kill -TERM -- -$$smoke 2>/dev/null; wait $$smoke; exit 130' INT TERM; \
-	unshare --mount --propagation private $(MAKE) --no-print-directory test-host; host=$$?; \
-	echo "== make lab-smoke (started alongside; following $(LAB_SMOKE_LOG) until it ends)"; \
-	tail -n +1 --pid=$$smoke -f $(LAB_SMOKE_LOG); wait $$smoke; lab=$$?; \
-	echo "make test-host: exit $$host; make lab-smoke: exit $$lab"; \
-	[ $$host = 0 ] && [ $$lab = 0 ]
+	@$(PY) -m tests.lanes --log $(LAB_SMOKE_LOG) \
+	  --host 'make test-host' '$(MAKE) --no-print-directory test-host' \
+	  --lab 'make lab-smoke' '$(MAKE) --no-print-directory lab-smoke'
 	$(MAKE) --no-print-directory leaks
 
 ## make test-host: the tests on this machine only (no VM), then the leak
@@ -98,12 +88,20 @@ pytest: deps
 	@echo "conformance matrix (snaplab's and containerd's rows): $(REPORTS)/test-report.md, .html"
 
 ## The collection is assembled (staged) from galaxy.yml, collection/, roles/
-## and a copy of the core; ansible-test runs on a copy outside the repository.
-collection: deps
-	rm -rf build/collection
-	$(PY) collection/stage.py build/collection
-	$(VENV)/bin/ansible-galaxy collection build build/collection/ansible_collections/snaplab/snapshots \
-	  --output-path build --force
+## and a copy of the core into $(STAGED_COLLECTIONS), which molecule, demo and
+## the collection's tarball use. collection/stage.py restages it only when
+## something it is made from changed, and swaps the new tree in whole (a
+## playbook reading it never sees half of one). ansible-test runs on a copy
+## outside the repository (collection/ansible_test.sh); the lab stages its own
+## (build/lab/collections, labs/run.py), which a restaging here cannot touch
+## while a VM runs.
+STAGED_COLLECTIONS := build/collections
+staged-collections: venv
+	$(PY) collection/stage.py $(STAGED_COLLECTIONS)
+
+collection: deps staged-collections
+	$(VENV)/bin/ansible-galaxy collection build \
+	  $(STAGED_COLLECTIONS)/ansible_collections/snaplab/snapshots --output-path build --force
 
 sanity: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh sanity
@@ -111,10 +109,8 @@ sanity: deps
 units: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh units
 
-molecule: deps
-	rm -rf build/collections
-	$(PY) collection/stage.py build/collections
-	PATH=$(abspath $(VENV))/bin:$$PATH ANSIBLE_COLLECTIONS_PATH=$(abspath build/collections) \
+molecule: deps staged-collections
+	PATH=$(abspath $(VENV))/bin:$$PATH ANSIBLE_COLLECTIONS_PATH=$(abspath $(STAGED_COLLECTIONS)) \
 	  $(VENV)/bin/molecule test -s default
 
 ## make demo: the main job, through the collection: node_storage makes
@@ -122,13 +118,11 @@ molecule: deps
 ## runs the suite for native and overlay on them (and a host directory) and
 ## renders the matrix; node_storage then takes the filesystems down.
 DEMO_WORKSPACE ?= /var/tmp/snaplab-demo
-DEMO_PLAYBOOK = ANSIBLE_COLLECTIONS_PATH=$(abspath build/collections) \
+DEMO_PLAYBOOK = ANSIBLE_COLLECTIONS_PATH=$(abspath $(STAGED_COLLECTIONS)) \
 	ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 \
 	$(VENV)/bin/ansible-playbook -i localhost, -c local snaplab.snapshots.demo \
 	-e demo_workspace=$(DEMO_WORKSPACE) -e demo_results=$(abspath $(REPORTS))/conformance
-demo: deps
-	rm -rf build/collections
-	$(PY) collection/stage.py build/collections
+demo: deps staged-collections
 	mkdir -p $(REPORTS)
 	rm -rf $(REPORTS)/conformance
 	$(DEMO_PLAYBOOK) || { $(DEMO_PLAYBOOK) -e demo_teardown_only=true; exit 1; }
@@ -167,7 +161,7 @@ TORTURE_ARGS ?=
 MODEL_EXAMPLES ?= 2000
 torture: deps
 	mkdir -p $(REPORTS)
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) tests/torture/run.py --kills 1000 \
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m tests.torture.run --kills 1000 \
 	  --concurrency-ops 500 --report $(REPORTS)/torture.json $(TORTURE_ARGS)
 	PATH=$(abspath $(VENV))/bin:$$PATH SNAPLAB_MODEL_EXAMPLES=$(MODEL_EXAMPLES) \
 	  $(PY) -m pytest -q --timeout=0 -p no:cacheprovider tests/model/test_stateful.py \

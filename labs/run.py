@@ -42,10 +42,9 @@ import sys
 import threading
 import time
 
-if __package__ in (None, ""):  # run as a script: make `labs` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from conformance import report as conformance_report
+# labs is not installed into the venv: run `python -m labs.run` from the repository
+# top, as labs/smoke.mk does.
 from labs import boxes, matrix
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -427,8 +426,10 @@ def host_leftovers():
 
 
 def stage_collection(log):
+    """The lab's own staged collection (molecule/lab reads it): restaged by
+    collection/stage.py when a source changed, apart from build/collections,
+    which make molecule and make demo restage while a lab VM may run."""
     target = os.path.join(REPO, "build", "lab", "collections")
-    subprocess.run(["rm", "-rf", target], check=True)
     with open(log, "a") as f:
         subprocess.run([sys.executable, "collection/stage.py", target], cwd=REPO, check=True,
                        stdout=f, stderr=subprocess.STDOUT)

@@ -41,11 +41,10 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `labs` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import vagrant  # python-vagrant (requirements.txt)
 
+# labs is not installed into the venv: run `python -m labs.vagrant` from the repository
+# top, as molecule/lab and labs.run do.
 from labs import boxes, libvirt, matrix
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
