@@ -5,11 +5,13 @@ the options mean exactly what containerd's mount package makes of them
 (reference §3.8): flag words become mount flags, the rest is filesystem data.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
 import re
+import tempfile
 import threading
 
 from . import errors
@@ -162,12 +164,19 @@ def mount(m, target):
     _syscall_mount(m.source, target, m.type, flags, joined or None)
 
 
+def mount_point(m, target):
+    """Where Mount `m` goes when its snapshot is mounted at `target`: its
+    Target (relative to `target`, as containerd's mount.All reads it), or
+    `target` itself."""
+    return os.path.join(target, m.target.lstrip("/")) if m.target else target
+
+
 def mount_all(mounts, target):
     """Mount the list in order at `target`; on failure undo what was done."""
     done = []
     try:
         for m in mounts:
-            where = os.path.join(target, m.target.lstrip("/")) if m.target else target
+            where = mount_point(m, target)
             mount(m, where)
             done.append(where)
     except BaseException:
@@ -197,6 +206,34 @@ def unmount_all(target, flags=0):
         if err in (errno.EINVAL, errno.ENOENT):
             return
         raise MountError(err, "umount %s: %s" % (target, os.strerror(err)))
+
+
+@contextlib.contextmanager
+def temporary_mount(mounts, path=None, prefix="snaplab-mount-", parent=None):
+    """Mount `mounts` on a new directory for a block and yield its path;
+    afterwards (also on error) unmount them and remove the directory.
+
+    The directory is `path` (made with its missing parents; it must not
+    exist yet), or else a fresh `prefix`* directory under `parent` (the
+    system's temporary directory by default). Both are mode 0700.
+    """
+    if path is None:
+        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    else:
+        os.makedirs(path, mode=0o700)
+    try:
+        mount_all(mounts, path)
+        try:
+            yield path
+        finally:
+            unmount_all(path)
+    except BaseException:
+        # Only rmdir, never a recursive delete: if the unmount failed, that
+        # would go through the mount into the snapshot's data.
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        raise
+    os.rmdir(path)
 
 
 # -- the mount table -------------------------------------------------------
@@ -258,10 +295,68 @@ def mounts_under(directory):
     return [e.mountpoint for e in reversed(mount_table()) if _is_under(e.mountpoint, directory)]
 
 
-def is_mountpoint(path):
+def mount_on_top(path, table=None):
+    """The mount visible at mount point `path` (the last one stacked there),
+    or None when `path` is no mount point. `table`: a mount_table() already read."""
     path = os.path.realpath(path)
-    return any(e.mountpoint == path for e in mount_table())
+    on_top = None
+    for entry in mount_table() if table is None else table:
+        if entry.mountpoint == path:
+            on_top = entry
+    return on_top
 
 
-__all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all", "unmount", "unmount_all",
-           "lookup", "mounts_under", "mount_table", "is_mountpoint", "parse_options"]
+def is_mountpoint(path):
+    return mount_on_top(path) is not None
+
+
+def _options(words):
+    return dict(word.partition("=")[::2] for word in words)
+
+
+def _same_lowers(wanted, shown):
+    # A deep chain is mounted with lowerdirs relative to their common
+    # directory, and the kernel then shows them relative.
+    return len(wanted) == len(shown) and all(
+        w == s or w.endswith("/" + s) for w, s in zip(wanted, shown))
+
+
+def is_mount_of(m, entry):
+    """Whether mount table entry `entry` (a MountInfo) is what mounting Mount `m` made."""
+    if m.type == "bind" or "bind" in m.options or "rbind" in m.options:
+        # A bind mount shows the very directory it binds: same device and inode.
+        try:
+            source, there = os.stat(m.source), os.stat(entry.mountpoint)
+        except OSError:
+            return False
+        same_directory = (source.st_dev, source.st_ino) == (there.st_dev, there.st_ino)
+        return same_directory and ("ro" in entry.options) == m.read_only
+    if m.type == "overlay":
+        if entry.fstype != "overlay":
+            return False
+        wanted, shown = _options(m.options), _options(entry.super_options)
+        return (wanted.get("upperdir") == shown.get("upperdir")
+                and wanted.get("workdir") == shown.get("workdir")
+                and _same_lowers(wanted.get("lowerdir", "").split(":"),
+                                 shown.get("lowerdir", "").split(":")))
+    return entry.fstype == m.type and entry.source == m.source
+
+
+def mounted_at(target, mounts, table=None):
+    """Whether a snapshot's `mounts` are what is mounted at `target`: each
+    one is the mount on top at its mount_point(). False when nothing is
+    mounted at `target`. `table`: a mount_table() already read."""
+    target = os.path.realpath(target)
+    table = mount_table() if table is None else table
+    if mount_on_top(target, table) is None:
+        return False
+    for m in mounts:
+        entry = mount_on_top(mount_point(m, target), table)
+        if entry is None or not is_mount_of(m, entry):
+            return False
+    return True
+
+
+__all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all", "mount_point",
+           "temporary_mount", "unmount", "unmount_all", "lookup", "mounts_under", "mount_table",
+           "mount_on_top", "is_mountpoint", "is_mount_of", "mounted_at", "parse_options"]

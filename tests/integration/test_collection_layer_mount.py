@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 import pytest
 
@@ -161,10 +160,8 @@ def view_files(root, backend, name):
     found = {}
     with open_snapshotter(root, backend) as sn:
         mounts = sn.view("test-view", name)
-        target = tempfile.mkdtemp(prefix="snaplab-test-view-")
         try:
-            mountlib.mount_all(mounts, target)
-            try:
+            with mountlib.temporary_mount(mounts, prefix="snaplab-test-view-") as target:
                 for directory, dirnames, filenames in os.walk(target):
                     for entry in dirnames + filenames:
                         path = os.path.join(directory, entry)
@@ -176,10 +173,7 @@ def view_files(root, backend, name):
                         else:
                             with open(path, "rb") as f:
                                 found[relative] = f.read()
-            finally:
-                mountlib.unmount_all(target)
         finally:
-            os.rmdir(target)
             sn.remove("test-view")
     return found
 

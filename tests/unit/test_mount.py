@@ -83,3 +83,73 @@ def test_failed_mount_raises_mount_error_and_leaves_nothing(bind_dirs):
     with pytest.raises(mountlib.MountError):
         mountlib.mount_all([Mount("bind", "/nonexistent/source", options=["rbind"])], target)
     assert mountlib.mounts_under(target) == []
+
+
+def test_mount_point_is_the_mounts_target_under_the_directory():
+    assert mountlib.mount_point(Mount("bind", "/s"), "/mnt/x") == "/mnt/x"
+    assert mountlib.mount_point(Mount("bind", "/s", target="/sub/dir"), "/mnt/x") == \
+        "/mnt/x/sub/dir"
+    assert mountlib.mount_point(Mount("bind", "/s", target="sub"), "/mnt/x") == "/mnt/x/sub"
+
+
+def _entry(mount_id, mountpoint, fstype="tmpfs", source="none", super_options="rw"):
+    return mountlib.MountInfo("%d 1 0:1 / %s rw - %s %s %s\n"
+                              % (mount_id, mountpoint, fstype, source, super_options))
+
+
+def test_mount_on_top_is_the_last_one_stacked_at_the_point():
+    table = [_entry(1, "/"), _entry(2, "/m", source="first"), _entry(3, "/m/sub"),
+             _entry(4, "/m", source="second")]
+    assert mountlib.mount_on_top("/m", table).source == "second"
+    assert mountlib.mount_on_top("/m/sub", table).mount_id == 3
+    assert mountlib.mount_on_top("/elsewhere", table) is None
+
+
+def test_mounted_at_compares_an_overlay_by_its_directories():
+    lowers = "lowerdir=/r/snapshots/2/fs:/r/snapshots/1/fs"
+    mounts = [Mount("overlay", "overlay",
+                    options=["workdir=/r/snapshots/3/work", "upperdir=/r/snapshots/3/fs", lowers])]
+    shown = "rw,%s,upperdir=/r/snapshots/3/fs,workdir=/r/snapshots/3/work" % lowers
+    assert mountlib.mounted_at("/m", mounts, [_entry(2, "/m", "overlay", "overlay", shown)])
+    relative = "rw,lowerdir=2/fs:1/fs,upperdir=/r/snapshots/3/fs,workdir=/r/snapshots/3/work"
+    assert mountlib.mounted_at("/m", mounts, [_entry(2, "/m", "overlay", "overlay", relative)])
+    other = shown.replace("snapshots/3/fs", "snapshots/4/fs")
+    assert not mountlib.mounted_at("/m", mounts, [_entry(2, "/m", "overlay", "overlay", other)])
+    covered = [_entry(2, "/m", "overlay", "overlay", shown), _entry(3, "/m")]
+    assert not mountlib.mounted_at("/m", mounts, covered)
+    assert not mountlib.mounted_at("/m", mounts, [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_mounted_at_tells_the_snapshots_bind_from_another(bind_dirs, tmp_path):
+    source, target = bind_dirs
+    other = tmp_path / "other"
+    other.mkdir()
+    ours = [Mount("bind", source, options=["rbind", "ro"])]
+    assert not mountlib.mounted_at(target, ours)
+    mountlib.mount_all(ours, target)
+    assert mountlib.mounted_at(target, ours)
+    assert not mountlib.mounted_at(target, [Mount("bind", source, options=["rbind", "rw"])])
+    assert not mountlib.mounted_at(target, [Mount("bind", str(other), options=["rbind", "ro"])])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_temporary_mount_unmounts_and_removes_its_directory_also_on_error(bind_dirs, tmp_path):
+    source, _ = bind_dirs
+    mounts = [Mount("bind", source, options=["rbind", "rw"])]
+    with mountlib.temporary_mount(mounts, parent=str(tmp_path), prefix="tm-") as target:
+        assert os.path.basename(target).startswith("tm-")
+        assert mountlib.mounted_at(target, mounts)
+        with open(os.path.join(target, "file")) as f:
+            assert f.read() == "content"
+    assert not os.path.exists(target)
+    with pytest.raises(KeyError):
+        with mountlib.temporary_mount(mounts, path=str(tmp_path / "new" / "dir")) as target:
+            assert mountlib.is_mountpoint(target)
+            raise KeyError("in the block")
+    assert not os.path.exists(target) and not mountlib.mounts_under(str(tmp_path))
+    with pytest.raises(mountlib.MountError):
+        with mountlib.temporary_mount([Mount("bind", "/nonexistent/source", options=["rbind"])],
+                                      parent=str(tmp_path)):
+            pytest.fail("the block must not run when the mount fails")
+    assert sorted(os.listdir(tmp_path)) == ["new", "source", "target"]

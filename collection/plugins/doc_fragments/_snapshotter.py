@@ -10,7 +10,9 @@ from __future__ import annotations
 
 class ModuleDocFragment:
     """The options that name a snapshotter root (module_utils/_common.py
-    SNAPSHOTTER_ARGUMENT_SPEC is their argument spec)."""
+    SNAPSHOTTER_ARGUMENT_SPEC is their argument spec). backend_options lists
+    what each backend's declared_options say (snaplab/backends, Option):
+    tests/unit/test_doc_fragment.py fails when the two disagree."""
 
     DOCUMENTATION = r"""
 options:
@@ -32,10 +34,18 @@ options:
     default: overlay
   backend_options:
     description:
-      - Options of the backend, as keyword arguments. The overlay backend takes
-        C(async_remove) (bool), C(mount_options) (list of strings) and C(upperdir_label) (bool);
-        native, btrfs and zfs take none.
-      - An option the backend does not know fails with RV(error_class=InvalidArgument).
+      - Options of the backend, as keyword arguments, typed as the backend declares them. A bool
+        option also takes the strings V(true)/V(false), V(yes)/V(no), V(on)/V(off) and V(1)/V(0);
+        a list of strings option also takes one string of comma-separated items.
+      - V(overlay) takes C(async_remove) (bool, default V(false)). Remove only drops the
+        metadata; the data is deleted by the next Cleanup.
+      - V(overlay) takes C(mount_options) (list of strings, default V([])). Options appended to
+        every overlay mount (userxattr, index=on...).
+      - V(overlay) takes C(upperdir_label) (bool, default V(false)). Stat and Walk report each
+        snapshot's upper directory in the label containerd.io/snapshot/overlay.upperdir.
+      - V(native), V(btrfs), V(zfs) and V(aufs) take no options.
+      - An option the backend does not know, or a value of the wrong type, fails with
+        RV(error_class=InvalidArgument).
     type: dict
     default: {}
 requirements:

@@ -10,7 +10,6 @@ open it, and turn the core's errors into fail_json."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import errors
@@ -28,22 +27,26 @@ SNAPSHOTTER_ARGUMENT_SPEC = dict(
 EXPECTED_ERRORS = (errors.SnapshotError, OSError, sqlite3.Error)
 
 
-def root_exists(root):
-    return os.path.exists(os.path.join(root, "metadata.db"))
-
-
 def open_root(module, create, read_only=False):
-    """The snapshotter of the module's root, backend and backend_options.
+    """The snapshotter of the module's root, backend and backend_options
+    (typed by the backend's declaration).
 
-    Without `create`, a root that does not exist yet is None: reading or
+    Without `create`, a root that does not exist yet is NotFound: reading or
     check mode must not make one. `read_only` (info modules, check mode):
     nothing at all is written to the root, so it works on a read-only one.
     """
     params = module.params
-    if not create and not root_exists(params["root"]):
+    return open_snapshotter(params["root"], params["backend"], create=create,
+                            read_only=read_only and not create, **params["backend_options"])
+
+
+def open_root_if_any(module, read_only=False):
+    """open_root without creating: None when there is no root yet (what a
+    module that plans from nothing, or in check mode, wants)."""
+    try:
+        return open_root(module, create=False, read_only=read_only)
+    except errors.NotFound:
         return None
-    return open_snapshotter(params["root"], params["backend"], read_only=read_only and not create,
-                            **params["backend_options"])
 
 
 def error_class(err):

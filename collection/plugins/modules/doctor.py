@@ -110,7 +110,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
     SNAPSHOTTER_ARGUMENT_SPEC, open_root, run_module)
-from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import errors
 
 ARGUMENT_SPEC = dict(
     SNAPSHOTTER_ARGUMENT_SPEC,
@@ -122,10 +121,7 @@ ARGUMENT_SPEC = dict(
 def run(module):
     params = module.params
     fixing = params["fix"] and not module.check_mode
-    snapshotter = open_root(module, create=False, read_only=not fixing)
-    if snapshotter is None:
-        raise errors.NotFound("no snapshotter root at %s (no metadata.db there)" % params["root"])
-    with snapshotter:
+    with open_root(module, create=False, read_only=not fixing) as snapshotter:
         found = snapshotter.doctor()
         repairable = [f.to_dict() for f in found if f.fix] if params["fix"] else []
         if fixing and repairable:

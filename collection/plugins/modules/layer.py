@@ -176,7 +176,7 @@ error_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, run_module)
+    EXPECTED_ERRORS, SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, open_root_if_any, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import layers
 
 ARGUMENT_SPEC = dict(
@@ -194,7 +194,7 @@ def layer_dicts(plan, applied):
 def run(module):
     """Plan (scan every layer), apply unless in check mode, report."""
     params = module.params
-    snapshotter = open_root(module, create=False, read_only=module.check_mode)
+    snapshotter = open_root_if_any(module, read_only=module.check_mode)
     try:
         plan = layers.plan_layers(snapshotter, params["layers"])
         before = [layer.chain_id for layer in plan if layer.present]

@@ -166,81 +166,21 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def mount_points(mounts, path):
-    """Where each of the snapshot's mounts goes under `path`."""
-    return [os.path.join(path, m.target.lstrip("/")) if m.target else path for m in mounts]
-
-
-def visible_mount(table, point):
-    """The mount on top at `point` (the last one listed there), or None."""
-    on_top = None
-    for entry in table:
-        if entry.mountpoint == point:
-            on_top = entry
-    return on_top
-
-
-def _options(words):
-    return dict(word.partition("=")[::2] for word in words)
-
-
-def _same_lowers(wanted, shown):
-    # A deep chain is mounted with lowerdirs relative to their common
-    # directory, and the kernel then shows them relative.
-    return len(wanted) == len(shown) and all(
-        w == s or w.endswith("/" + s) for w, s in zip(wanted, shown))
-
-
-def is_mount_of(m, entry):
-    """Whether the mount table entry `entry` is the snapshot's Mount `m`."""
-    if m.type == "bind" or "bind" in m.options or "rbind" in m.options:
-        # A bind mount shows the very directory it binds: same device and inode.
-        try:
-            source, there = os.stat(m.source), os.stat(entry.mountpoint)
-        except OSError:
-            return False
-        same_directory = (source.st_dev, source.st_ino) == (there.st_dev, there.st_ino)
-        return same_directory and ("ro" in entry.options) == m.read_only
-    if m.type == "overlay":
-        if entry.fstype != "overlay":
-            return False
-        wanted, shown = _options(m.options), _options(entry.super_options)
-        return (wanted.get("upperdir") == shown.get("upperdir")
-                and wanted.get("workdir") == shown.get("workdir")
-                and _same_lowers(wanted.get("lowerdir", "").split(":"),
-                                 shown.get("lowerdir", "").split(":")))
-    return entry.fstype == m.type and entry.source == m.source
-
-
-def mounted_here(mounts, path):
-    """(True, None) if the snapshot's mounts are what is mounted at `path`,
-    (False, None) if nothing is mounted there, (False, entry) if something
-    else is."""
-    table = mountlib.mount_table()
-    top = visible_mount(table, path)
-    if top is None:
-        return False, None
-    if mounts is not None and all(
-            visible_mount(table, point) is not None and is_mount_of(m, visible_mount(table, point))
-            for m, point in zip(mounts, mount_points(mounts, path))):
-        return True, None
-    return False, top
-
-
 def snapshot_mounts(module):
     """The snapshot's mounts; None if it (or its root) does not exist and the
     task is to unmount, where that is not an error."""
-    snapshotter = open_root(module, create=False, read_only=module.check_mode)
-    if snapshotter is None:
-        if module.params["state"] == "unmounted":
+    unmounting = module.params["state"] == "unmounted"
+    try:
+        snapshotter = open_root(module, create=False, read_only=module.check_mode)
+    except errors.NotFound:
+        if unmounting:
             return None
-        raise errors.NotFound("no snapshotter root at %s (no metadata.db there)"
-                              % module.params["root"])
+        raise
     with snapshotter:
         try:
             return snapshotter.mounts(module.params["key"])
         except errors.NotFound:
-            if module.params["state"] == "unmounted":
+            if unmounting:
                 return None
             raise
 
@@ -251,9 +191,11 @@ def plan(module, mounts, path):
     state = module.params["state"]
     if os.path.lexists(path) and not os.path.isdir(path):
         raise errors.InvalidArgument("mount point %s exists and is not a directory" % path)
-    mounted, other = mounted_here(mounts, path)
-    if other is not None:
-        what = "%s (type %s) is mounted at %s" % (other.source, other.fstype, path)
+    table = mountlib.mount_table()
+    on_top = mountlib.mount_on_top(path, table)
+    mounted = mounts is not None and mountlib.mounted_at(path, mounts, table)
+    if on_top is not None and not mounted:
+        what = "%s (type %s) is mounted at %s" % (on_top.source, on_top.fstype, path)
         if mounts is None:
             raise errors.FailedPrecondition(
                 "%s, and snapshot %r does not exist, so it cannot be its mount: not unmounting it"
@@ -293,7 +235,7 @@ def run(module):
         elif action["action"] == "unmount":
             # Later mounts sit inside earlier ones: unmount them first, each
             # once, so that whatever was mounted below ours stays.
-            for point in reversed(mount_points(mounts, path)):
+            for point in reversed([mountlib.mount_point(m, path) for m in mounts]):
                 mountlib.unmount(point)
     return result
 

@@ -350,7 +350,7 @@ error_class:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snaplab.snapshots.plugins.module_utils._common import (
-    SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, run_module)
+    SNAPSHOTTER_ARGUMENT_SPEC, fail, open_root, open_root_if_any, run_module)
 from ansible_collections.snaplab.snapshots.plugins.module_utils._snaplab import declare
 
 STATES = ["committed", "active", "view", "absent"]
@@ -411,7 +411,7 @@ def declarations(params):
 
 def run(module):
     """Plan, apply unless in check mode, and return the result."""
-    snapshotter = open_root(module, create=False, read_only=module.check_mode)
+    snapshotter = open_root_if_any(module, read_only=module.check_mode)
     try:
         existing = declare.read_state(snapshotter) if snapshotter else []
         planned = declare.plan(existing, declarations(module.params))

@@ -215,10 +215,7 @@ def describe(snapshotter, info, params):
 
 def run(module):
     params = module.params
-    snapshotter = open_root(module, create=False, read_only=True)
-    if snapshotter is None:
-        raise errors.NotFound("no snapshotter root at %s (no metadata.db there)" % params["root"])
-    with snapshotter:
+    with open_root(module, create=False, read_only=True) as snapshotter:
         result = dict(changed=False)
         if params["doctor"]:
             findings = [finding.to_dict() for finding in snapshotter.doctor()]
