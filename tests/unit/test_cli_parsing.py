@@ -9,7 +9,9 @@ import os
 import pytest
 
 from snaplab import cli
+from snaplab import ctr_output
 from snaplab import errors
+from snaplab import verbs
 from snaplab.labels import GC_ROOT
 from snaplab.types import Info, Kind, Mount, Usage
 
@@ -96,7 +98,7 @@ def test_prepare_arguments():
     args, _ = parse("prepare", "-t", "/mnt", "--mounts", "--label", "a=b", "--label", "c=",
                     "key", "parent")
     assert (args.key, args.parent, args.target, args.mounts) == ("key", "parent", "/mnt", True)
-    assert cli.parse_labels(args.label) == {"a": "b", "c": ""}
+    assert verbs.parse_labels(args.label) == {"a": "b", "c": ""}
     args, _ = parse("view", "key")
     assert args.parent is None and args.target is None and args.mounts is False
 
@@ -111,9 +113,9 @@ def test_other_verbs_arguments():
     assert (args.name, args.labels) == ("n", ["a=1", "b="])
     assert parse("ls", "-f", "kind==committed", "--filter", "name==x")[0].filter == [
         "kind==committed", "name==x"]
-    assert parse("mount", "/t", "k")[0].handler is cli.cmd_mount
-    assert parse("umount", "/t")[0].handler is cli.cmd_umount
-    assert parse("cleanup")[0].handler is cli.cmd_cleanup
+    assert parse("mount", "/t", "k")[0].handler is verbs.cmd_mount
+    assert parse("umount", "/t")[0].handler is verbs.cmd_umount
+    assert parse("cleanup")[0].handler is verbs.cmd_cleanup
 
 
 @pytest.mark.parametrize("argv", [
@@ -133,16 +135,16 @@ def test_usage_errors_are_invalid_arguments(argv):
 @pytest.mark.parametrize("text", ["novalue", "=v", ""])
 def test_bad_label_syntax(text):
     with pytest.raises(errors.InvalidArgument):
-        cli.parse_label(text)
+        verbs.parse_label(text)
 
 
 def test_label_values_may_hold_equal_signs():
-    assert cli.parse_label("a=b=c") == ("a", "b=c")
+    assert verbs.parse_label("a=b=c") == ("a", "b=c")
 
 
 def test_gc_root_value_is_rfc3339_seconds_utc():
     import re
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cli.gc_root_label())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", verbs.gc_root_label())
 
 
 # -- layouts -----------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_gc_root_value_is_rfc3339_seconds_utc():
     (1048575, "1024.0 KiB"),  # below 1 MiB stays KiB even when it rounds up
 ])
 def test_human_size_matches_go_units(size, text):
-    assert cli.human_size(size) == text
+    assert ctr_output.human_size(size) == text
 
 
 def info(name, parent="", kind=Kind.COMMITTED, labels=None):
@@ -172,7 +174,7 @@ def info(name, parent="", kind=Kind.COMMITTED, labels=None):
 
 
 def test_tabulate_like_go_tabwriter():
-    assert cli.tabulate([("KEY", "PARENT", "KIND"), ("a", "", "Active")]) == (
+    assert ctr_output.tabulate([("KEY", "PARENT", "KIND"), ("a", "", "Active")]) == (
         "KEY PARENT KIND   \n"
         "a          Active \n")
 
@@ -180,7 +182,7 @@ def test_tabulate_like_go_tabwriter():
 def test_list_layout():
     infos = [info("base"), info("layer-two", "base"),
              info("c", "layer-two", Kind.ACTIVE), info("v", "base", Kind.VIEW)]
-    assert cli.format_list(infos) == (
+    assert ctr_output.format_list(infos) == (
         "KEY       PARENT    KIND      \n"
         "base                Committed \n"
         "layer-two base      Committed \n"
@@ -189,18 +191,18 @@ def test_list_layout():
 
 
 def test_empty_list_is_just_the_header():
-    assert cli.format_list([]) == "KEY PARENT KIND \n"
+    assert ctr_output.format_list([]) == "KEY PARENT KIND \n"
 
 
 def test_usage_layout():
     entries = [("sha256:aaa", Usage(size=7969177, inodes=521)), ("c", Usage(4096, 1)),
                ("v", Usage())]
-    assert cli.format_usage(entries) == (
+    assert ctr_output.format_usage(entries) == (
         "KEY        SIZE    INODES \n"
         "sha256:aaa 7.6 MiB 521    \n"
         "c          4.0 KiB 1      \n"
         "v          0.0 B   0      \n")
-    assert cli.format_usage(entries, raw=True) == (
+    assert ctr_output.format_usage(entries, raw=True) == (
         "KEY        SIZE    INODES \n"
         "sha256:aaa 7969177 521    \n"
         "c          4096    1      \n"
@@ -210,7 +212,7 @@ def test_usage_layout():
 def test_tree_layout():
     infos = [info("a"), info("b", "a"), info("c", "b", Kind.ACTIVE), info("d", "a", Kind.VIEW),
              info("z")]
-    assert cli.format_tree(infos) == (
+    assert ctr_output.format_tree(infos) == (
         " a\n"
         "  \\_ b\n"
         "    \\_ c\n"
@@ -221,15 +223,15 @@ def test_tree_layout():
 def test_tree_placeholder_parents_keep_first_seen_order():
     # Walk order is key order: a child may come before its parent.
     infos = [info("a-child", "p"), info("b"), info("p")]
-    assert cli.format_tree(infos) == " p\n  \\_ a-child\n b\n"
+    assert ctr_output.format_tree(infos) == " p\n  \\_ a-child\n b\n"
     # A parent the walk never returns (a filtered walk) still prints as a root.
-    assert cli.format_tree([info("c", "gone", Kind.ACTIVE)]) == " gone\n  \\_ c\n"
-    assert cli.format_tree([]) == ""
+    assert ctr_output.format_tree([info("c", "gone", Kind.ACTIVE)]) == " gone\n  \\_ c\n"
+    assert ctr_output.format_tree([]) == ""
 
 
 def test_tree_json():
     infos = [info("a-child", "p", Kind.ACTIVE), info("p"), info("x", "missing")]
-    tree = cli.tree_json(infos)
+    tree = ctr_output.tree_json(infos)
     assert [node["Name"] for node in tree] == ["p", "missing"]
     assert tree[0]["Kind"] == "Committed"
     assert tree[0]["Children"][0]["Name"] == "a-child"
@@ -239,12 +241,12 @@ def test_tree_json():
 
 
 def test_labels_text():
-    assert cli.format_labels({"b": "2", "a": "1"}) == "a=1,b=2\n"
-    assert cli.format_labels({}) == "\n"
+    assert ctr_output.format_labels({"b": "2", "a": "1"}) == "a=1,b=2\n"
+    assert ctr_output.format_labels({}) == "\n"
 
 
 def test_go_json_escapes_html_like_go_and_indents_four():
-    text = cli.go_json({"Labels": {"a": "<b>&é"}})
+    text = ctr_output.go_json({"Labels": {"a": "<b>&é"}})
     assert text == '{\n    "Labels": {\n        "a": "\\u003cb\\u003e\\u0026é"\n    }\n}\n'
     assert json.loads(text) == {"Labels": {"a": "<b>&é"}}
 
@@ -316,6 +318,12 @@ class FakeSnapshotter:
     def close(self):
         self.closed += 1
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def run(fake, *argv):
     out = io.StringIO()
@@ -327,7 +335,7 @@ def run(fake, *argv):
         def __call__(self, create, read_only=False):
             fake.create = create
             fake.read_only = read_only
-            return cli._Closing(fake)
+            return fake
 
     code = cli.run(list(argv), out=out, environ={}, opener_factory=Opener)
     return code, out.getvalue()
@@ -406,13 +414,13 @@ def test_rm_json_lists_what_was_removed_even_on_failure(capsys):
     out = io.StringIO()
     with pytest.raises(cli.Failure):
         cli.run(["--json", "rm", "missing"], out=out, environ={},
-                opener_factory=lambda s: lambda create: cli._Closing(fake))
+                opener_factory=lambda s: lambda create: fake)
     assert json.loads(out.getvalue()) == {"removed": []}
 
 
 def test_ls_tree_info_usage_outputs():
     fake = FakeSnapshotter([info("a", labels={"k": "<v>"}), info("b", "a", Kind.ACTIVE)])
-    assert run(fake, "ls")[1] == cli.format_list(list(fake.infos.values()))
+    assert run(fake, "ls")[1] == ctr_output.format_list(list(fake.infos.values()))
     assert run(fake, "tree")[1] == " a\n  \\_ b\n"
     assert run(fake, "ls", "-f", "kind==active")[0] == 0
     assert ("list", ("kind==active",)) in fake.calls
