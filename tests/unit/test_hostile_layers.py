@@ -25,6 +25,7 @@ import tempfile
 import pytest
 
 from snaplab import errors, labels, layers, open_snapshotter
+from snaplab.layers import unpack
 from snaplab.mount import mount_all, mounts_under, unmount_all
 from snaplab.types import Kind
 from tests.unit import hostile_tars
@@ -89,8 +90,8 @@ def writable_directory(sn, key, scratch):
     source) and the lower directories below it (overlay only); any other
     snapshot (btrfs) mounted on a directory of `scratch` meanwhile."""
     mounts = sn.mounts(key)
-    overlay = layers._overlay_upper(mounts)
-    source = layers._bind_source(mounts)
+    overlay = unpack._overlay_upper(mounts)
+    source = unpack._bind_source(mounts)
     if overlay is not None:
         yield overlay
     elif source is not None:

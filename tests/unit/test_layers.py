@@ -22,13 +22,14 @@ import tempfile
 import pytest
 
 from snaplab import errors, layers, open_snapshotter
+from snaplab.layers import archive
 from snaplab.mount import mount_all, unmount_all
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (chown, mknod, trusted.* xattrs, mount)")
 
 MTIME = 1_600_000_000
-HAS_ZSTD = layers._stdlib_zstd() is not None or shutil.which("zstd") is not None
+HAS_ZSTD = archive._stdlib_zstd() is not None or shutil.which("zstd") is not None
 
 
 # -- building layers ---------------------------------------------------------
@@ -254,8 +255,8 @@ def test_diff_id_is_the_sha256_of_the_uncompressed_tar(tmp_path, compression):
 def test_zstd_without_module_or_program_is_not_implemented(tmp_path, monkeypatch):
     path = tmp_path / "layer"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
-    monkeypatch.setattr(layers, "_stdlib_zstd", lambda: None)
-    monkeypatch.setattr(layers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(archive, "_stdlib_zstd", lambda: None)
+    monkeypatch.setattr(archive.shutil, "which", lambda name: None)
     with pytest.raises(errors.NotImplemented, match="install zstd"):
         layers.inspect_layer(str(path))
 

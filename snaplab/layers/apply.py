@@ -1,0 +1,338 @@
+"""Writing one scanned layer into a directory (containerd's pkg/archive
+applier with its whiteout converters, and core/diff/apply).
+
+The directory is a Tree (tree.py): a plain directory (a mounted snapshot
+or a bind source), or an overlay upper directory over its lowers.
+
+- Written straight into an overlay upper directory, whiteouts become what
+  overlayfs understands: a 0/0 character device for a deleted name, the
+  xattr trusted.overlay.opaque=y for an opaque directory, and a directory
+  made in the upper for one of a lower takes that directory's owner, mode,
+  xattrs and times (containerd's mkparent).
+- Anywhere else whiteouts are applied by deleting ("naive"): `.wh.NAME`
+  removes NAME; an opaque marker removes every entry of its directory that
+  this same layer did not write before it.
+- A hardlink links to the entry inside the snapshot, never following a
+  symlink at the target; its target must exist there (earlier in the
+  layer, or in the snapshot below).
+- overlayfs' own xattrs (trusted.overlay.*, user.overlay.*) in a layer's
+  PAX records are never set: on an upper directory they would forge
+  whiteouts, opaque directories or redirects.
+- Before the first write: a layer whose regular files add up to more than
+  the free space of the receiving filesystem, or whose entries outnumber
+  its free inodes, is FailedPrecondition; then the dry run (tree.dry_run)
+  refuses what the snapshot below makes impossible. A refused layer leaves
+  the directory as it was.
+"""
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+
+from .. import errors
+from .. import faults
+from .. import fsutil
+from .archive import CHUNK, clean_name, entry_kind, inspect_layer, reread_entries, whiteout_of
+from .tree import OVERLAY_OPAQUE_XATTR, Tree, dry_run, is_overlay_whiteout
+
+
+def _check_free_space(tree, scan):
+    """FailedPrecondition if the layer's files cannot fit in what is free
+    where they are written (sparse files are counted at their full size;
+    free is f_bavail, without the blocks a filesystem keeps for root)."""
+    fs = os.statvfs(tree.root)
+    free = fs.f_bavail * fs.f_frsize
+    if scan.files_size > free:
+        raise errors.FailedPrecondition(
+            "layer %s holds %d bytes of files, more than the %d bytes free on the filesystem "
+            "of %s" % (scan.path, scan.files_size, free, tree.root))
+    # Each entry takes an inode at most (hardlinks and naive whiteouts none):
+    # a layer of many empty files would otherwise stop half-way at ENOSPC.
+    # f_files is 0 where inodes are not counted (btrfs).
+    if fs.f_files and scan.entries > fs.f_favail:
+        raise errors.FailedPrecondition(
+            "layer %s has %d entries, more than the %d inodes free on the filesystem of %s"
+            % (scan.path, scan.entries, fs.f_favail, tree.root))
+
+
+def _time_ns(member, field):
+    """A header time in nanoseconds; PAX records keep the fraction."""
+    text = member.pax_headers.get(field)
+    if text is not None:
+        negative = text.startswith("-")
+        seconds, _dot, fraction = text.lstrip("-").partition(".")
+        value = int(seconds or 0) * 10**9 + int((fraction + "000000000")[:9])
+        return -value if negative else value
+    if field == "mtime":
+        return int(member.mtime) * 10**9
+    return None
+
+
+# overlayfs' own xattrs: trusted.overlay.* and, on a userxattr mount, user.overlay.*
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+
+def _xattrs(member):
+    """The SCHILY.xattr.* records of an entry, as (name, bytes). overlayfs'
+    own xattrs are left out: on an upper directory they would forge
+    whiteouts and opaque directories or steer the kernel's lookups
+    (redirects, metacopy), which is not a layer's business."""
+    prefix = "SCHILY.xattr."
+    return [(key[len(prefix):], value.encode("utf-8", "surrogateescape"))
+            for key, value in member.pax_headers.items()
+            if key.startswith(prefix)
+            and not key[len(prefix):].startswith(OVERLAY_XATTR_PREFIXES)]
+
+
+def _copy_up_directory(lower, upper):
+    """Owner, mode, xattrs (not overlay's own) and times of a lower directory
+    onto the upper directory made for it (containerd's mkparent WithParents),
+    so the merged directory looks as it did."""
+    st = os.lstat(lower)
+    os.chown(upper, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.chmod(upper, stat.S_IMODE(st.st_mode))
+    try:
+        names = os.listxattr(lower, follow_symlinks=False)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
+            continue
+        try:
+            os.setxattr(upper, name, os.getxattr(lower, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EPERM):
+                raise
+    os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class _LayerWriter:
+    """Writes the entries of one layer into a Tree."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.written = set()     # absolute paths this layer wrote (an opaque keeps them)
+        self.directories = {}    # path -> (atime_ns, mtime_ns), set at the very end
+        self.same_owner = os.geteuid() == 0  # as tar: only root can give files away
+
+    def write(self, scan):
+        """Write every entry of the scanned layer; return the DiffID. First,
+        with nothing written yet: FailedPrecondition if its files do not fit,
+        InvalidArgument if the dry run against the tree refuses it.
+        InvalidArgument too if the file changed since it was scanned."""
+        _check_free_space(self.tree, scan)
+        dry_run(self.tree, scan)
+        with reread_entries(scan) as (members, tar, reader, _compression):
+            for member in members:
+                faults.point("apply.entry")
+                self.entry(tar, member)
+            reader.drain()
+            diff_id = reader.digest
+        if diff_id != scan.diff_id:
+            raise errors.InvalidArgument("layer %s changed while it was applied: DiffID %s, "
+                                         "expected %s" % (scan.path, diff_id, scan.diff_id))
+        # Directory times last: writing into a directory changes its mtime.
+        for path, times in self.directories.items():
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.utime(path, ns=times, follow_symlinks=False)
+            except FileNotFoundError:
+                pass  # removed by a later entry of the layer
+        return diff_id
+
+    def entry(self, tar, member):
+        kind = entry_kind(member)
+        relative = clean_name(member.name)
+        whiteout = whiteout_of(relative)
+        if whiteout is not None:
+            if whiteout[0] == "opaque":
+                self.opaque(whiteout[1])
+            elif whiteout[0] == "whiteout":
+                self.whiteout(whiteout[1], whiteout[2], member)
+            return
+        directory, base = posixpath.split(relative)
+        if not base:
+            return  # the root itself: containerd leaves it alone
+        if self.tree.plain_directory(directory):
+            # Nothing to resolve or make, and its real path is itself, as
+            # tree.path() would check: one question to the kernel, not a
+            # lookup per path component (most entries of a layer).
+            path = os.path.join(self.tree.root, relative)
+        else:
+            parent = self.tree.resolve(directory)
+            self.make_parents(parent)
+            path = self.tree.path(posixpath.join(parent, base))
+        self.replace(path, kind, tar, member)
+
+    # -- whiteouts
+
+    def whiteout(self, directory, hidden, member):
+        resolved = self.tree.existing_directory(directory)
+        if resolved is None:
+            return  # no such directory: nothing to hide
+        if self.tree.overlay:
+            self.make_parents(resolved)  # the directory may so far be in a lower only
+        path = self.tree.path(posixpath.join(resolved, hidden))
+        fsutil.remove_tree(path)
+        self.written.discard(path)
+        if self.tree.overlay:  # overlayfs' whiteout: a 0/0 character device
+            os.mknod(path, stat.S_IFCHR, 0)  # mode 0, as containerd and the kernel
+            if self.same_owner:
+                os.chown(path, member.uid, member.gid, follow_symlinks=False)
+
+    def opaque(self, directory):
+        resolved = self.tree.existing_directory(directory)
+        if resolved is None:
+            return
+        if self.tree.overlay:
+            self.make_parents(resolved)
+        path = self.tree.path(resolved)
+        self.remove_unwritten(path)
+        if self.tree.overlay:  # the lower directories' entries are hidden by the kernel
+            os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+
+    def remove_unwritten(self, directory):
+        """Remove every entry under `directory` this layer did not write."""
+        with os.scandir(directory) as entries:
+            children = list(entries)
+        for child in children:
+            if child.path not in self.written:
+                fsutil.remove_tree(child.path)
+            elif child.is_dir(follow_symlinks=False):
+                self.remove_unwritten(child.path)
+
+    # -- entries
+
+    def make_parents(self, resolved):
+        """Make the resolved (symlink-free) directory path exist: missing
+        directories are made 0755 or, over an overlay, with the attributes of
+        the lower directory they continue (containerd's mkparent)."""
+        if not resolved:
+            return
+        parts = resolved.split("/")
+        path = self.tree.root
+        for depth in range(len(parts)):
+            relative = "/".join(parts[:depth + 1])
+            # Each step is checked to be a real directory (lstat, not stat)
+            # or made here, so the whole chain stays inside the root.
+            path = os.path.join(path, parts[depth])
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                continue
+            # Over an overlay the upper dir may hold a whiteout here (this
+            # layer deleted the directory); a new directory replaces it.
+            upper_whiteout = self.tree.overlay and st is not None and is_overlay_whiteout(st)
+            shown = self.tree.lookup(relative) if self.tree.overlay else None
+            if (st is not None and not upper_whiteout) or (
+                    shown is not None and not stat.S_ISDIR(shown[1].st_mode)):
+                raise errors.InvalidArgument("cannot write under %s: it is not a directory"
+                                             % relative)
+            if upper_whiteout:
+                os.unlink(path)
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            if upper_whiteout:  # what the deleted directory held stays deleted
+                os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+            elif shown is not None:
+                _copy_up_directory(os.path.join(shown[0], relative), path)
+
+    def replace(self, path, kind, tar, member):
+        """Write the entry at `path`: what is there is removed first, except
+        a directory where the entry is a directory (they merge)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        merge = st is not None and kind == "directory" and stat.S_ISDIR(st.st_mode)
+        if st is not None and not merge:
+            fsutil.remove_tree(path)
+        self.create(path, kind, tar, member, merge)
+        if st is not None and not merge and self.tree.overlay and kind == "directory":
+            # A directory replacing something in the upper dir must not let
+            # a lower directory at the same path show through.
+            os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+        if kind != "hardlink":  # a hardlink shares the inode its target's entry set up
+            self.set_metadata(path, kind, member)
+        self.written.add(path)
+
+    def create(self, path, kind, tar, member, merge):
+        if kind == "directory":
+            if not merge:
+                os.mkdir(path, 0o700)
+        elif kind == "file":
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
+        elif kind == "symlink":
+            os.symlink(member.linkname, path)
+        elif kind == "hardlink":
+            # follow_symlinks=False: a link to a symlink links the symlink
+            # itself, never what it points to.
+            os.link(self.hardlink_target(member), path, follow_symlinks=False)
+        elif kind in ("char device", "block device"):
+            kind_bits = stat.S_IFCHR if kind == "char device" else stat.S_IFBLK
+            os.mknod(path, kind_bits | 0o600, os.makedev(member.devmajor, member.devminor))
+        elif kind == "fifo":
+            os.mkfifo(path, 0o600)
+
+    def hardlink_target(self, member):
+        """The path of a hardlink's target inside the root, as containerd's
+        hardlinkRootPath: the target's directory resolved in the root, its
+        final name not followed."""
+        target = clean_name(member.linkname, "hardlink target of %r" % member.name)
+        directory, base = posixpath.split(target)
+        path = self.tree.path(posixpath.join(self.tree.resolve(directory), base))
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is None or stat.S_ISDIR(st.st_mode):
+            raise errors.InvalidArgument(
+                "hardlink %r: its target %r is not a file of this layer or of the snapshot"
+                % (member.name, member.linkname))
+        return path
+
+    def set_metadata(self, path, kind, member):
+        """Owner, xattrs, mode, times, in containerd's order: chown clears
+        setuid bits and capabilities, so mode and xattrs come after it."""
+        if self.same_owner:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        for name, value in _xattrs(member):
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as err:
+                tolerated = err.errno == errno.EOPNOTSUPP or (
+                    err.errno == errno.EPERM and name.startswith("user.")
+                    and kind not in ("file", "directory"))
+                if not tolerated:
+                    raise
+        if kind != "symlink":  # Linux has no lchmod; a symlink's mode is always 0777
+            os.chmod(path, member.mode & 0o7777)
+        mtime = _time_ns(member, "mtime")
+        atime = max(_time_ns(member, "atime") or mtime, mtime)
+        if kind == "directory":
+            self.directories[path] = (atime, mtime)
+        else:
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+
+def write_scanned(scan, root, lowers=None):
+    """Write the layer inspect_layer scanned into the directory `root`, the
+    upper directory of an overlay over `lowers` (top first) when they are
+    given; return its DiffID. Errors as _LayerWriter.write."""
+    return _LayerWriter(Tree(root, lowers)).write(scan)
+
+
+def apply_layer_to_directory(tar_path, directory):
+    """Apply the layer at `tar_path` to `directory` (for example a mounted
+    snapshot) with the naive whiteout converter. Returns the DiffID.
+    The layer is scanned first: a hostile one is refused before any write."""
+    scan = inspect_layer(tar_path)
+    return write_scanned(scan, directory)
