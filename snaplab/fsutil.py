@@ -12,13 +12,13 @@ import ctypes
 import errno
 import os
 import platform
-import re
 import shutil
 import stat
 import struct
 import tempfile
 
 from . import faults
+from . import mount as mountlib
 from .errors import NotImplemented as NotImplementedErr
 from .types import Usage
 
@@ -286,20 +286,6 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
-def settle_zfs(path):
-    """On ZFS, wait for a transaction group sync first: st_blocks counts only
-    synced data and lags what was written by seconds (kernel OpenZFS and
-    zfs-fuse alike). Elsewhere nothing: block-device filesystems (a real
-    major number) are known without reading the mount table."""
-    if os.major(os.stat(path).st_dev) != 0:
-        return
-    from . import mount as mountlib
-    from .backends import zfs
-    where = mountlib.lookup(path)
-    if where.fstype in zfs.ZFS_FSTYPES:
-        zfs.sync_dataset(where.source)
-
-
 def disk_usage(path):
     """Usage of the tree at `path` as continuity's fs.DiskUsage counts it.
 
@@ -309,9 +295,12 @@ def disk_usage(path):
     it does not stop at mount points. An entry that disappears (or is
     replaced by a non-directory) during the walk is skipped (the tree of an
     active snapshot may be in use).
+
+    It counts st_blocks as they are now: on ZFS they lag what was written
+    until the pool syncs, so a backend syncs before it measures (see
+    StoreSnapshotter.sync_before_measuring).
     """
     path = os.fsdecode(path)  # listdir(fd) names are str
-    settle_zfs(path)
     root = os.lstat(path)
     if not stat.S_ISDIR(root.st_mode):
         return Usage(size=root.st_blocks * _BLOCK_UNIT, inodes=1)
@@ -508,7 +497,8 @@ def remove_tree(path):
     if not stat.S_ISDIR(st.st_mode):
         _unlink_missing_ok(path)
         return
-    mounts = _mount_points_under(path)
+    # Listed in mount order (mounts_under gives the unmount order).
+    mounts = mountlib.mounts_under(os.fsdecode(path))[::-1]
     if mounts:
         raise OSError(errno.EBUSY, "refusing to remove a tree holding mount points %s"
                       % ", ".join(mounts), path)
@@ -534,23 +524,6 @@ def _vanished_is_fine(function, path, exc_info):
     if isinstance(exc_info[1], FileNotFoundError):
         return
     raise exc_info[1]
-
-
-def _mount_points_under(path):
-    """Mount points (of this mount namespace) at or below directory `path`."""
-    top = os.path.realpath(os.fsdecode(path))
-    prefix = top.rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and
-            # backslash written as octal escapes (\040 ...).
-            raw = line.split(b" ")[4]
-            point = os.fsdecode(re.sub(rb"\\([0-7]{3})",
-                                       lambda m: bytes([int(m.group(1), 8)]), raw))
-            if point == top or point.startswith(prefix):
-                found.append(point)
-    return found
 
 
 def _unlink_missing_ok(path):

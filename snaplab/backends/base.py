@@ -21,6 +21,8 @@ from .. import labels as labelrules
 from .. import leases
 from .. import mount as mountlib
 from .. import options as optionlib
+from . import reserve
+from . import zfs_commands
 from ..metastore import METADATA_FILE, WRITE_PROBE_PREFIX, MetaStore
 from ..snapshotter import Snapshotter
 from ..types import Finding, Kind, Usage
@@ -50,14 +52,6 @@ PROBE_GRACE_SECONDS = 60
 CLAIMED_PREFIX = "rm-"
 # The lease a Remove holds on its snapshot's data until it has deleted it.
 REMOVAL_LEASE = "remove-%s"
-# A file of space kept back for the operations that free space: on a full
-# filesystem, Remove and Cleanup cannot even write the metadata that says
-# what to delete (SQLite needs a few pages), so they give this back first
-# and try again. Random bytes: a compressing filesystem (zfs, btrfs) would
-# keep no space for zeros. Made again by the next open for writing.
-RESERVE_NAME = "reserve"
-RESERVE_STAGING_PREFIX = RESERVE_NAME + ".new-"
-RESERVE_BYTES = 1 << 20
 
 
 class StoreSnapshotter(Snapshotter):
@@ -72,7 +66,8 @@ class StoreSnapshotter(Snapshotter):
     name = None  # the backend's name, as given to --backend
     # Temporary names made in the root for a moment, outside any lock: the
     # d_type probe, the metadata store's write probe, the reserve being made.
-    probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX, WRITE_PROBE_PREFIX, RESERVE_STAGING_PREFIX)
+    probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX, WRITE_PROBE_PREFIX,
+                      reserve.RESERVE_STAGING_PREFIX)
 
     def __init__(self, root, read_only=False, **options):
         if not isinstance(root, str) or not root:
@@ -98,7 +93,7 @@ class StoreSnapshotter(Snapshotter):
             self.store = self._open_store()
         except OSError as err:
             # Too full even for SQLite's lock files: the reserve makes room.
-            if err.errno != errno.ENOSPC or read_only or not self._give_back_reserve():
+            if err.errno != errno.ENOSPC or read_only or not reserve.give_back(self.root):
                 raise
             self.store = self._open_store()
         try:
@@ -107,46 +102,11 @@ class StoreSnapshotter(Snapshotter):
             self.store.close()
             raise
         if not read_only:
-            self._refill_reserve()
-
-    def _refill_reserve(self):
-        path = os.path.join(self.root, RESERVE_NAME)
-        if os.path.exists(path):
-            return
-        staging = os.path.join(self.root, "%s%d" % (RESERVE_STAGING_PREFIX, os.getpid()))
-        try:
-            with open(staging, "wb") as reserve:
-                reserve.write(os.urandom(RESERVE_BYTES))
-            os.rename(staging, path)
-        except OSError:
-            # No space for it now (the filesystem is full): the next open
-            # tries again; nothing depends on it but the way out of a full disk.
-            with contextlib.suppress(OSError):
-                os.unlink(staging)
+            reserve.refill(self.root)
 
     def _open_store(self):
         return MetaStore(os.path.join(self.root, METADATA_FILE), backend=self.name,
                          read_only=self.read_only)
-
-    def _give_back_reserve(self):
-        """Free the reserve's space; False if there is none to give."""
-        try:
-            os.unlink(os.path.join(self.root, RESERVE_NAME))
-        except FileNotFoundError:
-            return False
-        log.warning("the filesystem of %s is full: its reserve (%d KiB) was given back",
-                    self.root, RESERVE_BYTES >> 10)
-        return True
-
-    def _freeing_space(self, operation):
-        """Run an operation that frees space; if the filesystem is too full
-        for its metadata write, give back the reserve and run it again."""
-        try:
-            return operation()
-        except OSError as err:
-            if err.errno != errno.ENOSPC or not self._give_back_reserve():
-                raise
-            return operation()
 
     def ensure_directory(self, path):
         """makedirs for setup_layout: a read-only root gets nothing made."""
@@ -236,7 +196,8 @@ class StoreSnapshotter(Snapshotter):
 
     def remove(self, key):
         labelrules.validate_existing_key(key)
-        snapshot_id, kind, lease = self._freeing_space(lambda: self._remove_metadata(key))
+        snapshot_id, kind, lease = reserve.freeing_space(
+            self.root, lambda: self._remove_metadata(key))
         with lease:
             faults.point("remove.committed")
             # Only this snapshot's data goes now: sweeping every orphan on each
@@ -252,7 +213,7 @@ class StoreSnapshotter(Snapshotter):
             except OSError as err:
                 log.warning("snapshot %r removed, but its data is left for cleanup: %s",
                             key, err)
-        self._refill_reserve()  # given back if the filesystem was full
+        reserve.refill(self.root)  # given back if the filesystem was full
 
     def _remove_metadata(self, key):
         """The metadata part of Remove; returns (id, kind, lease): the lease
@@ -289,12 +250,12 @@ class StoreSnapshotter(Snapshotter):
         that touch metadata or names run under the write lock (so no
         operation can start on what they change); the deletions they hand
         back run after it, so writers are not held up by a long removal."""
-        later = self._freeing_space(self._repair)
+        later = reserve.freeing_space(self.root, self._repair)
         for entry in later:
             faults.point("cleanup.entry")
             self.remove_storage_entries([entry])
         self._remove_old_probes()
-        self._refill_reserve()
+        reserve.refill(self.root)
 
     def _repair(self):
         with self.store.transaction(write=True) as tx:  # blocks creators meanwhile
@@ -454,6 +415,12 @@ class StoreSnapshotter(Snapshotter):
                 os.rmdir(target)
 
     # -- helpers for backends ----------------------------------------------
+
+    def sync_before_measuring(self, path):
+        """Before fsutil.disk_usage of `path`: a tree on a ZFS dataset (a
+        native or overlay root may be one) counts in st_blocks only what
+        its pool has synced, so the pool is synced first (nothing elsewhere)."""
+        zfs_commands.sync_if_on_zfs(path)
 
     @contextlib.contextmanager
     def staged_directory(self, final_path, mode=0o755):

@@ -44,7 +44,9 @@ class NativeSnapshotter(StoreSnapshotter):
     def active_usage(self, snap):
         # A full copy: the committed usage includes the parent's content,
         # exactly as containerd's native snapshotter reports it.
-        return fsutil.disk_usage(self.path_of(snap.id))
+        path = self.path_of(snap.id)
+        self.sync_before_measuring(path)
+        return fsutil.disk_usage(path)
 
     def storage_entries(self):
         return directory_entries(self.snapshots_dir)

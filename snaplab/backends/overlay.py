@@ -170,7 +170,9 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     def active_usage(self, snap):
         # The upper dir holds exactly this snapshot's delta (whiteouts included).
-        return fsutil.disk_usage(self.upper_of(snap.id))
+        upper = self.upper_of(snap.id)
+        self.sync_before_measuring(upper)
+        return fsutil.disk_usage(upper)
 
     def storage_entries(self):
         return directory_entries(self.snapshots_dir)

@@ -27,6 +27,9 @@ Deviations from containerd's zfs snapshotter, and why:
   but its own zfs-fuse mount point, instead of letting `zfs destroy`
   unmount it under the caller.
 - cleanup() destroys orphan datasets (containerd's zfs has no Cleanup).
+
+The zfs command itself (running it, syncing, listing, destroying with the
+busy retries) is in zfs_commands.py; this module is the Snapshotter.
 """
 
 import contextlib
@@ -34,118 +37,19 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import time
 
 from .. import errors
 from .. import mount as mountlib
 from ..kernel import ZFS_FSTYPES
 from ..types import Finding, Kind, Mount, Usage
 from .base import StorageEntry, StoreSnapshotter, missing_storage
+from .zfs_commands import (FUSE_FSTYPE, ZfsError, child_filesystems, destroy_dataset,
+                           mountpoints_under, run_zfs, sync_dataset, used_bytes)
 
 log = logging.getLogger("snaplab")
 
-FUSE_FSTYPE = "fuse.zfs"
 SNAPSHOT_SUFFIX = "@snapshot"  # containerd's name for a committed snapshot's ZFS snapshot
-# Inheriting a user property that is not set changes nothing, but it is a
-# "sync task": zfs waits for a transaction group sync to run it. After it
-# `used` counts everything written before (it lags up to seconds otherwise).
-SYNC_PROPERTY = "snaplab:sync"
 NUMERIC = re.compile(r"[0-9]+")
-# zfs-fuse unmounts asynchronously: a destroy right after an unmount may
-# still find the dataset busy for a moment — seconds on a loaded machine (a
-# CI run beside two TCG VMs needed more than 3 s). Seconds between tries,
-# about 15 s in all; a dataset that is really in use fails after that.
-BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0)
-
-
-class ZfsError(errors.SnapshotError, OSError):
-    """A zfs command failed; the message has the command and zfs's own words."""
-
-    def __init__(self, argv, stderr):
-        self.argv = list(argv)
-        self.stderr = stderr
-        super().__init__("%s failed: %s" % (" ".join(self.argv), stderr or "no message"))
-
-    @property
-    def missing(self):
-        return "does not exist" in self.stderr
-
-    @property
-    def exists(self):
-        return "already exists" in self.stderr
-
-    @property
-    def busy(self):
-        # "dataset is busy"; "has dependent clones" while another process is
-        # destroying a clone of it (two Removes of a child and its parent)
-        return "busy" in self.stderr or "dependent clones" in self.stderr
-
-    @property
-    def not_mounted(self):
-        return "not currently mounted" in self.stderr or "not mounted" in self.stderr
-
-
-def run_zfs(*argv):
-    """Run `zfs argv...`; its stdout, or ZfsError with its stderr."""
-    command = ("zfs",) + argv
-    try:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, check=False)
-    except FileNotFoundError:
-        raise ZfsError(command, "zfs is not installed (zfsutils-linux, or zfs-fuse)") from None
-    if done.returncode != 0:
-        raise ZfsError(command, done.stderr.strip())
-    return done.stdout
-
-
-def sync_dataset(dataset):
-    """Wait for a transaction group sync of the dataset's pool: until then
-    `used` (and st_blocks) do not count what was written since the last one."""
-    run_zfs("inherit", SYNC_PROPERTY, dataset)
-
-
-def destroy_dataset(dataset, dependents=False):
-    """`zfs destroy -r` the dataset with its snapshots and children (`-R`:
-    and their clones too); a missing dataset is fine.
-
-    What zfs-fuse has mounted of it is unmounted first, deepest first: its
-    destroy of a mounted dataset unmounts it and then finds it busy. Its
-    unmount also completes asynchronously, so "busy" is retried a little.
-    If the destroy fails for good, those mounts are put back.
-    """
-    mounted = sorted({entry.source for entry in mountlib.mount_table()
-                      if entry.fstype == FUSE_FSTYPE and (
-                          entry.source == dataset or entry.source.startswith(dataset + "/"))},
-                     key=lambda name: name.count("/"), reverse=True)
-    unmounted = []
-    try:
-        for name in mounted:
-            try:
-                run_zfs("unmount", name)
-            except ZfsError as err:
-                if not (err.not_mounted or err.missing):  # another process was first
-                    raise
-            unmounted.append(name)
-        # Busy is also what another process destroying the same dataset,
-        # or a clone of it, makes zfs say for a moment: wait a little.
-        delays = iter(BUSY_RETRY_DELAYS)
-        while True:
-            try:
-                run_zfs("destroy", "-R" if dependents else "-r", dataset)
-                return
-            except ZfsError as err:
-                if err.missing:
-                    return
-                delay = next(delays, None) if err.busy else None
-                if delay is None:
-                    raise
-                time.sleep(delay)
-    except BaseException:
-        for name in reversed(unmounted):  # where Mounts() says they are
-            with contextlib.suppress(ZfsError):
-                run_zfs("mount", name)
-        raise
 
 
 class ZfsSnapshotter(StoreSnapshotter):
@@ -242,8 +146,7 @@ class ZfsSnapshotter(StoreSnapshotter):
     def active_usage(self, snap):
         dataset = self.dataset_of(snap.id)
         sync_dataset(dataset)
-        used = int(run_zfs("get", "-Hp", "-o", "value", "used", dataset))
-        return Usage(size=used, inodes=-1)  # zfs counts no inodes (containerd: -1)
+        return Usage(size=used_bytes(dataset), inodes=-1)  # zfs counts no inodes (containerd: -1)
 
     def commit_storage(self, snap, snapshot_id):
         if snap is None:
@@ -292,11 +195,9 @@ class ZfsSnapshotter(StoreSnapshotter):
                 "before removing the snapshot" % (dataset, snapshot_id, ", ".join(held)))
 
     def storage_entries(self):
-        listing = run_zfs("list", "-H", "-o", "name", "-d", "1", "-t", "filesystem",
-                          self.root_dataset)
         prefix = self.root_dataset + "/"
-        ids = {name[len(prefix):] for name in listing.splitlines()
-               if name.startswith(prefix) and NUMERIC.fullmatch(name[len(prefix):])}
+        ids = {name[len(prefix):] for name in child_filesystems(self.root_dataset)
+               if NUMERIC.fullmatch(name[len(prefix):])}
         if self.fuse:  # mount point directories left by a crash between destroy and rmdir
             with contextlib.suppress(FileNotFoundError):
                 ids.update(name for name in os.listdir(self.snapshots_dir)
@@ -322,9 +223,7 @@ class ZfsSnapshotter(StoreSnapshotter):
         return []
 
     def storage_findings(self, rows):
-        listing = run_zfs("list", "-H", "-o", "name,mountpoint", "-t",
-                          "filesystem,snapshot", "-r", self.root_dataset)
-        mountpoints = dict(line.split("\t", 1) for line in listing.splitlines() if line)
+        mountpoints = mountpoints_under(self.root_dataset)
 
         def missing(snapshot_id, kind, _parent_id):
             dataset = self.dataset_of(snapshot_id)
@@ -373,5 +272,4 @@ class ZfsSnapshotter(StoreSnapshotter):
             log.warning("zfs backend: cannot remove the mount point %s: %s", home, err)
 
 
-__all__ = ["ZfsSnapshotter", "ZfsError", "run_zfs", "sync_dataset", "destroy_dataset",
-           "ZFS_FSTYPES", "SNAPSHOT_SUFFIX"]
+__all__ = ["ZfsSnapshotter", "SNAPSHOT_SUFFIX"]
