@@ -52,10 +52,8 @@ import tarfile
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conformance.targets import FilesystemPool  # noqa: E402
-from snaplab import open_snapshotter, layers  # noqa: E402
+from conformance.filesystems import FilesystemPool
+from snaplab import open_snapshotter, layers
 
 MIB = 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -26,10 +26,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conformance.targets import FilesystemPool  # noqa: E402
-from snaplab.backends import btrfs  # noqa: E402
+from conformance.filesystems import FilesystemPool
+from snaplab.backends import btrfs
 
 OPERATIONS = ("create", "snapshot", "set-ro", "id", "delete")
 

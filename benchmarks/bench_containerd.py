@@ -41,12 +41,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conformance.containerd import Containerd, unavailable_reason  # noqa: E402
-from conformance.serve import served_snapshotter  # noqa: E402
-from conformance.targets import FilesystemPool, Target  # noqa: E402
-from snaplab import mount as mountlib  # noqa: E402
+from conformance.containerd import Containerd, unavailable_reason
+from conformance.filesystems import FilesystemPool
+from conformance.inprocess import InProcessTarget
+from conformance.serve import served_snapshotter
+from snaplab import mount as mountlib
 
 OPERATIONS = ("prepare", "usage", "commit", "stat", "remove")
 VARIANTS = ("in-process", "serve", "containerd")
@@ -104,7 +103,7 @@ def stop_containerd(daemon):
 
 
 def bench_backend(backend, pool, ops, rounds, base_files):
-    target = Target(backend, FILESYSTEM_OF[backend])
+    target = InProcessTarget(backend, FILESYSTEM_OF[backend])
     target.fs = pool.get(target.filesystem)
     work = tempfile.mkdtemp(prefix="bench-%s-" % backend, dir=target.fs.mountpoint)
     plugin = PLUGIN_OF[backend]

@@ -28,10 +28,9 @@ import time
 from datetime import datetime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from conformance.targets import FilesystemPool  # noqa: E402
-from snaplab import declare, open_snapshotter  # noqa: E402
+from conformance.filesystems import FilesystemPool
+from snaplab import declare, open_snapshotter
 
 TARGET_SECONDS = 2.0
 

@@ -20,10 +20,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conformance.targets import FilesystemPool  # noqa: E402
-from snaplab import open_snapshotter  # noqa: E402
+from conformance.filesystems import FilesystemPool
+from snaplab import open_snapshotter
 
 OPERATIONS = ("prepare", "commit", "stat", "remove")
 

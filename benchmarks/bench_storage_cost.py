@@ -33,10 +33,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from conformance.targets import FilesystemPool, Target  # noqa: E402
-from snaplab import mount as mountlib  # noqa: E402
+from conformance.filesystems import FilesystemPool
+from conformance.inprocess import InProcessTarget
+from snaplab import mount as mountlib
 
 MIB = 1024 * 1024
 # Each backend on the filesystem containerd users put it on.
@@ -103,7 +102,7 @@ def percentile(samples, fraction):
 
 
 def bench_backend(backend, pool, snapshots, image_mib):
-    target = Target(backend, FILESYSTEM_OF[backend])
+    target = InProcessTarget(backend, FILESYSTEM_OF[backend])
     target.fs = pool.get(target.filesystem)
     directory = tempfile.mkdtemp(prefix="bench-%s-" % backend, dir=target.fs.mountpoint)
     fsroot = target.fs.mountpoint

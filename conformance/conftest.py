@@ -31,9 +31,10 @@ from snaplab import mount as mountlib
 
 from . import report, resultlog
 from .containerd import containerd_daemons_fixture
+from .filesystems import DEFAULT_FILESYSTEMS, FilesystemPool, FilesystemUnavailable
+from .registry import DEFAULT_BACKENDS, all_targets
 from .serve import proxies_fixture
-from .targets import (DEFAULT_BACKENDS, DEFAULT_FILESYSTEMS, FilesystemPool,
-                      FilesystemUnavailable, Target, all_targets)
+from .target import Target
 
 
 KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -43,7 +43,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -54,11 +53,11 @@ import pytest
 from snaplab import errors
 from snaplab import mount as mountlib
 
-from .targets import Refusal, Target
+from .filesystems import CONTAINERD_PREFIX, delete_btrfs_subvolumes
+from .target import Refusal, Target
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
-TEMP_PREFIX = "snaplab-containerd-"
 SNAPSHOTTER_TYPE = "io.containerd.snapshotter.v1"
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
@@ -196,7 +195,7 @@ class Containerd:
     def __init__(self, base_dir=None, plugin_roots=None, plugin_config=None, extra_config=None,
                  disabled_plugins=DISABLED_PLUGINS, umask=0o022):
         self.umask = umask
-        self.dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir)
+        self.dir = tempfile.mkdtemp(prefix=CONTAINERD_PREFIX, dir=base_dir)
         self.config_path = os.path.join(self.dir, "config.toml")
         self.root = os.path.join(self.dir, "root")
         self.state = os.path.join(self.dir, "state")
@@ -303,7 +302,7 @@ class Containerd:
         if problems:
             return problems  # never delete through a mount
         for place in places:
-            problems += _delete_btrfs_subvolumes(place)
+            problems += delete_btrfs_subvolumes(place)
             shutil.rmtree(place, ignore_errors=True)
             if os.path.lexists(place):
                 problems.append("%s could not be removed" % place)
@@ -373,29 +372,6 @@ class Containerd:
         self.ctr("namespaces", "remove", namespace)
 
 
-def _delete_btrfs_subvolumes(place):
-    """Delete the btrfs subvolumes below `place`, deepest first (rm cannot
-    remove read-only ones); returns the problems."""
-    problems, found = [], []
-    for directory, subdirs, _files in os.walk(place, topdown=True):
-        for sub in list(subdirs):
-            path = os.path.join(directory, sub)
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            # A subvolume's root directory is inode 256 on btrfs.
-            if stat.S_ISDIR(info.st_mode) and info.st_ino == 256 and \
-                    mountlib.lookup(path).fstype == "btrfs":
-                found.append(path)
-    for path in sorted(found, key=len, reverse=True):
-        done = subprocess.run(["btrfs", "subvolume", "delete", path], capture_output=True,
-                              text=True, check=False)
-        if done.returncode != 0:
-            problems.append("btrfs subvolume delete %s: %s" % (path, done.stderr.strip()))
-    return problems
-
-
 # ---------------------------------------------------------------- conformance targets
 
 # The suite's backend names for containerd's snapshotter plugins, and the
@@ -439,17 +415,17 @@ class ContainerdDaemons:
         self._fs = {}
 
     def get(self, fs):
-        """The running containerd for made filesystem `fs` (targets.Filesystem)."""
+        """The running containerd for made filesystem `fs` (filesystems.Filesystem)."""
         name = fs.spec.name
         if name in self._failed:
             raise ContainerdError(self._failed[name])
         if name not in self._daemons:
-            roots_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=fs.mountpoint)
+            roots_dir = tempfile.mkdtemp(prefix=CONTAINERD_PREFIX, dir=fs.mountpoint)
             roots = {plugin: os.path.join(roots_dir, plugin)
                      for plugin in PLUGIN_OF_BACKEND.values()}
             daemon = None
             try:
-                if hasattr(fs, "make_root_dataset"):  # targets.ZfsFilesystem
+                if hasattr(fs, "make_root_dataset"):  # filesystems.ZfsFilesystem
                     fs.make_root_dataset(roots["zfs"])
                 devmapper = dict(DEVMAPPER_CONFIG, root_path=roots.pop("devmapper"),
                                  pool_name="snaplab-thinpool-" + os.urandom(4).hex())

@@ -25,7 +25,8 @@ from snaplab import errors
 from snaplab import options as optionlib
 
 from .containerd import Containerd, ContainerdTarget, unavailable_reason
-from .targets import Target
+from .filesystems import SERVE_TEMP_PREFIX
+from .target import Target, make_snaplab_root, snaplab_refusal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_MARK = " ready: "
@@ -36,6 +37,10 @@ ERROR_OF_EXIT_CODE = {cls.exit_code: cls for cls in errors.ALL}
 
 def option_args(backend, options):
     """Backend keyword options -> the --option K=V arguments the CLI reads back."""
+    if not options:
+        # Nothing to write: the backend is not looked up here, so that serve
+        # itself refuses an unknown one (its own exit code and message).
+        return []
     texts = optionlib.to_texts(backends.declared_options(backend), options, backend)
     return [arg for text in texts for arg in ("--option", text)]
 
@@ -52,7 +57,7 @@ class ServeProcess:
         self.root = root
         self.backend = backend
         self.options = dict(options or {})
-        self.workdir = tempfile.mkdtemp(prefix="snaplab-serve-")
+        self.workdir = tempfile.mkdtemp(prefix=SERVE_TEMP_PREFIX)
         self.socket = socket_path or os.path.join(self.workdir, "serve.sock")
         self.log_path = os.path.join(self.workdir, "serve.log")
         self.python = python or sys.executable
@@ -181,14 +186,6 @@ def grpc_missing():
     return None
 
 
-def _in_process(target):
-    """The in-process Target of the backend `target` serves, on its filesystem."""
-    inner = Target(target.served, target.filesystem)
-    if hasattr(target, "fs"):
-        inner.fs = target.fs
-    return inner
-
-
 class ServeTarget(Target):
     """A snaplab backend behind `snaplab serve`, e.g. serve-overlay-on-xfs:
     each opened root gets its own serve process, the cases talk to it
@@ -212,10 +209,10 @@ class ServeTarget(Target):
             pytest.skip(reason)
 
     def expected_refusal(self):
-        return _in_process(self).expected_refusal()
+        return snaplab_refusal(self.served, self)
 
     def open(self, root, **options):
-        _in_process(self).make_root(root)
+        make_snaplab_root(self.served, getattr(self, "fs", None), root)
         sn = served_snapshotter(root, self.served, **dict(self.options, **options))
         self._sockets[os.path.realpath(root)] = sn.serve.socket
         return sn
@@ -239,9 +236,7 @@ class ProxyPair:
         self.serve = None
         self.containerd = None
         try:
-            inner = Target(served, fs.spec.name)
-            inner.fs = fs
-            inner.make_root(self.root)
+            make_snaplab_root(served, fs, self.root)
             self.serve = ServeProcess(self.root, served)
             self.serve.start()
             self.containerd = Containerd(extra_config={"proxy_plugins": {
@@ -367,22 +362,10 @@ class ContainerdProxyTarget(ContainerdTarget):
         return self.pair().containerd
 
     def expected_refusal(self):
-        return _in_process(self).expected_refusal()
+        return snaplab_refusal(self.served, self)
 
     def data_dir(self, root):
         return self.pair().root  # the one serve root, whatever `root`
 
     def restart_service(self):
         self.pair().restart()
-
-
-def target_class(backend):
-    """The Target class of a serve or proxy backend name; None for others."""
-    for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
-        if backend.startswith(prefix) and backend[len(prefix):] in SERVED_BACKENDS:
-            return cls
-    return None
-
-
-TARGET_NAMES = [prefix + backend for prefix in (SERVE_PREFIX, PROXY_PREFIX)
-                for backend in SERVED_BACKENDS]

@@ -13,7 +13,7 @@ import pytest
 from snaplab import backends, errors
 from snaplab import mount as mountlib
 
-from .targets import Target
+from .inprocess import InProcessTarget
 
 
 def test_backend_accepts_or_refuses_the_filesystem(target, test_dir):
@@ -57,8 +57,8 @@ def test_root_of_another_backend_is_refused(open_snapshotter, root, target):
         pytest.skip("%s keeps each plugin's root apart itself (one root_path per plugin): "
                     "no root can be opened by another plugin" % target.service)
     open_snapshotter(root).close()
-    other = Target(next(name for name in sorted(backends.BACKENDS) if name != target.backend),
-                   target.filesystem)
+    other = InProcessTarget(next(name for name in sorted(backends.BACKENDS)
+                                 if name != target.backend), target.filesystem)
     with pytest.raises(errors.FailedPrecondition) as refused:
         other.open(root)
     if other.expected_refusal() is None:  # else it refuses the filesystem first

@@ -133,7 +133,7 @@ def loop_filesystem(scratch_dir):
     harness's filesystems (FILESYSTEMS: ext4, zfs, ...) made in a new scratch
     directory and destroyed on leaving, also on failure; the test is skipped,
     with the reason, where that filesystem cannot be made here."""
-    from conformance.targets import FilesystemPool, FilesystemUnavailable
+    from conformance.filesystems import FilesystemPool, FilesystemUnavailable
 
     @contextlib.contextmanager
     def made(name, prefix):

@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 
-from conformance.targets import FilesystemPool, FilesystemUnavailable
+from conformance.filesystems import FilesystemPool, FilesystemUnavailable
 from snaplab import mount as mountlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

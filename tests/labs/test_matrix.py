@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conformance.targets import FILESYSTEMS as SUITE_FILESYSTEMS
+from conformance.filesystems import FILESYSTEMS as SUITE_FILESYSTEMS
 from labs import boxes, matrix
 
 HAVE_RUBY = shutil.which("ruby") is not None

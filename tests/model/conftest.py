@@ -16,7 +16,7 @@ def model_filesystems():
     """The FilesystemPool of the session; its filesystems are made on first use."""
     if os.geteuid() != 0:
         pytest.skip("loop devices and mounts need root")
-    from conformance.targets import FilesystemPool
+    from conformance.filesystems import FilesystemPool
     scratch = tempfile.mkdtemp(prefix="snaplab-test-model-")
     pool = FilesystemPool(scratch)
     try:
@@ -34,7 +34,7 @@ def model_filesystems():
 def backend_env(model_filesystems):
     """backend_env(name): the BackendEnv of a backend; skips where its
     filesystem cannot be made here."""
-    from conformance.targets import FilesystemUnavailable
+    from conformance.filesystems import FilesystemUnavailable
 
     def env(name):
         filesystem = BACKENDS[name][2]

@@ -17,17 +17,12 @@ import os
 import random
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from snaplab import cli as snaplab_cli  # noqa: E402
-from snaplab import layers as layerlib  # noqa: E402
-from snaplab import mount as mountlib  # noqa: E402
+from snaplab import cli as snaplab_cli
+from snaplab import layers as layerlib
+from snaplab import mount as mountlib
 
 BACKENDS = ("native", "overlay", "btrfs", "zfs")
 # The loop filesystem each backend's root lives on (native and overlay share one).
@@ -261,7 +256,7 @@ class Lab:
         os.mkdir(self.tmpdir)
 
     def __enter__(self):
-        from conformance.targets import FilesystemPool
+        from conformance.filesystems import FilesystemPool
         try:
             self.pool = FilesystemPool(self.base, sizes_mib=FILESYSTEM_SIZES_MIB)
             for backend in self.backends:

@@ -2,13 +2,14 @@
 native, overlay (loop ext4), btrfs (loop btrfs) and zfs (a zfs-fuse pool,
 or kernel OpenZFS), one process per backend, side by side.
 
-    .venv/bin/python tests/torture/run.py [--kills N] [--backends a,b] [--seed S]
+    .venv/bin/python -m tests.torture.run [--kills N] [--backends a,b] [--seed S]
         [--concurrency-ops N] [--workers N] [--report PATH]
 
 Prints a table of kills, named points hit and violations per backend and
 operation, the concurrency tally, and the time each part took; writes it all
 as JSON (reports/torture.json). Exit 1 if there was any violation, or fewer
-kills than --kills.
+kills than --kills. Run it from the repository root (tests/ is not installed;
+snaplab and conformance are).
 """
 
 import argparse
@@ -20,12 +21,10 @@ import sys
 import time
 import traceback
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from tests.torture import concurrency, crash
+from tests.torture import lab as labmod
 
-from tests.torture import concurrency, crash  # noqa: E402
-from tests.torture import lab as labmod  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # zfs-fuse makes every zfs step cost a few hundred ms: it gets a smaller
 # share of the kills so that the four backends, run side by side, end together.

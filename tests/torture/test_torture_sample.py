@@ -29,7 +29,7 @@ OPS_PER_WORKER = 40
 
 @pytest.mark.parametrize("backend", labmod.BACKENDS)
 def test_crash_and_concurrency_sample(backend):
-    from conformance.targets import FilesystemUnavailable
+    from conformance.filesystems import FilesystemUnavailable
     seed = os.environ.get("SNAPLAB_TORTURE_SEED") or str(int(time.time()))
     out = io.StringIO()
     try:

@@ -142,7 +142,7 @@ class Sandbox:
 @pytest.fixture(scope="module", params=BACKENDS, ids=[
     "%s-on-%s%s" % (backend, fs, "" if direct else "-mounted") for backend, fs, direct in BACKENDS])
 def sandbox(request):
-    from conformance.targets import FilesystemPool, FilesystemUnavailable
+    from conformance.filesystems import FilesystemPool, FilesystemUnavailable
     backend, filesystem, direct = request.param
     base = tempfile.mkdtemp(prefix="snaplab-test-hostile-")
     pool = None
@@ -263,7 +263,7 @@ def test_each_refusal_comes_from_its_stage(tmp_path, case):
 def test_more_entries_than_free_inodes_is_refused_before_writing(tmp_path):
     """A 4 MiB ext4 has about a thousand inodes; a layer of 3,000 empty
     files would fill them half-way through."""
-    from conformance.targets import FilesystemPool, FilesystemUnavailable
+    from conformance.filesystems import FilesystemPool, FilesystemUnavailable
     tar = tmp_path / "many.tar.gz"
     tar.write_bytes(gzip.compress(hostile_tars.tar(
         *[hostile_tars.F("f%d" % i) for i in range(3000)], fmt=tarfile.USTAR_FORMAT)))

@@ -1,30 +1,48 @@
-"""Targets of the conformance suite: a snapshotter backend on a real filesystem.
+"""Real filesystems for tests: loop-backed ext4, xfs, btrfs, zfs pools, and their teardown.
 
-The cases know nothing of backends (as containerd's testsuite gets only a
-factory): a target makes a snapshotter on a root, and a FilesystemPool makes
-the real, loop-backed filesystems those roots live on, on the running kernel.
-A new backend joins by adding a Target kind here, not by editing cases.
+The one test-infrastructure module that the conformance suite, tests/ and
+benchmarks/ share:
+
+    pool = FilesystemPool(base_dir)      # a snaplab-conformance-* directory
+    fs = pool.get("xfs")                 # made and mounted on first use
+    ... fs.mountpoint ...
+    pool.destroy()                       # unmounts, detaches, deletes it all
+
+FILESYSTEMS names what can be made (ext4, xfs, btrfs, ext4-nodtype, zfs,
+...); a filesystem the kernel or the installed tools cannot give raises
+FilesystemUnavailable with the reason. zfs is a pool on a loop device:
+kernel OpenZFS, else zfs-fuse (a daemon started for it and stopped with
+the last pool).
+
+The harness makes and removes all this with the system's own tools (mkfs,
+losetup, zpool, zfs, btrfs), never with the snaplab code under test: a
+broken backend must not break the clean-up that follows its failure.
+
+Everything made is named with one of the TEMP PREFIXES below, so that what a
+killed run leaves behind is recognisable as ours (`python -m conformance.leaks`).
 """
 
 import contextlib
 import copy
-import functools
 import itertools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 
-from snaplab import backends, errors, fsutil
-from snaplab.backends import aufs
-from snaplab.backends import btrfs as btrfsbackend
-from snaplab.backends import zfs as zfsbackend
-from snaplab.kernel import ZFS_FSTYPES
+from snaplab import errors, fsutil
 from snaplab import mount as mountlib
+from snaplab.kernel import ZFS_FSTYPES
 
-from . import resultlog
+# -- temp prefixes: what the harness and the tests make is named so ----------
+
+POOL_PREFIX = "snaplab-conformance-"  # FilesystemPool's directory, its zpools, ours in a provided fs
+TEST_PREFIX = "snaplab-test-"  # tests' scratch directories (tests/**: scratch_dir(prefix))
+CONTAINERD_PREFIX = "snaplab-containerd-"  # a private containerd's directory (conformance/containerd.py)
+SERVE_TEMP_PREFIX = "snaplab-serve-"  # a snaplab serve process's socket and log (conformance/serve.py)
 
 MIB = 1024 * 1024
 
@@ -44,6 +62,15 @@ class FilesystemSpec:
 def kernel_zfs():
     """Whether OpenZFS is in the running kernel (module loaded)."""
     return os.path.exists("/sys/module/zfs")
+
+
+def openzfs_version():
+    """(major, minor) of the kernel's OpenZFS module; (0, 0) without one."""
+    try:
+        with open("/sys/module/zfs/version") as version:
+            return tuple(int(part) for part in version.read().split("-")[0].split(".")[:2])
+    except (OSError, ValueError):
+        return (0, 0)
 
 
 class ZfsSpec(FilesystemSpec):
@@ -81,19 +108,18 @@ FILESYSTEMS = {spec.name: spec for spec in [
 ]}
 
 DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir", "zfs"]
-DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
-                    # containerd's own plugins, through a private containerd
-                    # (conformance/containerd.py)
-                    "containerd-overlayfs", "containerd-native", "containerd-btrfs",
-                    "containerd-zfs", "containerd-devmapper",
-                    # snaplab behind containerd: `snaplab serve` as its proxy
-                    # plugin (conformance/serve.py; serve-* and the other
-                    # containerd-proxy-snaplab-* backends on request)
-                    "containerd-proxy-snaplab-overlay"]
 
 
 class FilesystemUnavailable(Exception):
     """This filesystem cannot be made or mounted here; the reason says why."""
+
+
+def _run(argv):
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False)
+    if done.returncode != 0:
+        raise FilesystemUnavailable("%s failed: %s" % (" ".join(argv), done.stdout.strip()))
+    return done.stdout.strip()
 
 
 class Filesystem:
@@ -122,13 +148,14 @@ class Filesystem:
 
         On btrfs a snapshotter's committed snapshots are read-only
         subvolumes, which neither unlink nor rmdir removes (EROFS, then
-        ENOTEMPTY): they are deleted as subvolumes. That matters where the
-        filesystem outlives the run (a lab VM's disk, node_storage's)."""
+        ENOTEMPTY): they are deleted as subvolumes first. That matters where
+        the filesystem outlives the run (a lab VM's disk, node_storage's)."""
         try:
-            if mountlib.lookup(directory).fstype == "btrfs":
-                btrfsbackend.delete_subvolume_tree(directory)
-            else:
-                fsutil.remove_tree(directory)
+            if os.path.lexists(directory) and mountlib.lookup(directory).fstype == "btrfs":
+                problems = delete_btrfs_subvolumes(directory)
+                if problems:
+                    return problems
+            fsutil.remove_tree(directory)
         except OSError as err:
             return ["could not remove %s: %s" % (directory, err)]
         return []
@@ -152,23 +179,15 @@ class Filesystem:
         return problems
 
 
-def _run(argv):
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, check=False)
-    if done.returncode != 0:
-        raise FilesystemUnavailable("%s failed: %s" % (" ".join(argv), done.stdout.strip()))
-    return done.stdout.strip()
-
-
 class FilesystemPool:
     """Makes each filesystem once per run, on demand; destroy() removes them all.
 
-    Everything lives under one temp directory named snaplab-conformance-*, so
-    what a killed run leaves behind is recognisable as ours.
+    Everything lives under one temp directory named snaplab-conformance-*
+    (POOL_PREFIX), so what a killed run leaves behind is recognisable as ours.
     """
 
     def __init__(self, base_dir=None, provided=None, sizes_mib=None):
-        self.base = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=base_dir)
+        self.base = tempfile.mkdtemp(prefix=POOL_PREFIX, dir=base_dir)
         self._sizes_mib = dict(sizes_mib or {})  # name -> loop file size instead of the spec's
         self._made = {}
         self._failed = {}
@@ -204,7 +223,7 @@ class FilesystemPool:
                 raise FilesystemUnavailable("%s at %s is %s, not %s" % (
                     spec.name, path, found, spec.fstype))
         # The cases' own directories go in a subdirectory that is ours to remove.
-        mountpoint = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=path)
+        mountpoint = tempfile.mkdtemp(prefix=POOL_PREFIX, dir=path)
         return Filesystem(spec, mountpoint, provided=True)
 
     def _make(self, spec):
@@ -260,18 +279,99 @@ def _kernel_hint(spec):
     return ""
 
 
+# -- btrfs -------------------------------------------------------------------
+
+BTRFS_SUBVOLUME_ROOT_INO = 256  # a subvolume's root directory is inode 256 on btrfs
+
+
+def delete_btrfs_subvolumes(place):
+    """Delete the btrfs subvolumes below `place` (and `place` itself if it is
+    one), deepest first, with btrfs-progs: rm cannot remove read-only ones.
+    A subvolume inside a read-only one cannot go while its container keeps
+    the flag: after a failed first try every one is made writable, then
+    deleted again. Returns the problems."""
+    # `place` itself too, unless it is the top of a mounted btrfs (also inode 256).
+    found = [place] if _is_btrfs_subvolume(place) and not mountlib.is_mountpoint(place) else []
+    for directory, subdirs, _files in os.walk(place):
+        found += [path for path in (os.path.join(directory, sub) for sub in subdirs)
+                  if _is_btrfs_subvolume(path)]
+    if not found:
+        return []
+    found.sort(key=lambda path: path.count("/"), reverse=True)
+    if _btrfs("subvolume", "delete", *found) is None:
+        return []
+    left = [path for path in found if os.path.lexists(path)]
+    for path in left:
+        _btrfs("property", "set", "-ts", path, "ro", "false")
+    failed = _btrfs("subvolume", "delete", *left) if left else None
+    return ["btrfs subvolume delete %s: %s" % (" ".join(left), failed)] if failed else []
+
+
+def _is_btrfs_subvolume(path):
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and info.st_ino == BTRFS_SUBVOLUME_ROOT_INO
+            and mountlib.lookup(path).fstype == "btrfs")
+
+
+def _btrfs(*argv):
+    """Run `btrfs argv...`; None when it succeeded, else its stderr."""
+    done = subprocess.run(("btrfs",) + argv, capture_output=True, text=True, check=False)
+    return None if done.returncode == 0 else (done.stderr.strip() or "exit %d" % done.returncode)
+
+
 # -- zfs ---------------------------------------------------------------------
 
-ZFS_POOL_PREFIX = "snaplab-conformance-"
 ZFS_FUSE_WAIT_S = 30  # for the daemon to answer after start, or to exit after SIGTERM
+# zfs-fuse unmounts asynchronously: a dataset just unmounted (or one another
+# process is destroying) is "busy" for a moment, seconds on a loaded machine.
+ZFS_BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0)
 
 
 def _zfs(*argv):
-    """`zfs argv...` for the harness; FilesystemUnavailable if it fails."""
+    """`zfs argv...`; its stdout, or FilesystemUnavailable with zfs's own words."""
+    command = ("zfs",) + argv
     try:
-        return zfsbackend.run_zfs(*argv)
-    except zfsbackend.ZfsError as err:
-        raise FilesystemUnavailable(str(err)) from None
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise FilesystemUnavailable("zfs is not installed (zfsutils-linux, or zfs-fuse)") from None
+    if done.returncode != 0:
+        raise FilesystemUnavailable("%s failed: %s" % (" ".join(command),
+                                                      done.stderr.strip() or "no message"))
+    return done.stdout
+
+
+def destroy_zfs_dataset(dataset):
+    """`zfs destroy -R` the dataset with its snapshots, children and their
+    clones; a missing dataset is fine. What zfs-fuse has mounted of it is
+    unmounted first, deepest first (its destroy of a mounted dataset
+    unmounts it and then finds it busy); "busy" is retried a little."""
+    mounted = sorted({entry.source for entry in mountlib.mount_table()
+                      if entry.fstype == "fuse.zfs" and (
+                          entry.source == dataset or entry.source.startswith(dataset + "/"))},
+                     key=lambda name: name.count("/"), reverse=True)
+    for name in mounted:
+        try:
+            _zfs("unmount", name)
+        except FilesystemUnavailable as err:
+            if not any(words in str(err) for words in ("not mounted", "not currently mounted",
+                                                       "does not exist")):
+                raise
+    delays = iter(ZFS_BUSY_RETRY_DELAYS)
+    while True:
+        try:
+            _zfs("destroy", "-R", dataset)
+            return
+        except FilesystemUnavailable as err:
+            if "does not exist" in str(err):
+                return
+            busy = "busy" in str(err) or "dependent clones" in str(err)
+            delay = next(delays, None) if busy else None
+            if delay is None:
+                raise
+            time.sleep(delay)
 
 
 def zfs_fuse_pids():
@@ -280,8 +380,8 @@ def zfs_fuse_pids():
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open("/proc/%s/stat" % entry) as stat:
-                    fields = stat.read().rsplit(")", 1)
+                with open("/proc/%s/stat" % entry) as stat_file:
+                    fields = stat_file.read().rsplit(")", 1)
                     name, state = fields[0].split("(", 1)[1], fields[1].split()[0]
             except (OSError, IndexError):
                 continue  # gone meanwhile
@@ -419,7 +519,7 @@ class ZfsFilesystem(Filesystem):
             with open(fs.image, "wb") as sparse:
                 sparse.truncate(spec.size_mib * MIB)
             fs.loop_device = _run(["losetup", "--find", "--show", fs.image])
-            pool = ZFS_POOL_PREFIX + os.urandom(5).hex()
+            pool = POOL_PREFIX + os.urandom(5).hex()
             # cachefile=none: no later zfs start imports this test pool again.
             _run(["zpool", "create", "-o", "cachefile=none", "-m", "none", pool, fs.loop_device])
             fs.pool = pool
@@ -443,7 +543,7 @@ class ZfsFilesystem(Filesystem):
         if found.fstype not in ZFS_FSTYPES or found.mountpoint != os.path.realpath(path):
             raise FilesystemUnavailable("zfs at %s: it is not the mount point of a ZFS dataset "
                                         "(it is on %s %s)" % (path, found.fstype, found.source))
-        mountpoint = tempfile.mkdtemp(prefix="snaplab-conformance-", dir=path)
+        mountpoint = tempfile.mkdtemp(prefix=POOL_PREFIX, dir=path)
         return cls(spec, mountpoint, dataset=found.source, provided=True)
 
     def make_root_dataset(self, root):
@@ -452,11 +552,11 @@ class ZfsFilesystem(Filesystem):
         for number in self._root_numbers:
             name = "%s/r%d" % (self.dataset, number)
             try:
-                zfsbackend.run_zfs("create", "-o", "mountpoint=" + root, name)
-            except zfsbackend.ZfsError as err:
-                if "already exists" in err.stderr:
+                _zfs("create", "-o", "mountpoint=" + root, name)
+            except FilesystemUnavailable as err:
+                if "already exists" in str(err):
                     continue  # someone else's, in a provided dataset
-                zfsbackend.destroy_dataset(name)  # made but not mounted, say
+                destroy_zfs_dataset(name)  # made but not mounted, say
                 raise
             self.root_datasets[root] = name
             return name
@@ -495,9 +595,9 @@ class ZfsFilesystem(Filesystem):
         for root, name in list(self.root_datasets.items()):
             if root == directory or root.startswith(directory.rstrip("/") + "/"):
                 try:
-                    zfsbackend.destroy_dataset(name, dependents=True)
+                    destroy_zfs_dataset(name)
                     del self.root_datasets[root]
-                except zfsbackend.ZfsError as err:
+                except FilesystemUnavailable as err:
                     problems.append(str(err))
         return problems
 
@@ -520,8 +620,8 @@ class ZfsFilesystem(Filesystem):
         if self.pool and not problems:
             try:
                 # zfs-fuse says "pool is busy" while datasets are mounted.
-                zfsbackend.destroy_dataset(self.dataset, dependents=True)
-            except zfsbackend.ZfsError as err:
+                destroy_zfs_dataset(self.dataset)
+            except FilesystemUnavailable as err:
                 # Reported, but the pool is ours: the forced destroy below
                 # unmounts what is left, so nothing stays behind.
                 problems.append(str(err))
@@ -548,157 +648,6 @@ class ZfsFilesystem(Filesystem):
         return problems
 
 
-def openzfs_version():
-    """(major, minor) of the kernel's OpenZFS module; (0, 0) without one."""
-    try:
-        with open("/sys/module/zfs/version") as version:
-            return tuple(int(part) for part in version.read().split("-")[0].split(".")[:2])
-    except (OSError, ValueError):
-        return (0, 0)
-
-
-class Refusal:
-    """What a backend's refusal of a filesystem must say: `reason` (why),
-    and each of `fixes` (how to fix it, or what to use instead)."""
-
-    def __init__(self, reason, *fixes, explanation=None):
-        self.reason = reason
-        self.fixes = fixes
-        self.explanation = explanation  # shown in the report; no temp paths in it
-
-    def __str__(self):
-        return self.reason
-
-    def skip_reason(self, target):
-        """Why the target's cases are skipped (the report marks the cell refused)."""
-        return resultlog.refusal_skip_reason(target.backend, self.reason, self.explanation)
-
-
-class Target:
-    """A snaplab backend on one filesystem, e.g. overlay-on-xfs.
-
-    Targets behind a service (containerd's plugins, conformance/containerd.py)
-    override the hooks below; for snaplab's in-process backends they are
-    trivial.
-    """
-
-    service = None  # the service the cases talk to, None: in-process
-
-    def __init__(self, backend, filesystem, options=None):
-        self.backend = backend
-        self.filesystem = filesystem
-        self.options = dict(options or {})
-        self.name = "%s-on-%s" % (backend, filesystem)
-
-    def __repr__(self):
-        return self.name
-
-    @property
-    def spec(self):
-        return FILESYSTEMS[self.filesystem]
-
-    @property
-    def model(self):
-        """The snaplab backend whose behaviour the cases expect (full copies,
-        no inode counts, ...): the backend itself here."""
-        return self.backend
-
-    def setup_session(self, request):
-        """Once per run, after the filesystem is made (pytest's `request`)."""
-
-    def data_dir(self, root):
-        """Where the snapshotter opened on `root` keeps its data."""
-        return root
-
-    def opener(self, root):
-        """A picklable callable that opens the snapshotter of `root` (already
-        opened once) in another process; None where the target has none (a
-        service target that does not say how another client reaches it)."""
-        if self.service:
-            return None
-        return functools.partial(backends.open_snapshotter, root, self.backend,
-                                 **self.options)
-
-    def restart_service(self):
-        """Restart what serves the snapshotter (nothing in-process: closing
-        and reopening is the restart)."""
-
-    def release_under(self, directory):
-        """Release what the target made for the roots below `directory`;
-        returns the problems."""
-        return []
-
-    def fstype(self):
-        """The type of the filesystem roots go on, as mounted (host-dir is
-        whatever the host has; zfs is "zfs" or zfs-fuse's "fuse.zfs")."""
-        made = getattr(self, "fs", None)
-        if made is not None:
-            return mountlib.lookup(made.mountpoint).fstype
-        return self.spec.fstype
-
-    def expected_refusal(self):
-        """The Refusal the backend must give on this filesystem, or None
-        where it must work."""
-        fstype = self.fstype()
-        if self.backend == "aufs":
-            return Refusal("not runnable", "overlay backend",
-                           explanation=aufs.why_not_runnable())
-        if self.backend == "btrfs" and fstype != "btrfs":
-            return Refusal("not btrfs", "mkfs.btrfs")
-        if self.backend == "zfs" and fstype not in ZFS_FSTYPES:
-            return Refusal("not a ZFS dataset", "zfs create")
-        if self.backend == "overlay":
-            if fstype == "fuse.zfs":
-                # zfs-fuse's readdir gives DT_UNKNOWN: the d_type check
-                # refuses it before the probe of the upper would.
-                return Refusal("d_type", explanation="zfs-fuse fills in no d_type")
-            if not self.spec.d_type:
-                return Refusal("d_type", "ftype=1", "filetype")
-            if fstype == "zfs" and openzfs_version() < (2, 2):
-                # overlayfs needs RENAME_WHITEOUT and tmpfile from its upper
-                # filesystem: FUSE has neither, OpenZFS has both since 2.2.
-                return Refusal("overlay upper", "ext4, xfs or btrfs")
-        return None
-
-    def open(self, root, **options):
-        """A snapshotter on `root`; raises what the backend raises.
-
-        A zfs backend root on the zfs filesystem is first made a dataset of
-        its own, when it does not exist yet (or is an empty directory).
-        """
-        self.make_root(root)
-        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
-
-    def make_root(self, root):
-        """What the harness makes for a root before the backend opens it: a
-        dataset of its own for a zfs root on the zfs filesystem (also used
-        for roots `snaplab serve` opens, conformance/serve.py)."""
-        fs = getattr(self, "fs", None)
-        if self.backend == "zfs" and isinstance(fs, ZfsFilesystem) and _fresh(root):
-            fs.make_root_dataset(root)
-
-
-def _fresh(root):
-    """Whether nothing is at `root` yet but, at most, an empty directory."""
-    if not os.path.lexists(root):
-        return True
-    return (os.path.isdir(root) and not os.path.islink(root) and not os.listdir(root)
-            and not mountlib.is_mountpoint(root))
-
-
-def all_targets(backend_names, filesystem_names):
-    from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget  # it imports this module
-    from . import serve  # serve-* and containerd-proxy-snaplab-* (it imports this module)
-    known = sorted(backends.BACKENDS) + sorted(PLUGIN_OF_BACKEND) + serve.TARGET_NAMES
-    unknown = [b for b in backend_names if b not in known]
-    unknown += [f for f in filesystem_names if f not in FILESYSTEMS]
-    if unknown:
-        raise errors.InvalidArgument(
-            "unknown backend or filesystem: %s (backends: %s; filesystems: %s)" % (
-                ", ".join(unknown), ", ".join(known), ", ".join(FILESYSTEMS)))
-    return [(serve.target_class(b) or (ContainerdTarget if b in PLUGIN_OF_BACKEND else Target))(
-        b, f) for b in backend_names for f in filesystem_names]
-
-
-__all__ = ["FILESYSTEMS", "FilesystemPool", "FilesystemUnavailable", "Refusal", "Target",
-           "all_targets"]
+__all__ = ["CONTAINERD_PREFIX", "DEFAULT_FILESYSTEMS", "FILESYSTEMS", "Filesystem",
+           "FilesystemPool", "FilesystemUnavailable", "POOL_PREFIX", "SERVE_TEMP_PREFIX",
+           "TEST_PREFIX", "ZfsFilesystem", "delete_btrfs_subvolumes", "destroy_zfs_dataset"]

@@ -1,0 +1,31 @@
+"""snaplab's own backends as conformance targets, opened in the test process."""
+
+import functools
+
+from snaplab import backends
+
+from .target import Target, make_snaplab_root, snaplab_refusal
+
+
+class InProcessTarget(Target):
+    """A snaplab backend on one filesystem, e.g. overlay-on-xfs, opened in
+    the test process through the registry (snaplab.backends)."""
+
+    def opener(self, root):
+        return functools.partial(backends.open_snapshotter, root, self.backend,
+                                 **self.options)
+
+    def expected_refusal(self):
+        return snaplab_refusal(self.backend, self)
+
+    def open(self, root, **options):
+        """A snapshotter on `root`; raises what the backend raises.
+
+        A zfs backend root on the zfs filesystem is first made a dataset of
+        its own, when it does not exist yet (or is an empty directory).
+        """
+        make_snaplab_root(self.backend, getattr(self, "fs", None), root)
+        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
+
+
+__all__ = ["InProcessTarget"]

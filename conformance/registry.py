@@ -1,0 +1,50 @@
+"""Every conformance target by name: the backends × filesystems matrix conftest.py runs.
+
+A backend name says which kind of target it is: one of snaplab's backends
+(in-process), containerd-<plugin> (containerd's own snapshotter plugins),
+serve-<backend> (snaplab behind `snaplab serve`) or
+containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
+plugin).
+"""
+
+from snaplab import backends, errors
+
+from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
+from .filesystems import FILESYSTEMS
+from .inprocess import InProcessTarget
+from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget, ServeTarget
+
+DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
+                    # containerd's own plugins, through a private containerd
+                    # (conformance/containerd.py)
+                    "containerd-overlayfs", "containerd-native", "containerd-btrfs",
+                    "containerd-zfs", "containerd-devmapper",
+                    # snaplab behind containerd: `snaplab serve` as its proxy
+                    # plugin (conformance/serve.py; serve-* and the other
+                    # containerd-proxy-snaplab-* backends on request)
+                    "containerd-proxy-snaplab-overlay"]
+
+
+def target_classes():
+    """{backend name: its Target class}, for every backend name the suite knows."""
+    classes = {name: InProcessTarget for name in sorted(backends.BACKENDS)}
+    classes.update((name, ContainerdTarget) for name in sorted(PLUGIN_OF_BACKEND))
+    for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
+        classes.update((prefix + served, cls) for served in SERVED_BACKENDS)
+    return classes
+
+
+def all_targets(backend_names, filesystem_names):
+    """A Target for each backend on each filesystem (InvalidArgument for a
+    name the suite does not know)."""
+    classes = target_classes()
+    unknown = [b for b in backend_names if b not in classes]
+    unknown += [f for f in filesystem_names if f not in FILESYSTEMS]
+    if unknown:
+        raise errors.InvalidArgument(
+            "unknown backend or filesystem: %s (backends: %s; filesystems: %s)" % (
+                ", ".join(unknown), ", ".join(classes), ", ".join(FILESYSTEMS)))
+    return [classes[b](b, f) for b in backend_names for f in filesystem_names]
+
+
+__all__ = ["DEFAULT_BACKENDS", "all_targets", "target_classes"]

@@ -1,0 +1,167 @@
+"""What a conformance target is: a snapshotter on one real filesystem.
+
+The cases know nothing of backends (as containerd's testsuite gets only a
+factory): a Target opens a snapshotter on a root, says what the backend must
+refuse there (a Refusal), and has hooks that targets behind a service
+override. The kinds of target build on this module:
+
+    conformance/inprocess.py   snaplab's backends, in the test process
+    conformance/containerd.py  containerd's own snapshotter plugins
+    conformance/serve.py       snaplab behind `snaplab serve` (and containerd)
+    conformance/registry.py    every target by name, for conftest.py
+
+A new kind of target joins by subclassing Target there and naming it in the
+registry, not by editing cases.
+
+What snaplab's backends must refuse, and the dataset a zfs root needs, are
+here too: the serve targets run the same backends in another process.
+"""
+
+import os
+
+from snaplab import backends, errors
+from snaplab import mount as mountlib
+from snaplab.kernel import ZFS_FSTYPES
+
+from . import resultlog
+from .filesystems import FILESYSTEMS, ZfsFilesystem, openzfs_version
+
+
+class Refusal:
+    """What a backend's refusal of a filesystem must say: `reason` (why),
+    and each of `fixes` (how to fix it, or what to use instead)."""
+
+    def __init__(self, reason, *fixes, explanation=None):
+        self.reason = reason
+        self.fixes = fixes
+        self.explanation = explanation  # shown in the report; no temp paths in it
+
+    def __str__(self):
+        return self.reason
+
+    def skip_reason(self, target):
+        """Why the target's cases are skipped (the report marks the cell refused)."""
+        return resultlog.refusal_skip_reason(target.backend, self.reason, self.explanation)
+
+
+class Target:
+    """A backend on one filesystem, e.g. overlay-on-xfs.
+
+    `fs` (a filesystems.Filesystem) is set by the `target` fixture once the
+    filesystem is made. Subclasses give open() and expected_refusal();
+    targets behind a service also override the hooks.
+    """
+
+    service = None  # the service the cases talk to, None: in-process
+
+    def __init__(self, backend, filesystem, options=None):
+        self.backend = backend
+        self.filesystem = filesystem
+        self.options = dict(options or {})
+        self.name = "%s-on-%s" % (backend, filesystem)
+
+    def __repr__(self):
+        return self.name
+
+    @property
+    def spec(self):
+        return FILESYSTEMS[self.filesystem]
+
+    @property
+    def model(self):
+        """The snaplab backend whose behaviour the cases expect (full copies,
+        no inode counts, ...): the backend itself unless said otherwise."""
+        return self.backend
+
+    def setup_session(self, request):
+        """Once per run, after the filesystem is made (pytest's `request`)."""
+
+    def data_dir(self, root):
+        """Where the snapshotter opened on `root` keeps its data."""
+        return root
+
+    def opener(self, root):
+        """A picklable callable that opens the snapshotter of `root` (already
+        opened once) in another process; None where the target has none."""
+        return None
+
+    def restart_service(self):
+        """Restart what serves the snapshotter (nothing in-process: closing
+        and reopening is the restart)."""
+
+    def release_under(self, directory):
+        """Release what the target made for the roots below `directory`;
+        returns the problems."""
+        return []
+
+    def fstype(self):
+        """The type of the filesystem roots go on, as mounted (host-dir is
+        whatever the host has; zfs is "zfs" or zfs-fuse's "fuse.zfs")."""
+        made = getattr(self, "fs", None)
+        if made is not None:
+            return mountlib.lookup(made.mountpoint).fstype
+        return self.spec.fstype
+
+    def expected_refusal(self):
+        """The Refusal the backend must give on this filesystem, or None
+        where it must work."""
+        raise NotImplementedError
+
+    def open(self, root, **options):
+        """A snapshotter on `root`; raises what the backend raises."""
+        raise NotImplementedError
+
+
+def snaplab_refusal(backend, target):
+    """The Refusal snaplab's `backend` must give on `target`'s filesystem
+    (in-process or behind serve), or None where it must work."""
+    fstype = target.fstype()
+    if backend == "aufs":
+        return Refusal("not runnable", "overlay backend", explanation=refusal_text("aufs", "/"))
+    if backend == "btrfs" and fstype != "btrfs":
+        return Refusal("not btrfs", "mkfs.btrfs")
+    if backend == "zfs" and fstype not in ZFS_FSTYPES:
+        return Refusal("not a ZFS dataset", "zfs create")
+    if backend == "overlay":
+        if fstype == "fuse.zfs":
+            # zfs-fuse's readdir gives DT_UNKNOWN: the d_type check
+            # refuses it before the probe of the upper would.
+            return Refusal("d_type", explanation="zfs-fuse fills in no d_type")
+        if not target.spec.d_type:
+            return Refusal("d_type", "ftype=1", "filetype")
+        if fstype == "zfs" and openzfs_version() < (2, 2):
+            # overlayfs needs RENAME_WHITEOUT and tmpfile from its upper
+            # filesystem: FUSE has neither, OpenZFS has both since 2.2.
+            return Refusal("overlay upper", "ext4, xfs or btrfs")
+    return None
+
+
+def refusal_text(backend, path):
+    """What `backend` itself says when asked whether the filesystem at `path`
+    can hold a root (its check_filesystem, which makes nothing); None if it can."""
+    cls = backends.backend_class(backend)
+    try:
+        cls.check_filesystem(cls.__new__(cls), path)
+    except errors.FailedPrecondition as refused:
+        return str(refused)
+    return None
+
+
+def make_snaplab_root(backend, fs, root):
+    """What the harness makes for a root of snaplab's `backend` before the
+    backend opens it (in-process or behind serve): a dataset of its own for a
+    zfs root on the zfs filesystem `fs`, when nothing is at `root` yet (or
+    only an empty directory)."""
+    if backend == "zfs" and isinstance(fs, ZfsFilesystem) and _fresh(root):
+        fs.make_root_dataset(root)
+
+
+def _fresh(root):
+    """Whether nothing is at `root` yet but, at most, an empty directory."""
+    if not os.path.lexists(root):
+        return True
+    return (os.path.isdir(root) and not os.path.islink(root) and not os.listdir(root)
+            and not mountlib.is_mountpoint(root))
+
+
+__all__ = ["Refusal", "Target", "make_snaplab_root", "refusal_text", "snaplab_refusal"]
