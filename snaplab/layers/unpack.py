@@ -11,8 +11,9 @@ and committed under its chainID with containerd's labels.
 Where one layer is written, from the active snapshot's mounts:
 
 - one overlay mount with an upperdir: straight into that upper directory,
-  without mounting (not in a user namespace, where overlayfs' whiteouts
-  cannot be made, and not when a hardlink names a file of a lower layer);
+  without mounting (not on a userxattr mount or in a user namespace,
+  where overlayfs' whiteouts cannot be made, and not when a hardlink names
+  a file of a lower layer: the kernel must copy it up);
 - one read-write bind mount: straight into its source;
 - anything else: mounted on a temporary directory under the root first,
   and the kernel does the copy-up and the whiteouts.
