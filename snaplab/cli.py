@@ -119,6 +119,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError("%s%s (see '%s --help')" % (where, message, self.prog))
 
 
+class _TopParser(_Parser):
+    """`snaplab`'s own parser. Its epilog lists every backend's options,
+    which loads every backend: made only when the help is."""
+
+    def format_help(self):
+        self.epilog = "\n\n".join((backend_options_help(), RULES, EXIT_CODES))
+        return super().format_help()
+
+
 def _add_globals(parser, suffix):
     """The global options; after the verb they land in dest+suffix."""
     # Absent from the namespace unless given, so that parse_args can tell
@@ -146,11 +155,10 @@ def _add_globals(parser, suffix):
 
 
 def build_parser():
-    parser = _Parser(prog="snaplab", allow_abbrev=False, formatter_class=_HelpFormatter,
-                     description=DESCRIPTION, epilog="\n\n".join(
-                         (backend_options_help(), RULES, EXIT_CODES)))
+    parser = _TopParser(prog="snaplab", allow_abbrev=False, formatter_class=_HelpFormatter,
+                        description=DESCRIPTION)
     _add_globals(parser, "")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
 
     def verb(name, handler, help_text, description, json_shape, aliases=()):

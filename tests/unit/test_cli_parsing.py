@@ -513,3 +513,22 @@ def test_exit_codes_are_distinct():
     codes = [cls.exit_code for cls in errors.ALL]
     assert len(set(codes)) == len(codes)
     assert 1 not in codes and 0 not in codes
+
+
+def test_help_lists_every_backends_options_and_the_exit_codes(capsys):
+    from snaplab import backends
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in backends.BACKENDS:
+        for option in backends.declared_options(name):
+            assert "%s (%s, default " % (option.name, option.kind) in text
+    for cls in errors.ALL:
+        assert "  %d    %s" % (cls.exit_code, cls.__name__) in text
+
+
+@pytest.mark.parametrize("verb", ["prepare", "view", "mounts", "commit", "rm", "ls", "tree",
+                                  "info", "usage", "label", "cleanup", "doctor", "mount",
+                                  "umount", "apply-layers", "apply-layer", "serve"])
+def test_each_verb_help_says_what_it_prints_with_json(capsys, verb):
+    assert cli.main([verb, "--help"]) == 0
+    assert "\n--json: " in capsys.readouterr().out
