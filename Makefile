@@ -167,20 +167,11 @@ torture: deps
 	  $(PY) -m pytest -q --timeout=0 -p no:cacheprovider tests/model/test_stateful.py \
 	  --junitxml=$(REPORTS)/model-junit.xml
 
-## make leaks: fail if a run left a snaplab mount, loop device, zpool (named
-## snaplab-*), zfs-fuse daemon (started by a test: its pidfile is in a
-## snaplab-conformance-* or snaplab-test-* directory) or containerd (started
-## by a test: its config is in a snaplab-containerd-* directory; never the
-## host's) behind.
-leaks:
-	@left="$$(grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo|snaplab-containerd-' /proc/self/mountinfo; \
-	  losetup -a | grep -E 'snaplab-conformance-|snaplab-test-|snaplab-demo'; \
-	  zpool list -H -o name 2>/dev/null | grep '^snaplab-' | sed 's/^/zpool /'; \
-	  pgrep -a -x zfs-fuse | grep -E -- '--pidfile [^ ]*(snaplab-conformance-|snaplab-test-)' | sed 's/^/zfs-fuse daemon /'; \
-	  pgrep -a -x containerd | grep -E -- '--config [^ ]*/snaplab-containerd-[^/ ]*/config.toml' | sed 's/^/containerd /'; \
-	  pgrep -a -f -- '-m snaplab .* serve --socket [^ ]*/snaplab-serve-' | sed 's/^/snaplab serve /')"; \
-	if [ -n "$$left" ]; then echo "LEFT BEHIND:"; echo "$$left"; exit 1; fi; \
-	echo "no snaplab mounts, loop devices, zpools, zfs-fuse daemons, containerds or snaplab serve processes left behind"
+## make leaks: fail if a run left a snaplab mount, loop device, zpool,
+## zfs-fuse daemon, containerd or snaplab serve behind (conformance/leaks.py
+## says which are ours). Run in the namespace of the runs it checks.
+leaks: venv
+	@$(PY) -m conformance.leaks
 
 clean:
 	rm -rf $(VENV) $(REPORTS) .pytest_cache build *.egg-info

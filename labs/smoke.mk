@@ -1,8 +1,11 @@
 # The VM lab's runs; included by the top-level Makefile (after labs/lab.mk,
 # whose lab-deps and LAB_RELEASES they use; the Makefile's venv target gives
 # molecule and python-vagrant). Both run labs/run.py (python3 -m labs.run):
-# per release, the box (labs/boxes.py, cached by recipe hash), then
-# `molecule test -s lab` (a vagrant-libvirt VM with loopback-only SSH;
+# the collection staged into build/lab/collections (collection/stage.py,
+# restaged only when a source changed; apart from make molecule's and make
+# demo's build/collections), then per release, the box (labs/boxes.py,
+# cached by recipe hash), then `molecule test -s lab` (a vagrant-libvirt VM
+# with loopback-only SSH;
 # node_storage makes the release's filesystems on its data disks, the
 # snapshot module declares a chain on each, the conformance suite runs in the
 # VM, idempotence, testinfra, destroy), one VM at a time, keeping going when
