@@ -89,12 +89,15 @@ class Lanes:
 
     def _run(self):
         self.say("%s runs alongside the host tests; its output: %s" % (self.lab_label, self.log))
+        # close_fds=False: the lanes are makes, which find make's jobserver
+        # in the descriptors they inherit (as from the shell recipe before).
         with open(self.log, "wb") as output:
             if self.interrupted is None:
                 self.lab_lane = subprocess.Popen(
                     LAB_LANE + self.lab, stdin=subprocess.DEVNULL, stdout=output,
-                    stderr=subprocess.STDOUT, start_new_session=True)
-        host_status = subprocess.call(HOST_LANE + self.host) if self.interrupted is None else None
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=False)
+        host_status = (subprocess.call(HOST_LANE + self.host, close_fds=False)
+                       if self.interrupted is None else None)
         if self.interrupted is None:
             self.say("== %s (started alongside; following %s until it ends)"
                      % (self.lab_label, self.log))
