@@ -68,6 +68,9 @@ class Lanes:
     def take_lab_down(self, signum, _frame):
         if self.interrupted is None:
             self.interrupted = signum
+        self.stop_lab_lane()
+
+    def stop_lab_lane(self):
         if self.lab_lane is not None and self.lab_lane.poll() is None:
             try:
                 os.killpg(self.lab_lane.pid, signal.SIGTERM)
@@ -96,6 +99,8 @@ class Lanes:
                 self.lab_lane = subprocess.Popen(
                     LAB_LANE + self.lab, stdin=subprocess.DEVNULL, stdout=output,
                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=False)
+        if self.interrupted is not None:  # came while it started, before it had a name
+            self.stop_lab_lane()
         host_status = (subprocess.call(HOST_LANE + self.host, close_fds=False)
                        if self.interrupted is None else None)
         if self.interrupted is None:
