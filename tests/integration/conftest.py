@@ -21,6 +21,7 @@ import tempfile
 
 import pytest
 
+from conformance.filesystems import TEST_PREFIX, FilesystemPool, FilesystemUnavailable
 from snaplab import mount as mountlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,6 +114,10 @@ def remove_scratch_dir(base):
 
 @contextlib.contextmanager
 def _scratch_dir(prefix):
+    if not prefix.startswith(TEST_PREFIX):
+        # What a killed run leaves is found by this name (python -m conformance.leaks).
+        raise ValueError("a scratch directory's prefix starts with %r, not %r"
+                         % (TEST_PREFIX, prefix))
     base = tempfile.mkdtemp(prefix=prefix)
     try:
         yield base
@@ -133,8 +138,6 @@ def loop_filesystem(scratch_dir):
     harness's filesystems (FILESYSTEMS: ext4, zfs, ...) made in a new scratch
     directory and destroyed on leaving, also on failure; the test is skipped,
     with the reason, where that filesystem cannot be made here."""
-    from conformance.filesystems import FilesystemPool, FilesystemUnavailable
-
     @contextlib.contextmanager
     def made(name, prefix):
         with scratch_dir(prefix) as base:
