@@ -54,7 +54,8 @@ JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".molecul
 # collection/ holds these tools beside the content; they are not content.
 TOOLING = {"stage.py", "ansible_test.sh"}
 # The core as module_utils: the CLI is for people, not for modules.
-NOT_MODULE_UTILS = shutil.ignore_patterns("__pycache__", "*.pyc", "cli.py", "__main__.py")
+NOT_MODULE_UTILS = shutil.ignore_patterns("__pycache__", "*.pyc", "__main__.py",
+                                          "cli.py", "verbs.py", "ctr_output.py")
 
 # Beside ansible_collections/ in DEST, where Ansible does not look.
 FINGERPRINT_FILE = ".staged-from"

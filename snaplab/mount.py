@@ -164,19 +164,12 @@ def mount(m, target):
     _syscall_mount(m.source, target, m.type, flags, joined or None)
 
 
-def mount_point(m, target):
-    """Where Mount `m` goes when its snapshot is mounted at `target`: its
-    Target (relative to `target`, as containerd's mount.All reads it), or
-    `target` itself."""
-    return os.path.join(target, m.target.lstrip("/")) if m.target else target
-
-
 def mount_all(mounts, target):
     """Mount the list in order at `target`; on failure undo what was done."""
     done = []
     try:
         for m in mounts:
-            where = mount_point(m, target)
+            where = m.point_under(target)
             mount(m, where)
             done.append(where)
     except BaseException:
@@ -344,19 +337,19 @@ def is_mount_of(m, entry):
 
 def mounted_at(target, mounts, table=None):
     """Whether a snapshot's `mounts` are what is mounted at `target`: each
-    one is the mount on top at its mount_point(). False when nothing is
+    one is the mount on top at its point_under(target). False when nothing is
     mounted at `target`. `table`: a mount_table() already read."""
     target = os.path.realpath(target)
     table = mount_table() if table is None else table
     if mount_on_top(target, table) is None:
         return False
     for m in mounts:
-        entry = mount_on_top(mount_point(m, target), table)
+        entry = mount_on_top(m.point_under(target), table)
         if entry is None or not is_mount_of(m, entry):
             return False
     return True
 
 
-__all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all", "mount_point",
+__all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all",
            "temporary_mount", "unmount", "unmount_all", "lookup", "mounts_under", "mount_table",
            "mount_on_top", "is_mountpoint", "is_mount_of", "mounted_at", "parse_options"]

@@ -112,10 +112,15 @@ class Mount:
         return {"Type": self.type, "Source": self.source,
                 "Target": self.target, "Options": list(self.options)}
 
+    def point_under(self, target):
+        """Where this mount goes when its snapshot is mounted at `target`:
+        its Target (relative to `target`, as containerd's mount.All reads
+        it), or `target` itself."""
+        return os.path.join(target, self.target.lstrip("/")) if self.target else target
+
     def command_line(self, target):
         """The `mount -t ...` line ctr prints for this mount at `target`."""
-        where = os.path.join(target, self.target.lstrip("/")) if self.target else target
-        return "mount -t %s %s %s -o %s" % (self.type, self.source, where,
+        return "mount -t %s %s %s -o %s" % (self.type, self.source, self.point_under(target),
                                             ",".join(self.options))
 
 

@@ -403,16 +403,9 @@ class StoreSnapshotter(Snapshotter):
         but the next Cleanup (and doctor) finds it and takes it down.
         """
         with self.lease("mount") as name:
-            target = os.path.join(self.root, MOUNTS_DIRECTORY, name)
-            os.makedirs(target, mode=0o700)
-            try:
-                mountlib.mount_all(mounts, target)
-                try:
-                    yield target
-                finally:
-                    mountlib.unmount_all(target)
-            finally:
-                os.rmdir(target)
+            path = os.path.join(self.root, MOUNTS_DIRECTORY, name)
+            with mountlib.temporary_mount(mounts, path=path) as target:
+                yield target
 
     # -- helpers for backends ----------------------------------------------
 

@@ -86,10 +86,10 @@ def test_failed_mount_raises_mount_error_and_leaves_nothing(bind_dirs):
 
 
 def test_mount_point_is_the_mounts_target_under_the_directory():
-    assert mountlib.mount_point(Mount("bind", "/s"), "/mnt/x") == "/mnt/x"
-    assert mountlib.mount_point(Mount("bind", "/s", target="/sub/dir"), "/mnt/x") == \
+    assert Mount("bind", "/s").point_under("/mnt/x") == "/mnt/x"
+    assert Mount("bind", "/s", target="/sub/dir").point_under("/mnt/x") == \
         "/mnt/x/sub/dir"
-    assert mountlib.mount_point(Mount("bind", "/s", target="sub"), "/mnt/x") == "/mnt/x/sub"
+    assert Mount("bind", "/s", target="sub").point_under("/mnt/x") == "/mnt/x/sub"
 
 
 def _entry(mount_id, mountpoint, fstype="tmpfs", source="none", super_options="rw"):

@@ -235,7 +235,7 @@ def run(module):
         elif action["action"] == "unmount":
             # Later mounts sit inside earlier ones: unmount them first, each
             # once, so that whatever was mounted below ours stays.
-            for point in reversed([mountlib.mount_point(m, path) for m in mounts]):
+            for point in reversed([m.point_under(path) for m in mounts]):
                 mountlib.unmount(point)
     return result
 
