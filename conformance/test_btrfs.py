@@ -1,4 +1,4 @@
-"""btrfs-specific cases (containerd's btrfs_test.go, reference §3.3).
+"""btrfs-specific cases (containerd's btrfs_test.go, docs/semantics.md §5).
 
 Mounts are checked as data and then really mounted. What the backend claims
 about subvolumes (ids, read-only flags, nothing left after Remove/Cleanup) is

@@ -1,4 +1,4 @@
-"""The error matrix (reference §2.5) and the metastore cases (§2.6).
+"""The error matrix (docs/semantics.md §4) and containerd's metastore cases.
 
 Each case checks the error *class* containerd's in-tree backends raise, and
 that a refused call changed nothing. They run on every target, because the

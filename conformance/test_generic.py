@@ -5,7 +5,7 @@ report reads as sentences (`overlay-on-xfs :: remove_directory_in_lower_layer`).
 Each docstring gives the containerd name and the moby issue when there is one.
 
 They check everything the Go cases check. Where containerd only asserts that
-an error happens, we assert the error class of reference §2.5, because the
+an error happens, we assert the error class of docs/semantics.md §4, because the
 snapshotter contract (snaplab/snapshotter.py) promises it.
 
 The fixtures come from conftest.py: `snapshotter` (fresh, on a fresh root),

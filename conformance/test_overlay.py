@@ -1,4 +1,4 @@
-"""overlay-specific cases (containerd's overlay_test.go, reference §4.3).
+"""overlay-specific cases (containerd's overlay_test.go, docs/semantics.md §5, §7).
 
 Mount shapes are checked as data, then really mounted: a shape the kernel
 refuses, or that shows the wrong content, fails here.

@@ -1,4 +1,4 @@
-"""Usage: what a snapshot itself costs (reference §1.4, §4.3 tolerances).
+"""Usage: what a snapshot itself costs (docs/semantics.md §1, §7 for the tolerances).
 
 Active = measured now, own data only; committed = the value stored at commit;
 view = zero. Backends whose snapshots are full copies (native) include the

@@ -1,4 +1,4 @@
-"""zfs-specific cases (containerd's zfs_test.go, reference §3.4, §4.3).
+"""zfs-specific cases (containerd's zfs_test.go, docs/semantics.md §5, §7).
 
 The root of each case is a dataset of its own (the harness makes it). What
 the backend claims about datasets (names, clones, @snapshot, read-only,

@@ -1,7 +1,7 @@
 """Error classes of the snapshotter model.
 
 They are the classes of containerd's errdefs that snapshotters use, raised in
-the same cases (reference §2.5). Each also derives from the closest Python
+the same cases (docs/semantics.md §4). Each also derives from the closest Python
 built-in so that callers who do not know snaplab can still catch sensibly.
 `code` is the gRPC status name and `exit_code` is what the CLI exits with.
 """

@@ -1,4 +1,4 @@
-"""Label and key rules shared by every backend (reference §1.5, §1.7)."""
+"""Label and key rules shared by every backend (docs/semantics.md §2)."""
 
 from . import errors
 

@@ -1,7 +1,7 @@
 """Snapshot metadata on SQLite: the store every backend shares.
 
 It plays the role of containerd's core/snapshots/storage (bolt) and keeps
-its semantics (reference §2): one key space for active, view and committed
+its semantics (docs/semantics.md §3): one key space for active, view and committed
 snapshots; ids that increase and are never reused (AUTOINCREMENT keeps a
 persisted sequence); Commit keeps the id; any child blocks Remove; the order
 of checks, and so the error class when several things are wrong, is
@@ -294,7 +294,7 @@ class _Conn:
 
 
 class Transaction:
-    """The metadata operations of reference §2.4, in containerd's check order."""
+    """The metadata operations in containerd's check order (docs/semantics.md §3)."""
 
     def __init__(self, db, write):
         self.db = db

@@ -2,7 +2,7 @@
 
 mount(2) is called directly through ctypes (no mount(8) in between) so that
 the options mean exactly what containerd's mount package makes of them
-(reference §3.8): flag words become mount flags, the rest is filesystem data.
+(docs/semantics.md §6): flag words become mount flags, the rest is filesystem data.
 """
 
 import contextlib

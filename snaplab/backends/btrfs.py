@@ -1,4 +1,4 @@
-"""btrfs: every snapshot is a btrfs subvolume (reference §3.3).
+"""btrfs: every snapshot is a btrfs subvolume (docs/semantics.md §5).
 
 Layout: <root>/metadata.db and <root>/snapshots/<id>, one subvolume per
 snapshot whatever its kind. A parentless one is a new empty subvolume; one

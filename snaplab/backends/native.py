@@ -1,4 +1,4 @@
-"""native: every snapshot is a full copy of its parent (reference §3.1).
+"""native: every snapshot is a full copy of its parent (docs/semantics.md §5).
 
 Layout: <root>/snapshots/<id>/ is the snapshot's tree itself. Works on any
 filesystem (it needs no d_type, no overlay, no CoW), at the cost of O(size)

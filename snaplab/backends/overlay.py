@@ -1,4 +1,4 @@
-"""overlay: snapshots as overlayfs layers (reference §3.2).
+"""overlay: snapshots as overlayfs layers (docs/semantics.md §5).
 
 Layout: <root>/snapshots/<id>/fs is the snapshot's upper directory (the whole
 content of a parentless one) and <root>/snapshots/<id>/work the overlay

@@ -1,4 +1,4 @@
-"""zfs: every snapshot is a ZFS dataset (reference §3.4, containerd/zfs).
+"""zfs: every snapshot is a ZFS dataset (docs/semantics.md §5, containerd/zfs).
 
 The root is the mount point of a dataset of its own, <rootds> (it holds
 metadata.db). Snapshot <id> is the dataset <rootds>/<id>, whatever its kind;

@@ -1,6 +1,6 @@
 """Tests of snaplab.filters: containerd's filter language and snapshot adaptor.
 
-The Walk table is containerd's testsuite case `Walk` (reference §4.1 case 8);
+The Walk table is containerd's testsuite case `Walk`;
 the exact error messages are those containerd's own pkg/filters tests expect.
 """
 
