@@ -338,8 +338,8 @@ def _zfs(*argv):
     except FileNotFoundError:
         raise FilesystemUnavailable("zfs is not installed (zfsutils-linux, or zfs-fuse)") from None
     if done.returncode != 0:
-        raise FilesystemUnavailable("%s failed: %s" % (" ".join(command),
-                                                      done.stderr.strip() or "no message"))
+        reason = done.stderr.strip() or "no message"
+        raise FilesystemUnavailable("%s failed: %s" % (" ".join(command), reason))
     return done.stdout
 
 
