@@ -35,6 +35,7 @@ import time
 
 from snaplab import errors, fsutil
 from snaplab import mount as mountlib
+from snaplab.backends import zfs_commands
 from snaplab.kernel import ZFS_FSTYPES
 
 # -- temp prefixes: what the harness and the tests make is named so ----------
@@ -325,53 +326,24 @@ def _btrfs(*argv):
 # -- zfs ---------------------------------------------------------------------
 
 ZFS_FUSE_WAIT_S = 30  # for the daemon to answer after start, or to exit after SIGTERM
-# zfs-fuse unmounts asynchronously: a dataset just unmounted (or one another
-# process is destroying) is "busy" for a moment, seconds on a loaded machine.
-ZFS_BUSY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0)
 
 
 def _zfs(*argv):
     """`zfs argv...`; its stdout, or FilesystemUnavailable with zfs's own words."""
-    command = ("zfs",) + argv
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise FilesystemUnavailable("zfs is not installed (zfsutils-linux, or zfs-fuse)") from None
-    if done.returncode != 0:
-        reason = done.stderr.strip() or "no message"
-        raise FilesystemUnavailable("%s failed: %s" % (" ".join(command), reason))
-    return done.stdout
+        return zfs_commands.run_zfs(*argv)
+    except zfs_commands.ZfsError as err:
+        raise FilesystemUnavailable(str(err)) from None
 
 
 def destroy_zfs_dataset(dataset):
     """`zfs destroy -R` the dataset with its snapshots, children and their
-    clones; a missing dataset is fine. What zfs-fuse has mounted of it is
-    unmounted first, deepest first (its destroy of a mounted dataset
-    unmounts it and then finds it busy); "busy" is retried a little."""
-    mounted = sorted({entry.source for entry in mountlib.mount_table()
-                      if entry.fstype == "fuse.zfs" and (
-                          entry.source == dataset or entry.source.startswith(dataset + "/"))},
-                     key=lambda name: name.count("/"), reverse=True)
-    for name in mounted:
-        try:
-            _zfs("unmount", name)
-        except FilesystemUnavailable as err:
-            if not any(words in str(err) for words in ("not mounted", "not currently mounted",
-                                                       "does not exist")):
-                raise
-    delays = iter(ZFS_BUSY_RETRY_DELAYS)
-    while True:
-        try:
-            _zfs("destroy", "-R", dataset)
-            return
-        except FilesystemUnavailable as err:
-            if "does not exist" in str(err):
-                return
-            busy = "busy" in str(err) or "dependent clones" in str(err)
-            delay = next(delays, None) if busy else None
-            if delay is None:
-                raise
-            time.sleep(delay)
+    clones, as the zfs backend destroys (unmounting what zfs-fuse has
+    mounted first, waiting out "busy"); a missing dataset is fine."""
+    try:
+        zfs_commands.destroy_dataset(dataset, dependents=True)
+    except zfs_commands.ZfsError as err:
+        raise FilesystemUnavailable(str(err)) from None
 
 
 def zfs_fuse_pids():
