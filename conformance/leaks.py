@@ -17,6 +17,8 @@ import re
 import subprocess
 import sys
 
+from snaplab.mount import TEMPORARY_MOUNT_PREFIX
+
 from .filesystems import CONTAINERD_PREFIX, POOL_PREFIX, SERVE_TEMP_PREFIX, TEST_PREFIX
 
 # The demo's workspace (the Makefile's DEMO_WORKSPACE, /var/tmp/snaplab-demo)
@@ -39,7 +41,8 @@ def _any_of(*prefixes):
     return "(%s)" % "|".join(_literal(prefix) for prefix in prefixes)
 
 
-MOUNT_MARK = re.compile(_any_of(POOL_PREFIX, TEST_PREFIX, DEMO_PREFIX, CONTAINERD_PREFIX))
+MOUNT_MARK = re.compile(_any_of(POOL_PREFIX, TEST_PREFIX, DEMO_PREFIX, CONTAINERD_PREFIX,
+                                TEMPORARY_MOUNT_PREFIX))
 LOOP_MARK = re.compile(_any_of(POOL_PREFIX, TEST_PREFIX, DEMO_PREFIX))
 ZFS_FUSE_MARK = re.compile("--pidfile [^ ]*" + _any_of(POOL_PREFIX, TEST_PREFIX))
 CONTAINERD_MARK = re.compile("--config [^ ]*/%s[^/ ]*/config.toml" % _literal(CONTAINERD_PREFIX))

@@ -34,7 +34,7 @@ DISK_SERIAL_PREFIX = "snaplab-"
 SERIAL_MAX = 20
 MOUNT_BASE = "/srv/snaplab"
 FSTYPES = ("ext4", "xfs", "btrfs", "zfs")
-# The suite's filesystem names (conformance/targets.py) that a VM disk can hold.
+# The suite's filesystem names (conformance/filesystems.py) that a VM disk can hold.
 SUITE_FILESYSTEMS = ("ext4", "xfs", "xfs-noftype", "btrfs", "zfs")
 BACKENDS = ("native", "overlay", "btrfs", "zfs", "aufs")
 FILESYSTEM_KEYS = {"fstype", "root_backend", "xfs_ftype", "zfs_pool", "on_partition"}

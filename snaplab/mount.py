@@ -201,8 +201,12 @@ def unmount_all(target, flags=0):
         raise MountError(err, "umount %s: %s" % (target, os.strerror(err)))
 
 
+# The temporary directory temporary_mount makes when given no path.
+TEMPORARY_MOUNT_PREFIX = "snaplab-mount-"
+
+
 @contextlib.contextmanager
-def temporary_mount(mounts, path=None, prefix="snaplab-mount-", parent=None):
+def temporary_mount(mounts, path=None, prefix=TEMPORARY_MOUNT_PREFIX, parent=None):
     """Mount `mounts` on a new directory for a block and yield its path;
     afterwards (also on error) unmount them and remove the directory.
 

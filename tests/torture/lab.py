@@ -32,8 +32,10 @@ FILESYSTEM_SIZES_MIB = {"ext4": 2048, "btrfs": 2048}
 SCRATCH_PREFIX = "snaplab-test-torture-"
 MNT_DETACH = 2
 
-# Temp names snaplab itself makes outside a root (layers.py, declare.py).
-SNAPLAB_TEMP_PREFIXES = ("snaplab-apply-", "snaplab-declare-")
+# Temp names snaplab itself makes outside a root (every other temporary
+# name is under the root: apply-layer's and declare's mounts are in
+# <root>/mounts).
+SNAPLAB_TEMP_PREFIXES = (mountlib.TEMPORARY_MOUNT_PREFIX,)
 
 
 class CliResult:

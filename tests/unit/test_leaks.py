@@ -13,6 +13,7 @@ MOUNTINFO = """\
 60 27 7:11 / /var/tmp/snaplab-demo/xfs rw,relatime - xfs /dev/loop11 rw
 61 27 7:12 / /var/lib/snaplab/xfs rw,relatime - xfs /dev/loop12 rw
 62 27 0:50 / /run/snaplab-serve-x rw - tmpfs tmpfs rw
+63 27 0:51 / /tmp/snaplab-mount-k2j4/ rw - overlay overlay rw,lowerdir=/r/snapshots/1/fs
 """
 
 LOSETUP = """\
@@ -45,11 +46,11 @@ SERVES = """\
 """
 
 
-def test_mounts_with_a_harness_test_demo_or_containerd_name_are_leaks():
+def test_mounts_with_a_harness_test_demo_containerd_or_temporary_mount_name_are_leaks():
     assert [line.split()[4] for line in leaks.leaked_mounts(MOUNTINFO)] == [
         "/tmp/snaplab-conformance-brjyqyj9/ext4", "/tmp/x/zfs",
         "/srv/snaplab-containerd-b497hrdp/zfs", "/tmp/snaplab-test-hostile-eg_m8ud9/mnt",
-        "/var/tmp/snaplab-demo/xfs"]
+        "/var/tmp/snaplab-demo/xfs", "/tmp/snaplab-mount-k2j4/"]
 
 
 def test_loop_devices_over_harness_test_or_demo_files_are_leaks():
