@@ -218,19 +218,23 @@ def temporary_mount(mounts, path=None, prefix=TEMPORARY_MOUNT_PREFIX, parent=Non
         path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     else:
         os.makedirs(path, mode=0o700)
+    done = False
     try:
         mount_all(mounts, path)
         try:
             yield path
         finally:
             unmount_all(path)
-    except BaseException:
+        done = True
+    finally:
         # Only rmdir, never a recursive delete: if the unmount failed, that
-        # would go through the mount into the snapshot's data.
-        with contextlib.suppress(OSError):
+        # would go through the mount into the snapshot's data. After an
+        # error, that error is the one to report.
+        try:
             os.rmdir(path)
-        raise
-    os.rmdir(path)
+        except OSError:
+            if done:
+                raise
 
 
 # -- the mount table -------------------------------------------------------
