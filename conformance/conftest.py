@@ -13,6 +13,12 @@ Choose what to run (options, or the environment variables beside them):
                                       passes fails the run     SNAPLAB_KNOWN_FAILURES
                                       (default: known-differences.yml beside this file;
                                       "" for none)
+  --endpoint ADDRESS --plugin NAME    instead of the matrix, the one target
+                                      endpoint-NAME: snapshotter NAME of the
+                                      service at ADDRESS (conformance/endpoint.py)
+                                      SNAPLAB_ENDPOINT, SNAPLAB_PLUGIN
+  --namespace-prefix P                the endpoint's namespaces (or key prefixes)
+                                      start with P      SNAPLAB_NAMESPACE_PREFIX
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -32,13 +38,9 @@ from snaplab import mount as mountlib
 from . import report, resultlog
 from .containerd import containerd_daemons_fixture
 from .filesystems import DEFAULT_FILESYSTEMS, FilesystemPool, FilesystemUnavailable
-from .registry import DEFAULT_BACKENDS, all_targets
+from .registry import DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets
 from .serve import proxies_fixture
 from .target import Target
-
-
-KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "known-differences.yml")
 
 
 def _split(text):
@@ -65,6 +67,14 @@ def pytest_addoption(parser):
                     default=os.environ.get("SNAPLAB_KNOWN_FAILURES", KNOWN_DIFFERENCES),
                     help="cases known to fail (conformance.report's --known-failures file): "
                          "strict xfails (default: %(default)s)")
+    group.addoption("--endpoint", default=os.environ.get("SNAPLAB_ENDPOINT"),
+                    help="run the suite against the snapshots gRPC API at this address "
+                         "(unix:///path or a path) instead of the backends x filesystems")
+    group.addoption("--plugin", default=os.environ.get("SNAPLAB_PLUGIN"),
+                    help="the endpoint's snapshotter plugin (containerd's name for it; "
+                         "a service of one snapshotter takes any name)")
+    group.addoption("--namespace-prefix", default=os.environ.get("SNAPLAB_NAMESPACE_PREFIX"),
+                    help="what the endpoint's case namespaces (or key prefixes) start with")
 
 
 def pytest_configure(config):
@@ -74,6 +84,12 @@ def pytest_configure(config):
 
 
 def _targets(config):
+    if config.getoption("--endpoint"):
+        try:
+            return endpoint_targets(config.getoption("--endpoint"), config.getoption("--plugin"),
+                                    config.getoption("--namespace-prefix"))
+        except errors.InvalidArgument as bad:
+            raise pytest.UsageError(str(bad)) from None
     return all_targets(_split(config.getoption("--backends")),
                        _split(config.getoption("--filesystems")))
 

@@ -33,7 +33,11 @@ The API, for whoever reuses it (the proxy-plugin target, benchmarks):
 - `snapshotter(name, namespace, lease=None)` -> a RemoteSnapshotter;
   `ctr(*argv, namespace=None)` runs ctr against it; `create_lease(ns)`,
   `delete_lease(ns, id, sync=True)` (sync: a garbage collection runs before
-  it returns, so removed snapshots leave the disk).
+  it returns, so removed snapshots leave the disk). These questions are
+  ContainerdClient's, which asks them of any containerd's socket.
+- RootNamespaces: a namespace under a lease per snapshotter root, the
+  isolation of the suite's cases on any containerd (ContainerdTarget here,
+  EndpointTarget in conformance/endpoint.py).
 """
 
 import contextlib
@@ -189,21 +193,83 @@ def unavailable_reason():
     return None
 
 
-class Containerd:
+class ContainerdClient:
+    """What the suite asks of a running containerd at `address` (a socket
+    path, or unix:// and the path): ctr, plugins, snapshotters, leases and
+    namespaces. A private Containerd is one; so is the client of any
+    containerd's socket (conformance/endpoint.py)."""
+
+    def __init__(self, address):
+        self.address = address[len("unix://"):] if address.startswith("unix://") else address
+        self._plugins = None  # cached plugins() of the running process
+
+    def ctr(self, *argv, namespace=None):
+        """stdout of `ctr --address <ours> [-n namespace] argv...`."""
+        command = [CTR, "--address", self.address] + (["-n", namespace] if namespace else [])
+        try:
+            done = subprocess.run(command + list(argv), capture_output=True, text=True,
+                                  check=False)
+        except FileNotFoundError:
+            raise ContainerdError("%s is not installed (apt-get install containerd)"
+                                  % CTR) from None
+        if done.returncode != 0:
+            raise ContainerdError("%s failed: %s" % (" ".join(["ctr"] + list(argv)),
+                                                     done.stderr.strip()))
+        return done.stdout
+
+    def plugins(self):
+        """The plugins' status; asked once per start (plugins load only then)."""
+        if self._plugins is None:
+            self._plugins = parse_plugins(self.ctr("plugins", "ls", "-d"))
+        return self._plugins
+
+    def plugin(self, plugin_id, plugin_type=SNAPSHOTTER_TYPE):
+        for found in self.plugins():
+            if (found.type, found.id) == (plugin_type, plugin_id):
+                return found
+        return None
+
+    def refusal(self, snapshotter):
+        """containerd's reason why the snapshotter plugin did not load; None if it did."""
+        found = self.plugin(snapshotter)
+        if found is None:
+            return "containerd has no snapshotter plugin %r" % snapshotter
+        return found.error or None
+
+    def snapshotter(self, name, namespace, lease=None):
+        from snaplab_grpc.client import RemoteSnapshotter  # needs grpcio
+        return RemoteSnapshotter(self.address, name, namespace=namespace, lease=lease)
+
+    def create_lease(self, namespace):
+        """A new lease in `namespace` (containerd makes the namespace); its id."""
+        out = self.ctr("leases", "create", namespace=namespace).split()
+        return out[-1] if out else ""
+
+    def delete_lease(self, namespace, lease, sync=True):
+        self.ctr("leases", "delete", *(["--sync"] if sync else []), lease, namespace=namespace)
+
+    def remove_namespace(self, namespace):
+        self.ctr("namespaces", "remove", namespace)
+
+    def namespaces(self):
+        """The names of containerd's namespaces."""
+        return self.ctr("namespaces", "ls", "-q").split()
+
+
+class Containerd(ContainerdClient):
     """One private containerd process; see the module docstring."""
 
     def __init__(self, base_dir=None, plugin_roots=None, plugin_config=None, extra_config=None,
                  disabled_plugins=DISABLED_PLUGINS, umask=0o022):
         self.umask = umask
         self.dir = tempfile.mkdtemp(prefix=CONTAINERD_PREFIX, dir=base_dir)
+        super().__init__(os.path.join(self.dir, "containerd.sock"))
         self.config_path = os.path.join(self.dir, "config.toml")
         self.root = os.path.join(self.dir, "root")
         self.state = os.path.join(self.dir, "state")
-        self.address = os.path.join(self.dir, "containerd.sock")
         self.log_path = os.path.join(self.dir, "containerd.log")
         self.plugin_roots = dict(plugin_roots or {})
         self.process: Optional[subprocess.Popen] = None
-        self._plugins = None  # cached plugins() of the running process
         config = {
             "version": 2,
             "root": self.root,
@@ -326,51 +392,6 @@ class Containerd:
                 return " | ".join(log.read().splitlines()[-lines:])
         return "(no log)"
 
-    # ------------------------------------------------------------ asking it
-
-    def ctr(self, *argv, namespace=None):
-        """stdout of `ctr --address <ours> [-n namespace] argv...`."""
-        command = [CTR, "--address", self.address] + (["-n", namespace] if namespace else [])
-        done = subprocess.run(command + list(argv), capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ContainerdError("%s failed: %s" % (" ".join(["ctr"] + list(argv)),
-                                                     done.stderr.strip()))
-        return done.stdout
-
-    def plugins(self):
-        """The plugins' status; asked once per start (plugins load only then)."""
-        if self._plugins is None:
-            self._plugins = parse_plugins(self.ctr("plugins", "ls", "-d"))
-        return self._plugins
-
-    def plugin(self, plugin_id, plugin_type=SNAPSHOTTER_TYPE):
-        for found in self.plugins():
-            if (found.type, found.id) == (plugin_type, plugin_id):
-                return found
-        return None
-
-    def refusal(self, snapshotter):
-        """containerd's reason why the snapshotter plugin did not load; None if it did."""
-        found = self.plugin(snapshotter)
-        if found is None:
-            return "containerd has no snapshotter plugin %r" % snapshotter
-        return found.error or None
-
-    def snapshotter(self, name, namespace, lease=None):
-        from snaplab_grpc.client import RemoteSnapshotter  # needs grpcio
-        return RemoteSnapshotter(self.address, name, namespace=namespace, lease=lease)
-
-    def create_lease(self, namespace):
-        """A new lease in `namespace` (containerd makes the namespace); its id."""
-        out = self.ctr("leases", "create", namespace=namespace).split()
-        return out[-1] if out else ""
-
-    def delete_lease(self, namespace, lease, sync=True):
-        self.ctr("leases", "delete", *(["--sync"] if sync else []), lease, namespace=namespace)
-
-    def remove_namespace(self, namespace):
-        self.ctr("namespaces", "remove", namespace)
-
 
 # ---------------------------------------------------------------- conformance targets
 
@@ -469,18 +490,122 @@ def containerd_daemons_fixture():
             raise ContainerdError("stopping the test containerds: " + "; ".join(problems))
 
 
+def remove_every_snapshot(sn):
+    """Remove every snapshot `sn` lists, children before parents (one Remove
+    per leaf and round)."""
+    for _round in range(1000):
+        infos = sn.list()
+        if not infos:
+            return
+        parents = {info.parent for info in infos}
+        for info in infos:
+            if info.name not in parents:
+                sn.remove(info.name)
+
+
+class RootIsolation:
+    """Something of its own for each snapshotter root a case asks for (a
+    namespace, a key prefix), named `prefix` and a number, made on first
+    use; release_under() removes what the cases made with it.
+
+    Subclasses give _make(name) -> handle, _opener(handle) -> a picklable
+    callable that opens a client of the root, and _release(handle) ->
+    problems."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self._of_root = {}  # real root path -> handle
+        self._numbers = iter(range(1, 1 << 62))
+
+    def __len__(self):
+        return len(self._of_root)
+
+    def of_root(self, root):
+        key = os.path.realpath(root)
+        if key not in self._of_root:
+            self._of_root[key] = self._make("%s%d" % (self.prefix, next(self._numbers)))
+        return self._of_root[key]
+
+    def opener(self, root):
+        return self._opener(self.of_root(root))
+
+    def open(self, root):
+        return self.opener(root)()
+
+    def release_under(self, directory):
+        """Release what was made for the roots at or below `directory`;
+        returns the problems."""
+        problems = []
+        for root, handle in list(self._of_root.items()):
+            if is_at_or_below(root, directory):
+                problems += self._release(handle)
+                del self._of_root[root]
+        return problems
+
+    def _make(self, name):
+        raise NotImplementedError
+
+    def _opener(self, handle):
+        raise NotImplementedError
+
+    def _release(self, handle):
+        raise NotImplementedError
+
+
+class RootNamespaces(RootIsolation):
+    """A containerd namespace, under a lease, for each snapshotter root: the
+    metadata, hence the key space, is per namespace, and the lease keeps
+    containerd's garbage collector off the unlabelled snapshots a case makes.
+
+    `client()` gives the ContainerdClient to use (it may start one).
+    Releasing a root removes its snapshots (children first), deletes its
+    lease with a synchronous garbage collection (which is when containerd
+    removes a snapshot's data) and removes the namespace (which containerd
+    refuses while it holds anything).
+    """
+
+    def __init__(self, client, plugin, prefix):
+        super().__init__(prefix)
+        self.client = client
+        self.plugin = plugin
+
+    def _make(self, name):
+        return name, self.client().create_lease(name)
+
+    def _opener(self, handle):
+        from snaplab_grpc.client import RemoteSnapshotter  # pylint: disable=import-outside-toplevel
+        namespace, lease = handle
+        return functools.partial(RemoteSnapshotter, self.client().address, self.plugin,
+                                 namespace=namespace, lease=lease)
+
+    def _release(self, handle):
+        namespace, lease = handle
+        client = self.client()
+        try:
+            with client.snapshotter(self.plugin, namespace) as sn:
+                remove_every_snapshot(sn)
+            client.delete_lease(namespace, lease, sync=True)
+            client.remove_namespace(namespace)
+        except (ContainerdError, errors.SnapshotError) as err:
+            return ["releasing containerd namespace %s: %s" % (namespace, err)]
+        return []
+
+
+def is_at_or_below(path, directory):
+    """Whether real path `path` is `directory` or below it."""
+    directory = os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 class ContainerdTarget(Target):
     """A containerd snapshotter plugin on one filesystem, e.g.
     containerd-overlayfs-on-xfs, driven through containerd's gRPC API.
 
     Isolation: one containerd per filesystem per run (ContainerdDaemons),
-    and a containerd namespace per snapshotter root a case asks for (the
-    metadata, hence the key space, is per namespace). Every namespace
-    works under a lease, so containerd's garbage collector leaves its
-    unlabelled snapshots alone; after the case, release_under removes its
-    snapshots, deletes the lease with a synchronous garbage collection
-    (which is when containerd removes a snapshot's data) and checks that
-    no snapshot data of the plugin is left on disk.
+    and a containerd namespace under a lease per snapshotter root a case
+    asks for (RootNamespaces). After the case, release_under removes what
+    it made and, once no case's namespace is left, checks that no snapshot
+    data of the plugin is left on disk.
     """
 
     service = "containerd"
@@ -489,8 +614,7 @@ class ContainerdTarget(Target):
         super().__init__(backend, filesystem)
         self.plugin = plugin or PLUGIN_OF_BACKEND[backend]  # plugin: a proxy plugin's name
         self.daemons = None
-        self._namespaces = {}  # real root path -> (namespace, lease)
-        self._numbers = iter(range(1, 1 << 62))
+        self.namespaces = RootNamespaces(self.daemon, self.plugin, "snaplab-case-")
 
     @property
     def model(self):
@@ -532,56 +656,24 @@ class ContainerdTarget(Target):
         if options:
             raise errors.InvalidArgument("containerd's %s takes its options from "
                                          "containerd's config, not %s" % (self.plugin, options))
-        daemon = self.daemon()
-        refusal = daemon.refusal(self.plugin)
+        refusal = self.daemon().refusal(self.plugin)
         if refusal:
             raise errors.FailedPrecondition("containerd's %s snapshotter plugin did not "
                                             "load: %s" % (self.plugin, refusal))
-        key = os.path.realpath(root)
-        if key not in self._namespaces:
-            namespace = "snaplab-case-%d" % next(self._numbers)
-            self._namespaces[key] = (namespace, daemon.create_lease(namespace))
-        namespace, lease = self._namespaces[key]
-        return daemon.snapshotter(self.plugin, namespace, lease)
+        return self.namespaces.open(root)
 
     def opener(self, root):
-        from snaplab_grpc.client import RemoteSnapshotter  # pylint: disable=import-outside-toplevel
-        namespace, lease = self._namespaces[os.path.realpath(root)]
-        return functools.partial(RemoteSnapshotter, self.daemon().address, self.plugin,
-                                 namespace=namespace, lease=lease)
+        return self.namespaces.opener(root)
 
     def restart_service(self):
         self.daemon().restart()
 
     def release_under(self, directory):
-        directory = os.path.realpath(directory)
-        problems, released = [], False
-        for root, (namespace, lease) in list(self._namespaces.items()):
-            if root == directory or root.startswith(directory.rstrip("/") + "/"):
-                problems += self._release(namespace, lease)
-                del self._namespaces[root]
-                released = True
-        if released and not self._namespaces and not problems:
+        held = len(self.namespaces)
+        problems = self.namespaces.release_under(directory)
+        if held > len(self.namespaces) == 0 and not problems:
             problems += self._left_on_disk()
         return problems
-
-    def _release(self, namespace, lease):
-        daemon = self.daemon()
-        try:
-            with daemon.snapshotter(self.plugin, namespace) as sn:
-                for _round in range(1000):  # children before parents
-                    infos = sn.list()
-                    if not infos:
-                        break
-                    parents = {info.parent for info in infos}
-                    for info in infos:
-                        if info.name not in parents:
-                            sn.remove(info.name)
-            daemon.delete_lease(namespace, lease, sync=True)
-            daemon.remove_namespace(namespace)
-        except (ContainerdError, errors.SnapshotError) as err:
-            return ["releasing containerd namespace %s: %s" % (namespace, err)]
-        return []
 
     def _left_on_disk(self):
         """Snapshot data of the plugin still on disk once every case's
@@ -595,6 +687,7 @@ class ContainerdTarget(Target):
             self.plugin, ", ".join(sorted(left)))] if left else []
 
 
-__all__ = ["Containerd", "ContainerdDaemons", "ContainerdError", "DISABLED_PLUGINS",
-           "PLUGIN_OF_BACKEND", "PluginStatus", "ContainerdTarget", "parse_plugins", "to_toml",
-           "unavailable_reason"]
+__all__ = ["Containerd", "ContainerdClient", "ContainerdDaemons", "ContainerdError",
+           "DISABLED_PLUGINS", "MODEL_OF_PLUGIN", "PLUGIN_OF_BACKEND", "PluginStatus",
+           "ContainerdTarget", "RootIsolation", "RootNamespaces", "is_at_or_below", "parse_plugins",
+           "remove_every_snapshot", "to_toml", "unavailable_reason"]

@@ -4,15 +4,23 @@ A backend name says which kind of target it is: one of snaplab's backends
 (in-process), containerd-<plugin> (containerd's own snapshotter plugins),
 serve-<backend> (snaplab behind `snaplab serve`) or
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
-plugin).
+plugin). endpoint_targets() gives the one target of a run against a
+service someone else runs (endpoint-<plugin>, conformance/endpoint.py).
 """
+
+import os
 
 from snaplab import backends, errors
 
 from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
+from .endpoint import DEFAULT_NAMESPACE_PREFIX, EndpointTarget
 from .filesystems import FILESYSTEMS
 from .inprocess import InProcessTarget
 from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget, ServeTarget
+
+# What is known to fail where (report.py's format); the suite's default.
+KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "known-differences.yml")
 
 DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     # containerd's own plugins, through a private containerd
@@ -47,4 +55,15 @@ def all_targets(backend_names, filesystem_names):
     return [classes[b](b, f) for b in backend_names for f in filesystem_names]
 
 
-__all__ = ["DEFAULT_BACKENDS", "all_targets", "target_classes"]
+def endpoint_targets(address, plugin, namespace_prefix=None):
+    """The target of a run against the service at `address`: its
+    snapshotter `plugin` (InvalidArgument without one)."""
+    if not plugin:
+        raise errors.InvalidArgument("an endpoint needs the name of its snapshotter plugin "
+                                     "(--plugin: containerd's plugin name, or any name for a "
+                                     "service of one snapshotter)")
+    return [EndpointTarget(address, plugin, namespace_prefix or DEFAULT_NAMESPACE_PREFIX)]
+
+
+__all__ = ["DEFAULT_BACKENDS", "KNOWN_DIFFERENCES", "all_targets", "endpoint_targets",
+           "target_classes"]

@@ -32,9 +32,11 @@ CONFORMANCE_LAYERS = [
     {"conformance.fstest", "conformance.resultlog", "conformance.report"},
     {"conformance.filesystems", "conformance.leaks"},
     {"conformance.target"},
-    {"conformance.inprocess", "conformance.containerd", "conformance.serve"},
+    {"conformance.inprocess", "conformance.containerd", "conformance.serve",
+     "conformance.endpoint"},
     {"conformance.registry"},
     {"conformance.helpers"},
+    {"conformance.__main__"},
 ]
 
 

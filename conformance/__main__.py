@@ -1,0 +1,103 @@
+"""The suite against any snapshotter: `python -m conformance` (or snaplab-conformance).
+
+    python -m conformance --endpoint unix:///run/containerd/containerd.sock \\
+        --plugin overlayfs --report DIR [--namespace-prefix P] [pytest args...]
+
+runs the suite's cases (the test modules of this package, found beside
+this file: no repository needed, any working directory) against
+snapshotter `--plugin` of the service of containerd's snapshots gRPC API
+at `--endpoint`: containerd's own socket, a proxy plugin's socket, or
+`snaplab serve`'s (conformance/endpoint.py says how each case is isolated
+there). Whatever else is on the command line goes to pytest (`-k walk`,
+`-x`, `-v`...).
+
+With --report DIR, DIR receives what `make pytest` writes: results.json
+and junit.xml from pytest, report.md and report.html from
+conformance.report. The exit code is pytest's (0: every case passed or
+skipped, or failed as known), or 2 when the report could not be written.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+
+import pytest
+
+from . import report
+from .registry import KNOWN_DIFFERENCES
+
+SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance",
+        description="Run snaplab's conformance suite against a service of containerd's "
+                    "snapshots gRPC API. Other arguments go to pytest.")
+    parser.add_argument("--endpoint", required=True, metavar="ADDRESS",
+                        help="its socket: unix:///path or a path")
+    parser.add_argument("--plugin", required=True, metavar="NAME",
+                        help="the snapshotter plugin: containerd's name for it (overlayfs, "
+                             "native, a proxy plugin's name...); a service of one "
+                             "snapshotter (snaplab serve, a proxy plugin's own socket) "
+                             "takes any name")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write results.json, junit.xml, report.md and report.html here")
+    parser.add_argument("--namespace-prefix", metavar="P",
+                        help="the cases' containerd namespaces (or, on a bare snapshotter "
+                             "service, key prefixes) start with P")
+    parser.add_argument("--known-failures", default=KNOWN_DIFFERENCES, metavar="FILE",
+                        help="cases known to fail where, as strict xfails (default: the "
+                             "suite's known-differences.yml; '' for none)")
+    return parser.parse_known_args(argv)
+
+
+def pytest_argv(args, extra):
+    """pytest's command line: the suite's directory and options, then `extra`."""
+    argv = [SUITE_DIR,
+            # The suite's directory may be read-only (site-packages).
+            "-p", "no:cacheprovider",
+            "--endpoint", args.endpoint, "--plugin", args.plugin,
+            "--known-failures", args.known_failures]
+    if args.namespace_prefix:
+        argv += ["--namespace-prefix", args.namespace_prefix]
+    if args.report:
+        argv += ["--junitxml", os.path.join(args.report, "junit.xml"),
+                 "--results-json", os.path.join(args.report, "results.json")]
+    return argv + list(extra)
+
+
+def write_report(directory, known_failures):
+    """report.md and report.html of DIR/results.json, as `make pytest`
+    writes them (conformance.report's command line; its Markdown on stdout
+    is not wanted here); returns conformance.report's exit code."""
+    argv = ["--markdown", os.path.join(directory, "report.md"),
+            "--html", os.path.join(directory, "report.html"),
+            os.path.join(directory, "results.json")]
+    if known_failures:
+        argv = ["--known-failures", known_failures] + argv
+    with contextlib.redirect_stdout(io.StringIO()):
+        return report.main(argv)
+
+
+def main(argv=None):
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.report:
+        os.makedirs(args.report, exist_ok=True)
+    code = int(pytest.main(pytest_argv(args, extra)))
+    if args.report:
+        if not os.path.exists(os.path.join(args.report, "results.json")):
+            print("conformance: pytest wrote no results (exit %d): no report" % code,
+                  file=sys.stderr)
+            return code
+        if write_report(args.report, args.known_failures) == 2:  # it said why on stderr
+            return code or 2
+        print("conformance: report in %s (report.md, report.html, results.json, junit.xml)"
+              % args.report)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
