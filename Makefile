@@ -103,6 +103,31 @@ collection: deps staged-collections
 	$(VENV)/bin/ansible-galaxy collection build \
 	  $(STAGED_COLLECTIONS)/ansible_collections/snaplab/snapshots --output-path build --force
 
+## make wheels: snaplab and its suite as two wheels, in $(WHEELS): snaplab
+## (snaplab, snaplab_grpc with its .proto files and the stubs generated here;
+## no dependencies, the extra `grpc`) and snaplab-conformance (the suite and
+## its data files; snaplab[grpc] of the same version, pytest, PyYAML; the
+## command snaplab-conformance). Each is built from a copy in $(WHEELS_SRC)
+## holding only its packages: the checkout's pyproject.toml also lists
+## conformance (for `make venv`), and the suite's pyproject.toml is
+## conformance/pyproject.suite.toml given the version of pyproject.toml.
+WHEELS ?= build/wheels
+WHEELS_SRC ?= build/wheels-src
+.PHONY: wheels
+wheels: venv
+	rm -rf $(WHEELS) $(WHEELS_SRC)
+	mkdir -p $(WHEELS) $(WHEELS_SRC)/snaplab $(WHEELS_SRC)/suite
+	cp -r pyproject.toml snaplab snaplab_grpc $(WHEELS_SRC)/snaplab/
+	rm -rf $(WHEELS_SRC)/snaplab/snaplab_grpc/_generated
+	cd $(WHEELS_SRC)/snaplab && PYTHONDONTWRITEBYTECODE=1 $(abspath $(PY)) -m snaplab_grpc.stubs
+	cp -r conformance $(WHEELS_SRC)/suite/
+	version=$$($(PY) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') && \
+	  sed "s/@VERSION@/$$version/g" conformance/pyproject.suite.toml > $(WHEELS_SRC)/suite/pyproject.toml
+	for project in snaplab suite; do \
+	  $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELS) $(WHEELS_SRC)/$$project || exit 1; \
+	done
+	@ls -l $(WHEELS)
+
 sanity: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh sanity
 

@@ -1,66 +1,124 @@
 """Generate and import the Python stubs of containerd's snapshots API.
 
-    python3 -m snaplab_grpc.stubs        # (re)generate; `make venv` runs it
+    python3 -m snaplab_grpc.stubs        # (re)generate; `make venv` and `make wheels` run it
 
 The stubs are generated from the .proto files under proto/ with grpcio-tools
 into _generated/ beside this file (git-ignored), at build time rather than
 committed: generated code follows the grpcio/protobuf versions pinned in
-requirements.txt, and the .proto files stay the one source. `load()`
-regenerates when a .proto file is newer than the stubs (a checkout that
-changed them), so a stale build cannot be used by mistake.
+requirements.txt, and the .proto files stay the one source.
+
+Where: at build time, into the package itself: `make venv` for the checkout,
+`make wheels` into the wheel (proto/ and _generated/ are package data,
+pyproject.toml). Not at first use into a per-user cache: an installed
+package's directory may be read-only (a system site-packages; serve run by
+another user, or rootless, with no writable home), a cache would need
+grpcio-tools at run time and a key per protobuf version, and the wheel's
+`grpc` extra pins protobuf to the version its stubs were generated for.
+
+`load()` checks the stamp _generated/.generated: each .proto file's sha256 and
+the protobuf version the stubs were made for. Stubs that do not match (a
+checkout whose .proto files changed, a venv whose pins moved, a build without
+them) are regenerated where the directory is writable, and refused with the
+reason where it is not; a stale build is never used by mistake.
 """
 
+import hashlib
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.join(HERE, "proto")
 OUT_DIR = os.path.join(HERE, "_generated")
+STAMP = os.path.join(OUT_DIR, ".generated")
 PROTOS = ["containerd/types/mount.proto",
           "containerd/services/snapshots/v1/snapshots.proto"]
 SNAPSHOTS_MODULE = "containerd.services.snapshots.v1.snapshots_pb2"
+INSTALL_HINT = "pip install -r requirements.txt, or `make venv`; installed: the `grpc` extra"
 
 
 class StubsUnavailable(ImportError):
-    """grpcio / grpcio-tools are not installed, or generation failed."""
+    """grpcio / grpcio-tools / protobuf are not installed, the .proto files are
+    missing, or the stubs are missing or stale and cannot be generated."""
 
 
-def _stale():
-    stamp = os.path.join(OUT_DIR, ".generated")
-    if not os.path.exists(stamp):
-        return True
-    built = os.path.getmtime(stamp)
-    return any(os.path.getmtime(os.path.join(PROTO_DIR, p)) > built for p in PROTOS)
+def expected_stamp():
+    """The stamp of stubs made from the installed .proto files for the
+    installed protobuf."""
+    missing = [p for p in PROTOS if not os.path.isfile(os.path.join(PROTO_DIR, p))]
+    if missing:
+        raise StubsUnavailable(
+            "the .proto files of containerd's snapshots API are not installed in %s "
+            "(missing: %s): this snaplab_grpc was installed without its package data; "
+            "install a wheel built by `make wheels`" % (PROTO_DIR, ", ".join(missing)))
+    try:
+        from google.protobuf import __version__ as protobuf_version
+    except ImportError as missing_module:
+        raise StubsUnavailable("the containerd gRPC API needs protobuf (%s): %s"
+                               % (INSTALL_HINT, missing_module)) from None
+    lines = ["protobuf %s" % protobuf_version]
+    for proto in PROTOS:
+        with open(os.path.join(PROTO_DIR, proto), "rb") as source:
+            lines.append("%s %s" % (hashlib.sha256(source.read()).hexdigest(), proto))
+    return "\n".join(lines) + "\n"
+
+
+def generated_stamp():
+    """The stamp the stubs in OUT_DIR were made with; None if there are none."""
+    try:
+        with open(STAMP, encoding="utf-8") as stamp:
+            return stamp.read()
+    except FileNotFoundError:
+        return None
 
 
 def generate():
-    """Run protoc (grpcio-tools) over PROTOS into OUT_DIR."""
+    """Run protoc (grpcio-tools) over PROTOS into OUT_DIR, then stamp it."""
+    stamp = expected_stamp()
     try:
         from grpc_tools import protoc
         import grpc_tools
     except ImportError as missing:
         raise StubsUnavailable(
-            "the containerd gRPC API needs grpcio and grpcio-tools "
-            "(pip install -r requirements.txt, or `make venv`): %s" % missing) from None
-    os.makedirs(OUT_DIR, exist_ok=True)
-    # protoc's own well-known types (google/protobuf/*.proto) ship inside grpc_tools.
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    argv = ["grpc_tools.protoc", "-I" + PROTO_DIR, "-I" + well_known,
-            "--python_out=" + OUT_DIR, "--grpc_python_out=" + OUT_DIR] + PROTOS
-    if protoc.main(argv) != 0:
-        raise StubsUnavailable("protoc failed on %s" % ", ".join(PROTOS))
-    # Packages for the generated modules (protoc writes none).
-    for proto in PROTOS:
-        package = os.path.dirname(proto)
-        while package:
-            init = os.path.join(OUT_DIR, package, "__init__.py")
-            if not os.path.exists(init):
-                with open(init, "w", encoding="utf-8"):
+            "generating the stubs of the containerd gRPC API needs grpcio-tools (%s): %s"
+            % (INSTALL_HINT, missing)) from None
+    if not os.access(OUT_DIR if os.path.isdir(OUT_DIR) else HERE, os.W_OK):
+        raise StubsUnavailable(
+            "the stubs of the containerd gRPC API in %s are %s and that directory is not "
+            "writable: run `python3 -m snaplab_grpc.stubs` as its owner, or install a wheel "
+            "built by `make wheels` (it carries them)"
+            % (OUT_DIR, "stale" if generated_stamp() else "missing"))
+    # Generated beside OUT_DIR, then each file renamed into place and the
+    # stamp written last: a process importing the stubs meanwhile reads old
+    # or new files whole, and an interrupted run leaves no matching stamp.
+    scratch = tempfile.mkdtemp(prefix="_generating-", dir=HERE)
+    try:
+        # protoc's own well-known types (google/protobuf/*.proto) ship inside grpc_tools.
+        well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+        argv = ["grpc_tools.protoc", "-I" + PROTO_DIR, "-I" + well_known,
+                "--python_out=" + scratch, "--grpc_python_out=" + scratch] + PROTOS
+        if protoc.main(argv) != 0:
+            raise StubsUnavailable("protoc failed on %s (its message is above)"
+                                   % ", ".join(os.path.join(PROTO_DIR, p) for p in PROTOS))
+        # Packages for the generated modules (protoc writes none).
+        for proto in PROTOS:
+            package = os.path.dirname(proto)
+            while package:
+                with open(os.path.join(scratch, package, "__init__.py"), "a", encoding="utf-8"):
                     pass
-            package = os.path.dirname(package)
-    with open(os.path.join(OUT_DIR, ".generated"), "w", encoding="utf-8") as stamp:
-        stamp.write("generated from %s\n" % ", ".join(PROTOS))
+                package = os.path.dirname(package)
+        for directory, _, files in os.walk(scratch):
+            target = os.path.join(OUT_DIR, os.path.relpath(directory, scratch))
+            os.makedirs(target, exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(directory, name), os.path.join(target, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    with open(STAMP + ".new", "w", encoding="utf-8") as new_stamp:
+        new_stamp.write(stamp)
+    os.replace(STAMP + ".new", STAMP)
 
 
 def load():
@@ -68,10 +126,9 @@ def load():
     try:
         import grpc  # noqa: F401 - the stubs need it at import
     except ImportError as missing:
-        raise StubsUnavailable(
-            "the containerd gRPC API needs grpcio (pip install -r requirements.txt, "
-            "or `make venv`): %s" % missing) from None
-    if _stale():
+        raise StubsUnavailable("the containerd gRPC API needs grpcio (%s): %s"
+                               % (INSTALL_HINT, missing)) from None
+    if generated_stamp() != expected_stamp():
         generate()
     if OUT_DIR not in sys.path:
         # The generated modules import each other as `containerd.…`, their
