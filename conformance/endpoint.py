@@ -38,7 +38,6 @@ from snaplab.snapshotter import Snapshotter
 
 from .containerd import (MODEL_OF_PLUGIN, ContainerdClient, ContainerdError, RootIsolation,
                          RootNamespaces, remove_every_snapshot)
-from .filesystems import FILESYSTEMS, FilesystemSpec
 from .serve import grpc_missing
 from .target import Target
 
@@ -50,12 +49,10 @@ PROBE_TIMEOUT_S = 10
 # service does not (UNIMPLEMENTED).
 CONTAINERD_VERSION_METHOD = "/containerd.services.version.v1.Version/Version"
 
-# The column of endpoint rows; the FilesystemPool makes it a plain
-# directory (under its own temp dir) for the cases' scratch directories.
-ENDPOINT_FILESYSTEM = FilesystemSpec(
-    "endpoint", None, None, 0,
-    "the host's temp filesystem for the cases' mount points; the storage is the endpoint's")
-FILESYSTEMS.setdefault(ENDPOINT_FILESYSTEM.name, ENDPOINT_FILESYSTEM)
+
+
+# The column of endpoint rows (its spec: conformance/filesystems.py).
+ENDPOINT_FILESYSTEM = "endpoint"
 
 
 class EndpointUnreachable(Exception):
@@ -247,7 +244,7 @@ class EndpointTarget(Target):
     service = "the endpoint"
 
     def __init__(self, address, plugin, namespace_prefix=DEFAULT_NAMESPACE_PREFIX):
-        super().__init__(ENDPOINT_PREFIX + plugin, ENDPOINT_FILESYSTEM.name)
+        super().__init__(ENDPOINT_PREFIX + plugin, ENDPOINT_FILESYSTEM)
         self.address = address
         self.plugin = plugin
         self.names = "%s%s-" % (namespace_prefix, os.urandom(4).hex())

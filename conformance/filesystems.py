@@ -106,6 +106,11 @@ FILESYSTEMS = {spec.name: spec for spec in [
                    d_type=False),
     FilesystemSpec("host-dir", None, None, 0, "a plain directory on the host's filesystem"),
     ZfsSpec(),
+    # The column of endpoint rows (conformance/endpoint.py): a plain directory
+    # for the cases' mount points; the storage is the endpoint's own.
+    FilesystemSpec("endpoint", None, None, 0,
+                   "the host's temp filesystem for the cases' mount points; the storage is "
+                   "the endpoint's"),
 ]}
 
 DEFAULT_FILESYSTEMS = ["ext4", "xfs", "btrfs", "ext4-nodtype", "host-dir", "zfs"]

@@ -330,8 +330,12 @@ def cmd_apply_layer(opener, args, settings, out):
 
 def cmd_serve(opener, args, settings, out):
     # Imported here: the core and the other verbs work without grpcio.
+    from snaplab_grpc import stubs  # standard library only
     try:
         from snaplab_grpc import server
+    except stubs.StubsUnavailable as unavailable:
+        # It names what is missing: a package, the .proto files, a writable place.
+        raise errors.NotImplemented("snaplab serve: %s" % unavailable) from None
     except ImportError as missing:
         raise errors.NotImplemented(
             "snaplab serve needs the Python packages grpcio, grpcio-tools and protobuf "
