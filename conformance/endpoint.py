@@ -49,8 +49,6 @@ PROBE_TIMEOUT_S = 10
 # service does not (UNIMPLEMENTED).
 CONTAINERD_VERSION_METHOD = "/containerd.services.version.v1.Version/Version"
 
-
-
 # The column of endpoint rows (its spec: conformance/filesystems.py).
 ENDPOINT_FILESYSTEM = "endpoint"
 
@@ -62,7 +60,8 @@ class EndpointUnreachable(Exception):
 def speaks_containerd(address):
     """Whether containerd itself answers at `address` (else a bare
     snapshotter service); EndpointUnreachable when nothing does."""
-    import grpc  # pylint: disable=import-outside-toplevel - grpcio is optional
+    # Imported here: grpcio is optional for the rest of the suite.
+    import grpc  # pylint: disable=import-outside-toplevel
     from snaplab_grpc.client import channel_target  # pylint: disable=import-outside-toplevel
 
     channel = grpc.insecure_channel(channel_target(address))
