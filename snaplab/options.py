@@ -14,8 +14,6 @@ from . import errors
 TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 
-KINDS = ("bool", "list", "str")
-
 
 @dataclass(frozen=True)
 class Option:

@@ -77,8 +77,11 @@ class StoreSnapshotter(Snapshotter):
             raise errors.InvalidArgument("snapshotter root %s exists and is not a directory"
                                          % self.root)
         self.read_only = read_only
-        # Typed and checked against the backend's declaration (InvalidArgument).
-        self.options = optionlib.convert(self.declared_options, options, self.name)
+        # Every declared option, typed: the given ones checked against the
+        # declaration (InvalidArgument), the others at their declared default.
+        self.options = {option.name: option.convert(option.default)
+                        for option in self.declared_options}
+        self.options.update(optionlib.convert(self.declared_options, options, self.name))
         # Refuse an unsuitable filesystem before creating anything on it.
         self.check_filesystem(nearest_existing(self.root))
         if read_only and not os.path.isdir(self.root):

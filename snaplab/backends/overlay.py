@@ -41,7 +41,7 @@ class OverlaySnapshotter(StoreSnapshotter):
 
     @property
     def async_remove(self):
-        return bool(self.options.get("async_remove", False))
+        return self.options["async_remove"]
 
     def check_filesystem(self, path):
         if not kernel.filesystem_in_kernel("overlay"):
@@ -118,7 +118,7 @@ class OverlaySnapshotter(StoreSnapshotter):
         self.extra_options = self._auto_options()
 
     def _auto_options(self):
-        configured = list(self.options.get("mount_options") or [])
+        configured = list(self.options["mount_options"])
         if kernel.in_user_namespace() and "userxattr" not in configured:
             configured.append("userxattr")  # rootless overlay, containerd #5060
         configures_index = any(o == "index" or o.startswith("index=") for o in configured)
@@ -182,7 +182,7 @@ class OverlaySnapshotter(StoreSnapshotter):
         return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []
 
     def decorate_info(self, info, tx):
-        if self.options.get("upperdir_label"):
+        if self.options["upperdir_label"]:
             info.labels[UPPERDIR_LABEL] = self.upper_of(tx.get_info(info.name)[0])
         return info
 
