@@ -56,6 +56,7 @@ import pytest
 
 from snaplab import errors
 from snaplab import mount as mountlib
+from snaplab.kernel import FUSE_ZFS_FSTYPE
 
 from .filesystems import CONTAINERD_PREFIX, delete_btrfs_subvolumes
 from .target import Refusal, Target
@@ -636,16 +637,16 @@ class ContainerdTarget(Target):
         if self.plugin == "zfs" and fstype != "zfs":
             return Refusal("must be a zfs filesystem", explanation=(
                 "containerd's zfs wants a kernel zfs mount; zfs-fuse's is fuse.zfs"
-                if fstype == "fuse.zfs" else None))
+                if fstype == FUSE_ZFS_FSTYPE else None))
         if self.plugin == "devmapper":
             if not device_mapper_in_kernel():
                 return Refusal("no such device", explanation="the kernel has no "
                                "device-mapper (no /dev/mapper/control): no thin pool")
             return Refusal("not configured", explanation="no thin pool is made for it "
                            "(written where the kernel had no device-mapper)")
-        if self.plugin == "overlayfs" and (not self.spec.d_type or fstype == "fuse.zfs"):
+        if self.plugin == "overlayfs" and (not self.spec.d_type or fstype == FUSE_ZFS_FSTYPE):
             return Refusal("d_type", explanation=(
-                "zfs-fuse fills in no d_type" if fstype == "fuse.zfs" else None))
+                "zfs-fuse fills in no d_type" if fstype == FUSE_ZFS_FSTYPE else None))
         return None
 
     def data_dir(self, root):

@@ -36,7 +36,7 @@ import time
 from snaplab import errors, fsutil
 from snaplab import mount as mountlib
 from snaplab.backends import zfs_commands
-from snaplab.kernel import ZFS_FSTYPES
+from snaplab.kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 
 # -- temp prefixes: what the harness and the tests make is named so ----------
 
@@ -86,7 +86,7 @@ class ZfsSpec(FilesystemSpec):
 
     @property
     def fstype(self):
-        return "zfs" if kernel_zfs() else "fuse.zfs"
+        return "zfs" if kernel_zfs() else FUSE_ZFS_FSTYPE
 
     @fstype.setter
     def fstype(self, _value):

@@ -21,7 +21,7 @@ import os
 
 from snaplab import backends, errors
 from snaplab import mount as mountlib
-from snaplab.kernel import ZFS_FSTYPES
+from snaplab.kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 
 from . import resultlog
 from .filesystems import FILESYSTEMS, ZfsFilesystem, openzfs_version
@@ -123,7 +123,7 @@ def snaplab_refusal(backend, target):
     if backend == "zfs" and fstype not in ZFS_FSTYPES:
         return Refusal("not a ZFS dataset", "zfs create")
     if backend == "overlay":
-        if fstype == "fuse.zfs":
+        if fstype == FUSE_ZFS_FSTYPE:
             # zfs-fuse's readdir gives DT_UNKNOWN: the d_type check
             # refuses it before the probe of the upper would.
             return Refusal("d_type", explanation="zfs-fuse fills in no d_type")

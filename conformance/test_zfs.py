@@ -17,6 +17,7 @@ import pytest
 
 from snaplab import errors
 from snaplab import mount as mountlib
+from snaplab.kernel import FUSE_ZFS_FSTYPE
 from snaplab.types import Kind, Mount
 
 from . import fstest
@@ -41,7 +42,7 @@ def _root_dataset(root):
 
 
 def _is_fuse(root):
-    return mountlib.lookup(root).fstype == "fuse.zfs"
+    return mountlib.lookup(root).fstype == FUSE_ZFS_FSTYPE
 
 
 def _id(sn, key):

@@ -7,7 +7,8 @@ can ask "does this kernel have overlayfs?" without importing a backend.
 import os
 
 # What the mount table calls a ZFS dataset: OpenZFS in the kernel, zfs-fuse.
-ZFS_FSTYPES = ("zfs", "fuse.zfs")
+FUSE_ZFS_FSTYPE = "fuse.zfs"  # a dataset zfs-fuse's daemon mounted
+ZFS_FSTYPES = ("zfs", FUSE_ZFS_FSTYPE)
 
 
 def filesystem_in_kernel(name):

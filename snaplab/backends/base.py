@@ -8,6 +8,7 @@ here once, so every backend raises the same error in the same case.
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import tempfile
@@ -412,11 +413,19 @@ class StoreSnapshotter(Snapshotter):
 
     # -- helpers for backends ----------------------------------------------
 
-    def sync_before_measuring(self, path):
-        """Before fsutil.disk_usage of `path`: a tree on a ZFS dataset (a
-        native or overlay root may be one) counts in st_blocks only what
-        its pool has synced, so the pool is synced first (nothing elsewhere)."""
-        zfs_commands.sync_if_on_zfs(path)
+    @functools.cached_property
+    def _dataset_of_root(self):
+        """The ZFS dataset the root is on, or None; asked once: a backend
+        that measures with disk_usage keeps its data on the root's filesystem."""
+        return zfs_commands.dataset_of(self.root)
+
+    def sync_before_measuring(self):
+        """Before fsutil.disk_usage of the root's data: a tree on a ZFS
+        dataset (a native or overlay root may be one) counts in st_blocks
+        only what its pool has synced, so the pool is synced first (nothing
+        elsewhere)."""
+        if self._dataset_of_root:
+            zfs_commands.sync_dataset(self._dataset_of_root)
 
     @contextlib.contextmanager
     def staged_directory(self, final_path, mode=0o755):

@@ -45,7 +45,7 @@ class NativeSnapshotter(StoreSnapshotter):
         # A full copy: the committed usage includes the parent's content,
         # exactly as containerd's native snapshotter reports it.
         path = self.path_of(snap.id)
-        self.sync_before_measuring(path)
+        self.sync_before_measuring()
         return fsutil.disk_usage(path)
 
     def storage_entries(self):

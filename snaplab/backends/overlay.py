@@ -171,7 +171,7 @@ class OverlaySnapshotter(StoreSnapshotter):
     def active_usage(self, snap):
         # The upper dir holds exactly this snapshot's delta (whiteouts included).
         upper = self.upper_of(snap.id)
-        self.sync_before_measuring(upper)
+        self.sync_before_measuring()
         return fsutil.disk_usage(upper)
 
     def storage_entries(self):

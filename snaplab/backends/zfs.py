@@ -40,10 +40,10 @@ import shutil
 
 from .. import errors
 from .. import mount as mountlib
-from ..kernel import ZFS_FSTYPES
+from ..kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 from ..types import Finding, Kind, Mount, Usage
 from .base import StorageEntry, StoreSnapshotter, missing_storage
-from .zfs_commands import (FUSE_FSTYPE, ZfsError, child_filesystems, destroy_dataset,
+from .zfs_commands import (ZfsError, child_filesystems, destroy_dataset,
                            mountpoints_under, run_zfs, sync_dataset, used_bytes)
 
 log = logging.getLogger("snaplab")
@@ -67,7 +67,7 @@ class ZfsSnapshotter(StoreSnapshotter):
                     "(zfsutils-linux, or zfs-fuse)" % root)
             # Kept: every operation names datasets and picks the mount mode by these.
             self.root_dataset = backing.source
-            self.fuse = backing.fstype == FUSE_FSTYPE
+            self.fuse = backing.fstype == FUSE_ZFS_FSTYPE
             self.real_root = root
             return
         if path != self.root:

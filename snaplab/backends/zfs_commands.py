@@ -13,10 +13,8 @@ import time
 
 from .. import errors
 from .. import mount as mountlib
-from ..kernel import ZFS_FSTYPES
+from ..kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 
-# What the mount table calls a dataset mounted by zfs-fuse's daemon.
-FUSE_FSTYPE = "fuse.zfs"
 # Inheriting a user property that is not set changes nothing, but it is a
 # "sync task": zfs waits for a transaction group sync to run it. After it
 # `used` counts everything written before (it lags up to seconds otherwise).
@@ -74,17 +72,13 @@ def sync_dataset(dataset):
     run_zfs("inherit", SYNC_PROPERTY, dataset)
 
 
-def sync_if_on_zfs(path):
-    """If `path` is on a ZFS dataset, wait for a transaction group sync of
-    its pool: st_blocks counts only synced data and lags what was written by
-    seconds (kernel OpenZFS and zfs-fuse alike). Elsewhere nothing:
-    block-device filesystems (a real major number) are known without
-    reading the mount table."""
+def dataset_of(path):
+    """The ZFS dataset `path` is on, or None. Block-device filesystems (a
+    real major number) are known without reading the mount table."""
     if os.major(os.stat(path).st_dev) != 0:
-        return
+        return None
     where = mountlib.lookup(path)
-    if where.fstype in ZFS_FSTYPES:
-        sync_dataset(where.source)
+    return where.source if where.fstype in ZFS_FSTYPES else None
 
 
 def used_bytes(dataset):
@@ -110,7 +104,7 @@ def mountpoints_under(dataset):
 def _fuse_mounted_under(dataset):
     """The dataset and its children that zfs-fuse has mounted, deepest first."""
     return sorted({entry.source for entry in mountlib.mount_table()
-                   if entry.fstype == FUSE_FSTYPE and (
+                   if entry.fstype == FUSE_ZFS_FSTYPE and (
                        entry.source == dataset or entry.source.startswith(dataset + "/"))},
                   key=lambda name: name.count("/"), reverse=True)
 
@@ -154,6 +148,6 @@ def destroy_dataset(dataset, dependents=False):
         raise
 
 
-__all__ = ["ZfsError", "run_zfs", "sync_dataset", "sync_if_on_zfs", "used_bytes",
-           "child_filesystems", "mountpoints_under", "destroy_dataset", "FUSE_FSTYPE",
+__all__ = ["ZfsError", "run_zfs", "sync_dataset", "dataset_of", "used_bytes",
+           "child_filesystems", "mountpoints_under", "destroy_dataset",
            "BUSY_RETRY_DELAYS"]
