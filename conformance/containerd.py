@@ -493,11 +493,18 @@ def containerd_daemons_fixture():
 
 def remove_every_snapshot(sn):
     """Remove every snapshot `sn` lists, children before parents (one Remove
-    per leaf and round)."""
-    for _round in range(1000):
+    per leaf and round); FailedPrecondition naming them when a round removes
+    nothing (a Remove that answered but did not take effect)."""
+    listed = None
+    while True:
         infos = sn.list()
         if not infos:
             return
+        names = sorted(info.name for info in infos)
+        if names == listed:
+            raise errors.FailedPrecondition(
+                "still listed after their Remove: %s" % ", ".join(names))
+        listed = names
         parents = {info.parent for info in infos}
         for info in infos:
             if info.name not in parents:

@@ -157,10 +157,9 @@ class Filesystem:
         ENOTEMPTY): they are deleted as subvolumes first. That matters where
         the filesystem outlives the run (a lab VM's disk, node_storage's)."""
         try:
-            if os.path.lexists(directory) and mountlib.lookup(directory).fstype == "btrfs":
-                problems = delete_btrfs_subvolumes(directory)
-                if problems:
-                    return problems
+            problems = delete_btrfs_subvolumes(directory)
+            if problems:
+                return problems
             fsutil.remove_tree(directory)
         except OSError as err:
             return ["could not remove %s: %s" % (directory, err)]
@@ -296,6 +295,10 @@ def delete_btrfs_subvolumes(place):
     A subvolume inside a read-only one cannot go while its container keeps
     the flag: after a failed first try every one is made writable, then
     deleted again. Returns the problems."""
+    # The filesystem is looked up once: the callers never delete through a
+    # mount, so everything below `place` is on its filesystem.
+    if not os.path.lexists(place) or mountlib.lookup(place).fstype != "btrfs":
+        return []
     # `place` itself too, unless it is the top of a mounted btrfs (also inode 256).
     found = [place] if _is_btrfs_subvolume(place) and not mountlib.is_mountpoint(place) else []
     for directory, subdirs, _files in os.walk(place):
@@ -318,8 +321,7 @@ def _is_btrfs_subvolume(path):
         info = os.lstat(path)
     except OSError:
         return False
-    return (stat.S_ISDIR(info.st_mode) and info.st_ino == BTRFS_SUBVOLUME_ROOT_INO
-            and mountlib.lookup(path).fstype == "btrfs")
+    return stat.S_ISDIR(info.st_mode) and info.st_ino == BTRFS_SUBVOLUME_ROOT_INO
 
 
 def _btrfs(*argv):

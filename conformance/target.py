@@ -19,7 +19,7 @@ here too: the serve targets run the same backends in another process.
 
 import os
 
-from snaplab import backends, errors
+from snaplab import backends
 from snaplab import mount as mountlib
 from snaplab.kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 
@@ -117,7 +117,7 @@ def snaplab_refusal(backend, target):
     (in-process or behind serve), or None where it must work."""
     fstype = target.fstype()
     if backend == "aufs":
-        return Refusal("not runnable", "overlay backend", explanation=refusal_text("aufs", "/"))
+        return Refusal("not runnable", "overlay backend", explanation=backends.backend_class("aufs").why_not_runnable())
     if backend == "btrfs" and fstype != "btrfs":
         return Refusal("not btrfs", "mkfs.btrfs")
     if backend == "zfs" and fstype not in ZFS_FSTYPES:
@@ -133,17 +133,6 @@ def snaplab_refusal(backend, target):
             # overlayfs needs RENAME_WHITEOUT and tmpfile from its upper
             # filesystem: FUSE has neither, OpenZFS has both since 2.2.
             return Refusal("overlay upper", "ext4, xfs or btrfs")
-    return None
-
-
-def refusal_text(backend, path):
-    """What `backend` itself says when asked whether the filesystem at `path`
-    can hold a root (its check_filesystem, which makes nothing); None if it can."""
-    cls = backends.backend_class(backend)
-    try:
-        cls.check_filesystem(cls.__new__(cls), path)
-    except errors.FailedPrecondition as refused:
-        return str(refused)
     return None
 
 
@@ -164,4 +153,4 @@ def _fresh(root):
             and not mountlib.is_mountpoint(root))
 
 
-__all__ = ["Refusal", "Target", "make_snaplab_root", "refusal_text", "snaplab_refusal"]
+__all__ = ["Refusal", "Target", "make_snaplab_root", "snaplab_refusal"]
