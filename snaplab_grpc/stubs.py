@@ -28,11 +28,13 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.join(HERE, "proto")
 OUT_DIR = os.path.join(HERE, "_generated")
 STAMP = os.path.join(OUT_DIR, ".generated")
+SCRATCH_PREFIX = "_generating-"  # a generation in progress, beside OUT_DIR
 PROTOS = ["containerd/types/mount.proto",
           "containerd/services/snapshots/v1/snapshots.proto"]
 SNAPSHOTS_MODULE = "containerd.services.snapshots.v1.snapshots_pb2"
@@ -84,16 +86,20 @@ def generate():
         raise StubsUnavailable(
             "generating the stubs of the containerd gRPC API needs grpcio-tools (%s): %s"
             % (INSTALL_HINT, missing)) from None
-    if not os.access(OUT_DIR if os.path.isdir(OUT_DIR) else HERE, os.W_OK):
+    # The scratch directory is made in HERE, the files land in OUT_DIR.
+    if not all(os.access(d, os.W_OK) for d in (HERE, OUT_DIR) if os.path.isdir(d)):
         raise StubsUnavailable(
             "the stubs of the containerd gRPC API in %s are %s and that directory is not "
             "writable: run `python3 -m snaplab_grpc.stubs` as its owner, or install a wheel "
             "built by `make wheels` (it carries them)"
             % (OUT_DIR, "stale" if generated_stamp() else "missing"))
     # Generated beside OUT_DIR, then each file renamed into place and the
-    # stamp written last: a process importing the stubs meanwhile reads old
+    # stamp renamed last: a process importing the stubs meanwhile reads old
     # or new files whole, and an interrupted run leaves no matching stamp.
-    scratch = tempfile.mkdtemp(prefix="_generating-", dir=HERE)
+    # Two processes may generate at once: each has its own scratch, stamp
+    # included, and the last rename wins with the same content.
+    _remove_stale_scratch()
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=HERE)
     try:
         # protoc's own well-known types (google/protobuf/*.proto) ship inside grpc_tools.
         well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
@@ -114,11 +120,26 @@ def generate():
             os.makedirs(target, exist_ok=True)
             for name in files:
                 os.replace(os.path.join(directory, name), os.path.join(target, name))
+        new_stamp = os.path.join(scratch, os.path.basename(STAMP))
+        with open(new_stamp, "w", encoding="utf-8") as stamp_file:
+            stamp_file.write(stamp)
+        os.replace(new_stamp, STAMP)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    with open(STAMP + ".new", "w", encoding="utf-8") as new_stamp:
-        new_stamp.write(stamp)
-    os.replace(STAMP + ".new", STAMP)
+
+
+def _remove_stale_scratch():
+    """A killed generation's scratch directory, once it is old enough that
+    no live generation (seconds long) can own it."""
+    now = time.time()
+    for name in os.listdir(HERE):
+        path = os.path.join(HERE, name)
+        try:
+            stale = name.startswith(SCRATCH_PREFIX) and now - os.lstat(path).st_mtime > 600
+        except FileNotFoundError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load():

@@ -54,10 +54,10 @@ def shell_status(returncode):
 
 
 class Lanes:
-    def __init__(self, host, lab, log, host_label, lab_label, out=None):
+    def __init__(self, host, lab, log, host_label, lab_label):
         self.host, self.lab, self.log = host, lab, log
         self.host_label, self.lab_label = host_label, lab_label
-        self.out = out or sys.stdout
+        self.out = sys.stdout
         self.lab_lane = None
         self.interrupted = None  # the signal that ended the run
 
@@ -117,18 +117,14 @@ class Lanes:
     def follow(self):
         """Show the lab lane's log from its start until the lane ends (or
         the run is interrupted)."""
-        out = getattr(self.out, "buffer", None)
+        self.out.flush()  # what say() wrote comes first
         with open(self.log, "rb") as log:
             while self.interrupted is None:
                 ended = self.lab_lane.poll() is not None
                 data = log.read()
                 if data:
-                    if out is not None:
-                        out.write(data)
-                        out.flush()
-                    else:
-                        self.out.write(data.decode("utf-8", "replace"))
-                        self.out.flush()
+                    self.out.buffer.write(data)
+                    self.out.buffer.flush()
                 if ended:
                     return
                 time.sleep(FOLLOW_INTERVAL_S)

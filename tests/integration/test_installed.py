@@ -25,10 +25,6 @@ import pytest
 from conformance.serve import READY_MARK, START_TIMEOUT_S, STOP_TIMEOUT_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUNNER = os.path.join(REPO, "conformance", "__main__.py")
-needs_runner = pytest.mark.skipif(not os.path.exists(RUNNER), reason=(
-    "conformance/__main__.py (the endpoint runner `python -m conformance`, issue 14 item 1, "
-    "the target of the snaplab-conformance console script) is not in this checkout yet"))
 # A few of the suite's cases: enough to show that it runs from the venv.
 SUITE_SELECTION = "walk or commit"
 PIN = re.compile(r"^([A-Za-z0-9._-]+)(\[[^\]]*\])?==([^\s;]+)")
@@ -113,7 +109,7 @@ def requirement_pins():
 
 
 def test_the_wheels_pin_what_requirements_txt_pins(installed):
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11
+    import tomllib  # pylint: disable=import-outside-toplevel
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as project:
         version = tomllib.load(project)["project"]["version"]
     pins = dict(requirement_pins(), snaplab=version)
@@ -248,14 +244,12 @@ def test_the_suite_is_installed_with_its_data(installed):
     assert out.split() == ["True"]
 
 
-@needs_runner
 def test_the_suite_command_runs(installed):
     for argv in ([os.path.join(installed.bin, "snaplab-conformance"), "--help"],
                  [installed.python, "-m", "conformance", "--help"]):
         assert "--endpoint" in run(argv, cwd=installed.cwd, env=installed.env)
 
 
-@needs_runner
 def test_the_suite_runs_against_the_installed_serve(installed):
     report = os.path.join(installed.base, "report")
     with served(installed, "suite") as socket_path:

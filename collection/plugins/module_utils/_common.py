@@ -37,7 +37,7 @@ def open_root(module, create, read_only=False):
     """
     params = module.params
     return open_snapshotter(params["root"], params["backend"], create=create,
-                            read_only=read_only and not create, **params["backend_options"])
+                            read_only=read_only, **params["backend_options"])
 
 
 def open_root_if_any(module, read_only=False):
