@@ -96,8 +96,10 @@ def symlink(target):
     return Entry("symlink", 0o777, target=target)
 
 
-def hardlink(target):
-    return Entry("hardlink", 0, target=target)
+def hardlink(target, mode=0o644):
+    """The header's mode is the target's: containerd's applier chmods the
+    shared inode to it (as docker's tar writer gives it, the target's own)."""
+    return Entry("hardlink", mode, target=target)
 
 
 Layer = List[Tuple[str, Entry]]  # absolute paths, parents before children
