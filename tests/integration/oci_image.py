@@ -171,8 +171,8 @@ class Image:
         unpack makes (the last is the image's top snapshot)."""
         chain = []
         for diff_id in self.diff_ids:
-            chain.append(diff_id if not chain else sha256(("%s %s" % (chain[-1], diff_id))
-                                                         .encode()))
+            below = chain[-1] if chain else None
+            chain.append(sha256(("%s %s" % (below, diff_id)).encode()) if below else diff_id)
         return chain
 
     def expected_tree(self):
@@ -270,8 +270,8 @@ def host_program(program):
     listing = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
     libraries = sorted(set(re.findall(r"(?:=>\s*|^\s*)(/\S+)\s+\(0x", listing, re.MULTILINE)))
     entries, parents = [], set()
-    for path, source, mode in [("/bin/sh", binary, 0o755)] + [(lib, lib, 0o755)
-                                                            for lib in libraries]:
+    programs = [("/bin/sh", binary)] + [(library, library) for library in libraries]
+    for path, source in programs:
         parent_parts = os.path.dirname(path).strip("/").split("/")
         for depth in range(1, len(parent_parts) + 1):
             parent = "/" + "/".join(parent_parts[:depth])
@@ -279,7 +279,7 @@ def host_program(program):
                 parents.add(parent)
                 entries.append((parent, directory()))
         with open(os.path.realpath(source), "rb") as data:
-            entries.append((path, regular(data.read(), mode)))
+            entries.append((path, regular(data.read(), 0o755)))
     return entries
 
 

@@ -143,7 +143,7 @@ class ContainerLab:
         for task in self.ctr("tasks", "ls", "-q").split():
             self.ctr("tasks", "delete", "--force", task)
         for container in self.ctr("containers", "ls", "-q").split():
-            self.ctr("containers", "delete", container)
+            self.ctr("containers", "rm", container)
         images = self.ctr("images", "ls", "-q").split()
         if images:
             self.ctr("images", "rm", "--sync", *images)
