@@ -184,6 +184,15 @@ def _umask_zero():
     os.umask(previous)
 
 
+@pytest.fixture(autouse=True)
+def _record_traits(request):
+    """The traits each result was checked against, for the report (known
+    once the target is set up: an endpoint's depend on what answers)."""
+    if "target" in request.fixturenames:
+        target = request.getfixturevalue("target")
+        request.node.user_properties.append(("traits", target.traits.summary()))
+
+
 @pytest.fixture(scope="session")
 def filesystem_pool(request):
     provided = {}

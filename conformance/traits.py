@@ -103,6 +103,15 @@ class Traits:
         return {trait.name: self.values[trait.name] for trait in TRAITS
                 if self.values[trait.name] != trait.default}
 
+    def summary(self):
+        """One line for the report: where they come from and what differs
+        from the defaults."""
+        declared = self.declared()
+        if not declared:
+            return "%s: every trait at its default" % self.source
+        return "%s: %s" % (self.source, ", ".join("%s: %s" % (name, text(value))
+                                                  for name, value in declared.items()))
+
     def skip_reason(self, name, needed):
         """Why a case that needs trait `name` at one of `needed` cannot run."""
         return "%s declares %s: %s (the case needs %s)" % (
