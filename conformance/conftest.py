@@ -95,7 +95,19 @@ def pytest_configure(config):
                                        "layout of targets whose storage_layout trait is `name`")
 
 
+_TARGETS = pytest.StashKey()
+
+
 def _targets(config):
+    """The run's targets, made once: every test function gets the very same
+    objects, so that each is set up once (an endpoint probed once) and
+    pytest groups the cases of one target together."""
+    if _TARGETS not in config.stash:
+        config.stash[_TARGETS] = _make_targets(config)
+    return config.stash[_TARGETS]
+
+
+def _make_targets(config):
     if config.getoption("--endpoint"):
         try:
             return endpoint_targets(config.getoption("--endpoint"), config.getoption("--plugin"),

@@ -8,6 +8,7 @@ count no inodes (trait inodes_reported, zfs's) report -1.
 """
 
 import os
+import tempfile
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from snaplab import errors
 from snaplab.types import Usage
 
 from . import fstest
-from .helpers import apply_to_mounts
+from .helpers import apply_to_mounts, mounted
 
 MIB = 1024 * 1024
 # How long removed data may linger behind a collector that runs on its own
@@ -98,18 +99,31 @@ def test_usage_counts_hardlinked_data_once(snapshotter, work):
     assert MIB <= usage.size < 2 * MIB
 
 
-def _data_directories(mounts):
-    """The directories on this host that hold a parentless active
-    snapshot's own data, as its mounts name them: a bind mount's source,
-    an overlay's upperdir and workdir (not its lowers: a parent's)."""
-    found = []
+def _still_there(mounts, work):
+    """Whether a removed parentless active snapshot's data is still there,
+    as its mounts name it: a bind mount's source, an overlay's upperdir and
+    workdir (not its lowers: a parent's) exist; any other mount (a btrfs
+    subvolid=, a zfs dataset) still mounts."""
+    directories = []
     for mount in mounts:
         if mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options:
-            found.append(mount.source)
+            directories.append(mount.source)
         elif mount.type == "overlay":
-            found += [option.split("=", 1)[1] for option in mount.options
-                      if option.startswith(("upperdir=", "workdir="))]
-    return [path for path in found if os.path.isabs(path) and os.path.isdir(path)]
+            directories += [option.split("=", 1)[1] for option in mount.options
+                            if option.startswith(("upperdir=", "workdir="))]
+        else:
+            return _mounts(mounts, work)
+    return [path for path in directories if os.path.lexists(path)]
+
+
+def _mounts(mounts, work):
+    """[what still mounts] when `mounts` can be mounted, else []."""
+    try:
+        with mounted(mounts, tempfile.mkdtemp(prefix="removed-", dir=work)):
+            return ["the mounts Prepare returned (%s)" % ", ".join(
+                sorted({m.type for m in mounts}))]
+    except OSError:
+        return []
 
 
 def test_remove_frees_the_data_its_mounts_named(snapshotter, work, target):
@@ -119,12 +133,8 @@ def test_remove_frees_the_data_its_mounts_named(snapshotter, work, target):
     containerd runs after deletions on its own."""
     mounts = snapshotter.prepare("layer", "")
     apply_to_mounts(mounts, work, fstest.create_random_file("/a", 5, MIB, 0o644))
-    directories = _data_directories(mounts)
-    if not directories:
-        pytest.skip("the mounts (%s) name no directory of the snapshot's own data"
-                    % ", ".join(sorted({m.type for m in mounts})))
     snapshotter.remove("layer")
-    left = [path for path in directories if os.path.lexists(path)]
+    left = _still_there(mounts, work)
     if target.traits.removal == "immediate":
         assert not left, "Remove returned and %s declares removal: immediate, but %s is " \
             "still there" % (target.traits.source, ", ".join(left))
@@ -136,6 +146,6 @@ def test_remove_frees_the_data_its_mounts_named(snapshotter, work, target):
     deadline = time.monotonic() + COLLECTION_WAIT_S
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = [path for path in left if os.path.lexists(path)]
+        left = _still_there(mounts, work)
     assert not left, "%s still there %d s after Remove and Cleanup" % (
         ", ".join(left), COLLECTION_WAIT_S)
