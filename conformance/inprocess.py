@@ -9,14 +9,16 @@ from .target import Target, make_snaplab_root, snaplab_refusal
 
 class InProcessTarget(Target):
     """A snaplab backend on one filesystem, e.g. overlay-on-xfs, opened in
-    the test process through the registry (snaplab.backends)."""
+    the test process through the registry (snaplab.backends). The backend
+    opened is the target's model: the backend itself, or the one a kind of
+    in-process target runs its own way (rootless.py)."""
 
     def opener(self, root):
-        return functools.partial(backends.open_snapshotter, root, self.backend,
+        return functools.partial(backends.open_snapshotter, root, self.model,
                                  **self.options)
 
     def expected_refusal(self):
-        return snaplab_refusal(self.backend, self)
+        return snaplab_refusal(self.model, self)
 
     def open(self, root, **options):
         """A snapshotter on `root`; raises what the backend raises.
@@ -24,8 +26,8 @@ class InProcessTarget(Target):
         A zfs backend root on the zfs filesystem is first made a dataset of
         its own, when it does not exist yet (or is an empty directory).
         """
-        make_snaplab_root(self.backend, getattr(self, "fs", None), root)
-        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
+        make_snaplab_root(self.model, getattr(self, "fs", None), root)
+        return backends.open_snapshotter(root, self.model, **dict(self.options, **options))
 
 
 __all__ = ["InProcessTarget"]
