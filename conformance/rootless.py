@@ -206,7 +206,7 @@ def call_unprivileged(function, *args, **kwargs):
                 _write_id_maps(pid)
                 go.write(b"g")
         data = _read_all(result_r)
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         reaped = True
     finally:
         if not reaped:  # the parent failed (or was interrupted): the child goes
@@ -228,21 +228,20 @@ def _raise_or_return(outcome):
         pytest.xfail(outcome[1])
     if kind == "fail":
         pytest.fail(outcome[1], pytrace=False)
-    _, err, text = outcome
+    err, text = outcome[1:]
     raise err from ChildTraceback(text)
 
 
 def _run_test_function(function, arguments, fs_mountpoint):
     """In the child: the test function, then what the parent's fixtures
-    would check after it (mounts left behind, which die with the child)."""
+    would do after it: close the snapshotters, fail on mounts left behind
+    (they go with the child's mount namespace)."""
     before = set(mountlib.mounts_under(fs_mountpoint))
     try:
         function(**arguments)
     finally:
         problems = _close_opened()
     left = [where for where in mountlib.mounts_under(fs_mountpoint) if where not in before]
-    for where in left:
-        mountlib.unmount_all(where)
     if problems:
         pytest.fail(_closing_failed(problems), pytrace=False)
     if left:
