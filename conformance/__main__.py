@@ -1,7 +1,8 @@
 """The suite against any snapshotter: `python -m conformance` (or snaplab-conformance).
 
     python -m conformance --endpoint unix:///run/containerd/containerd.sock \\
-        --plugin overlayfs --report DIR [--namespace-prefix P] [pytest args...]
+        --plugin overlayfs --report DIR [--traits FILE] [--trait NAME=VALUE] \\
+        [--namespace-prefix P] [pytest args...]
 
 runs the suite's cases (the test modules of this package, found beside
 this file: no repository needed, any working directory) against
@@ -9,7 +10,10 @@ snapshotter `--plugin` of the service of containerd's snapshots gRPC API
 at `--endpoint`: containerd's own socket, a proxy plugin's socket, or
 `snaplab serve`'s (conformance/endpoint.py says how each case is isolated
 there). Whatever else is on the command line goes to pytest (`-k walk`,
-`-x`, `-v`...).
+`-x`, `-v`...). --traits names a file of the snapshotter's traits (what it
+does where containerd's contract leaves a choice: conformance/traits.py);
+without one, a plugin the suite knows (overlayfs, native, btrfs, ...) gets
+the suite's own, any other every trait's default.
 
 With --report DIR, DIR receives what `make pytest` writes: results.json
 and junit.xml from pytest, report.md and report.html from
@@ -48,6 +52,11 @@ def parse_args(argv):
     parser.add_argument("--namespace-prefix", metavar="P",
                         help="the cases' containerd namespaces (or, on a bare snapshotter "
                              "service, key prefixes) start with P")
+    parser.add_argument("--traits", metavar="FILE",
+                        help="the snapshotter's traits: `name: value` lines (default: the "
+                             "suite's own for a plugin it knows, else the defaults)")
+    parser.add_argument("--trait", action="append", default=[], metavar="NAME=VALUE",
+                        help="one trait, on top of --traits; repeatable")
     parser.add_argument("--known-failures", default=KNOWN_DIFFERENCES, metavar="FILE",
                         help="cases known to fail where, as strict xfails (default: the "
                              "suite's known-differences.yml; '' for none)")
@@ -63,6 +72,10 @@ def pytest_argv(args, extra):
             "--known-failures", args.known_failures]
     if args.namespace_prefix:
         argv += ["--namespace-prefix", args.namespace_prefix]
+    if args.traits:
+        argv += ["--traits", os.path.abspath(args.traits)]
+    for trait in args.trait:
+        argv += ["--trait", trait]
     if args.report:
         argv += ["--junitxml", os.path.join(args.report, "junit.xml"),
                  "--results-json", os.path.join(args.report, "results.json")]

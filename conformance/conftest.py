@@ -19,6 +19,9 @@ Choose what to run (options, or the environment variables beside them):
                                       SNAPLAB_ENDPOINT, SNAPLAB_PLUGIN
   --namespace-prefix P                the endpoint's namespaces (or key prefixes)
                                       start with P      SNAPLAB_NAMESPACE_PREFIX
+  --traits FILE                       the endpoint's traits (conformance/traits.py
+                                      says what they are)         SNAPLAB_TRAITS
+  --trait NAME=VALUE                  one trait on top; repeatable
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -37,6 +40,7 @@ from snaplab import errors
 from snaplab import mount as mountlib
 
 from . import report, resultlog
+from . import traits as traitslib
 from .containerd import containerd_daemons_fixture
 from .filesystems import DEFAULT_FILESYSTEMS, FilesystemPool, FilesystemUnavailable
 from .registry import DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets
@@ -76,21 +80,33 @@ def pytest_addoption(parser):
                          "a service of one snapshotter takes any name)")
     group.addoption("--namespace-prefix", default=os.environ.get("SNAPLAB_NAMESPACE_PREFIX"),
                     help="what the endpoint's case namespaces (or key prefixes) start with")
+    group.addoption("--traits", default=os.environ.get("SNAPLAB_TRAITS"), metavar="FILE",
+                    help="the endpoint's traits: a YAML file of `name: value` lines "
+                         "(default: the suite's own for a plugin it knows, else every "
+                         "trait at its default)")
+    group.addoption("--trait", action="append", default=[], metavar="NAME=VALUE",
+                    help="one of the endpoint's traits, on top of --traits; repeatable "
+                         "(traits: %s)" % ", ".join(traitslib.TRAIT_OF_NAME))
 
 
 def pytest_configure(config):
     if config.getoption("--results-json"):
         resultlog.register(config, config.getoption("--results-json"))
-    config.addinivalue_line("markers", "backends(*names): cases specific to these backends")
+    config.addinivalue_line("markers", "storage_layout(name): white-box cases of the on-disk "
+                                       "layout of targets whose storage_layout trait is `name`")
 
 
 def _targets(config):
     if config.getoption("--endpoint"):
         try:
             return endpoint_targets(config.getoption("--endpoint"), config.getoption("--plugin"),
-                                    config.getoption("--namespace-prefix"))
+                                    config.getoption("--namespace-prefix"),
+                                    config.getoption("--traits"), config.getoption("--trait"))
         except errors.InvalidArgument as bad:
             raise pytest.UsageError(str(bad)) from None
+    if config.getoption("--traits") or config.getoption("--trait"):
+        raise pytest.UsageError("--traits and --trait are an endpoint's: the matrix's "
+                                "snapshotters declare theirs in conformance/traits/")
     return all_targets(_split(config.getoption("--backends")),
                        _split(config.getoption("--filesystems")))
 
@@ -98,17 +114,20 @@ def _targets(config):
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
         targets = _targets(metafunc.config)
-        # A backend's own cases (marked `backends("overlay")`) are not
-        # generated for other backends at all, rather than skipped there.
-        only = metafunc.definition.get_closest_marker("backends")
-        if only is not None:
-            targets = [t for t in targets if t.backend in only.args]
+        # White-box cases of one on-disk layout (marked
+        # `storage_layout("snaplab-overlay")`) are not generated for targets
+        # of other layouts at all, rather than skipped there; nor behind a
+        # service: they read the in-process snapshotter's metadata too.
+        layout = metafunc.definition.get_closest_marker("storage_layout")
+        if layout is not None:
+            targets = [t for t in targets
+                       if t.service is None and t.traits.storage_layout in layout.args]
         metafunc.parametrize("target", targets, ids=[t.name for t in targets],
                              indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config, items):
-    # A backend-specific case with none of its backends selected has no
+    # A white-box case with no target of its layout selected has no
     # target at all (pytest puts a placeholder there): it is not run.
     not_applicable = [item for item in items if "target" in getattr(item, "fixturenames", ())
                       and not isinstance(_target_of(item), Target)]
@@ -172,6 +191,15 @@ def _umask_zero():
     previous = os.umask(0)
     yield
     os.umask(previous)
+
+
+@pytest.fixture(autouse=True)
+def _record_traits(request):
+    """The traits each result was checked against, for the report (known
+    once the target is set up: an endpoint's depend on what answers)."""
+    if "target" in request.fixturenames:
+        target = request.getfixturevalue("target")
+        request.node.user_properties.append(("traits", target.traits.summary()))
 
 
 @pytest.fixture(scope="session")

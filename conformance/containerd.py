@@ -396,9 +396,8 @@ class Containerd(ContainerdClient):
 
 # ---------------------------------------------------------------- conformance targets
 
-# The suite's backend names for containerd's snapshotter plugins, and the
-# snaplab backend each is the reference for (cases that depend on a
-# backend's model, e.g. full copies, read it from Target.model).
+# The suite's backend names for containerd's snapshotter plugins (each
+# declares its traits in conformance/traits/containerd-<plugin>.yml).
 PLUGIN_OF_BACKEND = {
     "containerd-overlayfs": "overlayfs",
     "containerd-native": "native",
@@ -406,8 +405,6 @@ PLUGIN_OF_BACKEND = {
     "containerd-zfs": "zfs",
     "containerd-devmapper": "devmapper",
 }
-MODEL_OF_PLUGIN = {"overlayfs": "overlay", "native": "native", "btrfs": "btrfs", "zfs": "zfs",
-                   "devmapper": "devmapper"}
 DEVMAPPER_CONFIG = {"base_image_size": "16Mb"}
 
 
@@ -509,6 +506,14 @@ def remove_every_snapshot(sn):
         for info in infos:
             if info.name not in parents:
                 sn.remove(info.name)
+
+
+def through_containerd(traits):
+    """A snapshotter's traits as seen through containerd's API: Remove
+    deletes containerd's own metadata only, and the plugin's data goes at
+    containerd's next garbage collection (its Cleanup is not the plugin's)."""
+    return traits.replace(source="%s through containerd" % traits.source,
+                          removal="until-cleanup")
 
 
 class RootIsolation:
@@ -624,9 +629,14 @@ class ContainerdTarget(Target):
         self.daemons = None
         self.namespaces = RootNamespaces(self.daemon, self.plugin, "snaplab-case-")
 
-    @property
-    def model(self):
-        return MODEL_OF_PLUGIN[self.plugin]
+    owns_root = False
+
+    def traits_name(self):
+        return "containerd-" + self.plugin
+
+    @functools.cached_property
+    def traits(self):
+        return through_containerd(super().traits)
 
     def setup_session(self, request):
         reason = unavailable_reason()
@@ -696,6 +706,6 @@ class ContainerdTarget(Target):
 
 
 __all__ = ["Containerd", "ContainerdClient", "ContainerdDaemons", "ContainerdError",
-           "DISABLED_PLUGINS", "MODEL_OF_PLUGIN", "PLUGIN_OF_BACKEND", "PluginStatus",
+           "DISABLED_PLUGINS", "PLUGIN_OF_BACKEND", "PluginStatus",
            "ContainerdTarget", "RootIsolation", "RootNamespaces", "is_at_or_below", "parse_plugins",
-           "remove_every_snapshot", "to_toml", "unavailable_reason"]
+           "remove_every_snapshot", "through_containerd", "to_toml", "unavailable_reason"]

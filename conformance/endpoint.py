@@ -36,8 +36,9 @@ from snaplab import errors
 from snaplab import filters as filterlib
 from snaplab.snapshotter import Snapshotter
 
-from .containerd import (MODEL_OF_PLUGIN, ContainerdClient, ContainerdError, RootIsolation,
-                         RootNamespaces, remove_every_snapshot)
+from . import traits as traitslib
+from .containerd import (ContainerdClient, ContainerdError, RootIsolation, RootNamespaces,
+                         remove_every_snapshot, through_containerd)
 from .serve import grpc_missing
 from .target import Target
 
@@ -242,18 +243,41 @@ class EndpointTarget(Target):
 
     service = "the endpoint"
 
-    def __init__(self, address, plugin, namespace_prefix=DEFAULT_NAMESPACE_PREFIX):
+    owns_root = False
+
+    def __init__(self, address, plugin, namespace_prefix=DEFAULT_NAMESPACE_PREFIX,
+                 declared=None, trait_values=None):
         super().__init__(ENDPOINT_PREFIX + plugin, ENDPOINT_FILESYSTEM)
         self.address = address
         self.plugin = plugin
         self.names = "%s%s-" % (namespace_prefix, os.urandom(4).hex())
         self.isolation = None  # RootNamespaces or RootPrefixes, once the endpoint answered
+        self.declared = declared  # the Traits of the user's file (--traits)
+        self.trait_values = dict(trait_values or {})  # and on top, --trait NAME=VALUE
+
+    def traits_name(self):
+        """The suite's own file for a plugin it knows: snaplab's served
+        backends by serve's plugin names (snaplab-overlay), containerd's
+        plugins by their own (overlayfs)."""
+        for name in (self.plugin, "containerd-" + self.plugin):
+            if os.path.exists(os.path.join(traitslib.TRAITS_DIR, name + ".yml")):
+                return name
+        return None
 
     @property
-    def model(self):
-        """containerd's plugins by their own names; None (no model) for any
-        other name."""
-        return MODEL_OF_PLUGIN.get(self.plugin)
+    def traits(self):
+        """What the user's file declares, else what the suite knows of the
+        plugin, else the defaults; the user's --trait values on top; as
+        seen through containerd where it answers."""
+        traits = self.declared
+        if traits is None:
+            name = self.traits_name()
+            traits = (traitslib.known(name) if name else None) or traitslib.Traits()
+        if self.trait_values:
+            traits = traits.replace(source="%s and --trait" % traits.source, **self.trait_values)
+        if isinstance(self.isolation, RootNamespaces):
+            traits = through_containerd(traits)
+        return traits
 
     def setup_session(self, request):
         reason = grpc_missing()

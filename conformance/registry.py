@@ -13,6 +13,7 @@ import os
 
 from snaplab import backends, errors
 
+from . import traits as traitslib
 from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
 from .endpoint import DEFAULT_NAMESPACE_PREFIX, EndpointTarget
 from .filesystems import FILESYSTEMS
@@ -61,14 +62,18 @@ def all_targets(backend_names, filesystem_names):
     return [classes[b](b, f) for b in backend_names for f in filesystem_names]
 
 
-def endpoint_targets(address, plugin, namespace_prefix=None):
+def endpoint_targets(address, plugin, namespace_prefix=None, traits_file=None, trait_options=()):
     """The target of a run against the service at `address`: its
-    snapshotter `plugin` (InvalidArgument without one)."""
+    snapshotter `plugin` (InvalidArgument without one), with the traits of
+    `traits_file` when given (else the suite's own traits of the plugin,
+    when it knows it), `trait_options` (NAME=VALUE) on top."""
     if not plugin:
         raise errors.InvalidArgument("an endpoint needs the name of its snapshotter plugin "
                                      "(--plugin: containerd's plugin name, or any name for a "
                                      "service of one snapshotter)")
-    return [EndpointTarget(address, plugin, namespace_prefix or DEFAULT_NAMESPACE_PREFIX)]
+    declared = traitslib.load(traits_file) if traits_file else None
+    return [EndpointTarget(address, plugin, namespace_prefix or DEFAULT_NAMESPACE_PREFIX,
+                           declared, traitslib.of_options(trait_options))]
 
 
 __all__ = ["DEFAULT_BACKENDS", "KNOWN_DIFFERENCES", "all_targets", "endpoint_targets",

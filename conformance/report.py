@@ -38,7 +38,8 @@ from .resultlog import REFUSAL_SKIP
 
 FORMAT = "snaplab-conformance/1"
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
-RESULT_KEYS = ("target", "backend", "filesystem", "case", "nodeid", "outcome", "duration", "reason")
+RESULT_KEYS = ("target", "backend", "filesystem", "case", "nodeid", "outcome", "duration", "reason",
+               "traits")
 # Cell counters, in the order they are shown.  "fail" holds only *unexpected*
 # failures and errors; known failures and pytest xfails are "xfail".
 COUNTS = ("pass", "fail", "skip", "xfail", "xpass")
@@ -99,7 +100,7 @@ def load_results(paths):
                 item["duration"] = float(r.get("duration") or 0.0)
             except (TypeError, ValueError):
                 raise InputError("%s: results[%d] has a non-numeric duration" % (path, i))
-            for k in ("target", "backend", "filesystem", "case", "nodeid", "reason"):
+            for k in ("target", "backend", "filesystem", "case", "nodeid", "reason", "traits"):
                 item[k] = str(item[k])
             clean.append(item)
         info = {k: str(run.get(k) or "") for k in
@@ -250,6 +251,7 @@ def build_matrix(results, known_failures=()):
     qualify = len(environments) > 1  # only then does the kernel/distro need saying
 
     cells, failures, expected, unexpected_passes, skips, every = {}, [], [], [], {}, []
+    traits = {}  # row -> the traits its results were checked against
     for run in runs:
         env = "%s/%s" % (run["run"]["distro"] or "?", run["run"]["kernel"] or "?")
         for result in run["results"]:
@@ -257,6 +259,8 @@ def build_matrix(results, known_failures=()):
             column = result["filesystem"] or "(no filesystem)"
             if qualify:
                 column = "%s @ %s" % (column, env)
+            if result["traits"]:
+                traits.setdefault(row, set()).add(result["traits"])
             entry = known_entry(result, known_failures, run["run"])
             status = status_of(result, entry)
             item = dict(result, status=status, column=column, row=row, env=env,
@@ -298,6 +302,7 @@ def build_matrix(results, known_failures=()):
         "skips": sorted(((reason, sorted(items, key=order)) for reason, items in skips.items()),
                         key=lambda s: (-len(s[1]), s[0])),
         "stale": stale_entries(known_failures, every, runs),
+        "traits": {row: "; ".join(sorted(texts)) for row, texts in sorted(traits.items())},
         "unexpected_failures": len(failures),
     }
 
@@ -404,6 +409,11 @@ def render_markdown(matrix):
     section("Known failures that did not fail (stale entries)", matrix["stale"],
             lambda e: "- %s :: %s — %s; listed because: %s" % (
                 md(e["cell"]), md(e["case"]), md(e["now"]), md(entry_why(e))))
+    if matrix["traits"]:
+        out.append("## Traits of each row")
+        out.append("")
+        out.extend("- %s — %s" % (md(row), md(text)) for row, text in matrix["traits"].items())
+        out.append("")
     if matrix["skips"]:
         out.append("## Skipped (%d)" % sum(len(items) for _reason, items in matrix["skips"]))
         out.append("")
@@ -488,6 +498,11 @@ def render_html(matrix):
         for entry in matrix["stale"]:
             out.append("<li><b>%s :: %s</b> — %s; listed because: %s</li>" % (
                 e(entry["cell"]), e(entry["case"]), e(entry["now"]), e(entry_why(entry))))
+        out.append("</ul>")
+    if matrix["traits"]:
+        out.append("<h2>Traits of each row</h2><ul>")
+        out.extend("<li><b>%s</b> — %s</li>" % (e(row), e(text))
+                   for row, text in matrix["traits"].items())
         out.append("</ul>")
     if matrix["skips"]:
         out.append("<h2>Skipped (%d)</h2><ul>" % sum(len(items) for _reason, items in matrix["skips"]))

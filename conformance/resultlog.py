@@ -28,7 +28,7 @@ FORMAT = "snaplab-conformance/1"
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 REASON_MAX = 300
 # The user_properties the conftest attaches to each item; anything else is ignored.
-TARGET_KEYS = ("target", "backend", "filesystem", "case")
+TARGET_KEYS = ("target", "backend", "filesystem", "case", "traits")
 
 
 def register(config, path):

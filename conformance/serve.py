@@ -199,9 +199,8 @@ class ServeTarget(Target):
         self.served = backend[len(SERVE_PREFIX):]
         self._sockets = {}  # real root path -> socket of the serve process opened on it
 
-    @property
-    def model(self):
-        return self.served
+    def traits_name(self):
+        return "snaplab-" + self.served
 
     def setup_session(self, request):
         reason = grpc_missing()
@@ -343,9 +342,8 @@ class ContainerdProxyTarget(ContainerdTarget):
         super().__init__(backend, filesystem, plugin="snaplab-" + self.served)
         self.pairs = None
 
-    @property
-    def model(self):
-        return self.served
+    def traits_name(self):
+        return "snaplab-" + self.served
 
     def setup_session(self, request):
         reason = unavailable_reason() or grpc_missing()

@@ -12,12 +12,15 @@ override. The kinds of target build on this module:
     conformance/registry.py    every target by name, for conftest.py
 
 A new kind of target joins by subclassing Target there and naming it in the
-registry, not by editing cases.
+registry, not by editing cases. What the cases may expect of a target's
+snapshotter where containerd's contract leaves a choice is its traits
+(conformance/traits.py), never its name.
 
 What snaplab's backends must refuse, and the dataset a zfs root needs, are
 here too: the serve targets run the same backends in another process.
 """
 
+import functools
 import os
 
 from snaplab import backends
@@ -25,6 +28,7 @@ from snaplab import mount as mountlib
 from snaplab.kernel import FUSE_ZFS_FSTYPE, ZFS_FSTYPES
 
 from . import resultlog
+from . import traits as traitslib
 from .filesystems import FILESYSTEMS, ZfsFilesystem, openzfs_version
 
 
@@ -54,6 +58,10 @@ class Target:
     """
 
     service = None  # the service the cases talk to, None: in-process
+    # Whether each root a case opens is the snapshotter's own, its storage
+    # visible under it (False behind containerd or an endpoint: one plugin
+    # root for all cases, or none the suite can see).
+    owns_root = True
 
     def __init__(self, backend, filesystem, options=None):
         self.backend = backend
@@ -68,11 +76,16 @@ class Target:
     def spec(self):
         return FILESYSTEMS[self.filesystem]
 
-    @property
-    def model(self):
-        """The snaplab backend whose behaviour the cases expect (full copies,
-        no inode counts, ...): the backend itself unless said otherwise."""
-        return self.backend
+    def traits_name(self):
+        """The file of conformance/traits/ (without .yml) that declares the
+        traits of this target's snapshotter: snaplab's backend's own here."""
+        return "snaplab-" + self.backend
+
+    @functools.cached_property
+    def traits(self):
+        """What the cases may expect where the contract leaves a choice
+        (traits.Traits); the defaults when the suite knows no file."""
+        return traitslib.known(self.traits_name()) or traitslib.Traits()
 
     def setup_session(self, request):
         """Once per run, after the filesystem is made (pytest's `request`)."""

@@ -20,7 +20,7 @@ from . import fstest
 from .helpers import apply_to_mounts, mounted
 
 
-pytestmark = pytest.mark.backends("btrfs")
+pytestmark = pytest.mark.storage_layout("snaplab-btrfs")
 
 MIB = 1024 * 1024
 SUBVOLUME_ROOT_INO = 256

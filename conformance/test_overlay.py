@@ -14,7 +14,7 @@ from . import fstest
 from .helpers import apply_to_mounts, mounted
 
 
-pytestmark = pytest.mark.backends("overlay")
+pytestmark = pytest.mark.storage_layout("snaplab-overlay")
 
 
 def _index_supported():

@@ -1,28 +1,33 @@
 """Usage: what a snapshot itself costs (docs/semantics.md §1, §7 for the tolerances).
 
 Active = measured now, own data only; committed = the value stored at commit;
-view = zero. Backends whose snapshots are full copies (native) include the
-parent's content, as containerd's native does; the case that needs
-parent exclusion says so and is skipped for them.
+view = zero. Snapshotters whose snapshots are full copies (trait
+usage_includes_parent, native's) include the parent's content, as containerd's
+native does; the case that needs parent exclusion skips for them. Those that
+count no inodes (trait inodes_reported, zfs's) report -1.
 """
+
+import os
+import time
 
 import pytest
 
+from snaplab import errors
 from snaplab.types import Usage
 
 from . import fstest
 from .helpers import apply_to_mounts
 
 MIB = 1024 * 1024
-
-FULL_COPY_BACKENDS = {"native"}
-# zfs reports the dataset's `used` bytes and no inode count (-1), as containerd's zfs.
-INODES_NOT_COUNTED = {"zfs"}
+# How long removed data may linger behind a collector that runs on its own
+# (containerd's garbage collection runs right after deletions).
+COLLECTION_WAIT_S = 10
 
 
 def _counts_inodes(target, usage):
-    counted = target.model not in INODES_NOT_COUNTED
-    assert (usage.inodes != -1) == counted, "inodes %s for %s" % (usage.inodes, target.backend)
+    counted = target.traits.inodes_reported
+    assert (usage.inodes != -1) == counted, "inodes %s where %s declares inodes_reported: %s" % (
+        usage.inodes, target.traits.source, counted)
     return counted
 
 
@@ -66,9 +71,8 @@ def test_usage_of_view_is_zero(snapshotter, work):
 
 
 def test_usage_of_child_excludes_its_parent(snapshotter, work, target):
-    if target.model in FULL_COPY_BACKENDS:
-        pytest.skip("%s snapshots are full copies: their usage includes the parent's "
-                    "content, as containerd's %s reports it" % (target.backend, target.backend))
+    if target.traits.usage_includes_parent:
+        pytest.skip(target.traits.skip_reason("usage_includes_parent", [False]))
     mounts = snapshotter.prepare("layer-1", "")
     apply_to_mounts(mounts, work, fstest.create_random_file("/one", 1, MIB, 0o644))
     snapshotter.commit("committed-1", "layer-1")
@@ -92,3 +96,46 @@ def test_usage_counts_hardlinked_data_once(snapshotter, work):
         fstest.link("/a", "/b"), fstest.link("/a", "/c")))
     usage = snapshotter.usage("layer")
     assert MIB <= usage.size < 2 * MIB
+
+
+def _data_directories(mounts):
+    """The directories on this host that hold a parentless active
+    snapshot's own data, as its mounts name them: a bind mount's source,
+    an overlay's upperdir and workdir (not its lowers: a parent's)."""
+    found = []
+    for mount in mounts:
+        if mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options:
+            found.append(mount.source)
+        elif mount.type == "overlay":
+            found += [option.split("=", 1)[1] for option in mount.options
+                      if option.startswith(("upperdir=", "workdir="))]
+    return [path for path in found if os.path.isabs(path) and os.path.isdir(path)]
+
+
+def test_remove_frees_the_data_its_mounts_named(snapshotter, work, target):
+    """The data of a removed snapshot goes: when Remove returns (trait
+    removal: immediate), or by Cleanup (until-cleanup); behind containerd,
+    whose Cleanup is not the plugin's, by its garbage collection, which
+    containerd runs after deletions on its own."""
+    mounts = snapshotter.prepare("layer", "")
+    apply_to_mounts(mounts, work, fstest.create_random_file("/a", 5, MIB, 0o644))
+    directories = _data_directories(mounts)
+    if not directories:
+        pytest.skip("the mounts (%s) name no directory of the snapshot's own data"
+                    % ", ".join(sorted({m.type for m in mounts})))
+    snapshotter.remove("layer")
+    left = [path for path in directories if os.path.lexists(path)]
+    if target.traits.removal == "immediate":
+        assert not left, "Remove returned and %s declares removal: immediate, but %s is " \
+            "still there" % (target.traits.source, ", ".join(left))
+        return
+    try:
+        snapshotter.cleanup()
+    except errors.NotImplemented:
+        pass
+    deadline = time.monotonic() + COLLECTION_WAIT_S
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [path for path in left if os.path.lexists(path)]
+    assert not left, "%s still there %d s after Remove and Cleanup" % (
+        ", ".join(left), COLLECTION_WAIT_S)

@@ -23,7 +23,7 @@ from snaplab.types import Kind, Mount
 from . import fstest
 from .helpers import apply_to_mounts, mounted
 
-pytestmark = pytest.mark.backends("zfs")
+pytestmark = pytest.mark.storage_layout("snaplab-zfs")
 
 MIB = 1024 * 1024
 

@@ -29,7 +29,7 @@ COLLECTION_CORE = "ansible_collections.snaplab.snapshots.plugins.module_utils._s
 # layer or below, never above. The suite's test modules and conftest sit on
 # top of everything.
 CONFORMANCE_LAYERS = [
-    {"conformance.fstest", "conformance.resultlog", "conformance.report"},
+    {"conformance.fstest", "conformance.resultlog", "conformance.report", "conformance.traits"},
     {"conformance.filesystems", "conformance.leaks"},
     {"conformance.target"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",

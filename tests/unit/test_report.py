@@ -505,3 +505,17 @@ def test_the_lab_known_failures_file_is_valid():
     for entry in entries:
         assert entry["reason"] and entry["link"].startswith("https://"), entry
         assert entry["where"] != "*", "a lab entry names its release or kernel: %r" % entry
+
+
+def test_the_report_says_which_traits_each_row_was_checked_against(tmp_path, capsys):
+    native = dict(result("native-on-xfs", "basic"),
+                  traits="snaplab-native.yml: usage_includes_parent: true")
+    other = result("mine-on-xfs", "basic")  # a result file from before traits: none
+    path = write_run(tmp_path / "run.json", [native, other])
+    html_path = tmp_path / "r.html"
+    code, out, _err = run_main(capsys, path, "--html", str(html_path))
+    assert code == 0
+    section = out[out.index("## Traits of each row"):]
+    assert "- native — snaplab-native.yml: usage_includes_parent: true" in section
+    assert "mine" not in section
+    assert "snaplab-native.yml: usage_includes_parent: true" in html_path.read_text()
