@@ -320,8 +320,12 @@ class RootlessTarget(InProcessTarget):
         self.rootless_backend = backend[len(ROOTLESS_PREFIX):]
 
     @property
-    def model(self):
+    def snaplab_backend(self):
         return self.rootless_backend
+
+    def traits_name(self):
+        # Running unprivileged changes none of the backend's traits.
+        return "snaplab-" + self.rootless_backend
 
     def setup_session(self, request):
         if self.filesystem == "zfs":
@@ -344,7 +348,7 @@ class RootlessTarget(InProcessTarget):
     def open_for_case(self, open_now):
         if in_unprivileged_child():
             return open_now()
-        return DeferredSnapshotter(open_now, self.model)
+        return DeferredSnapshotter(open_now, self.snaplab_backend)
 
     def run_case(self, pyfuncitem):
         parameters = inspect.signature(pyfuncitem.obj).parameters
