@@ -15,7 +15,7 @@ from conformance import fstest
 from conformance.filesystems import TEST_PREFIX
 from conformance.helpers import apply_to_mounts
 from conformance.rootless import (OUTSIDE_ID, ChildTraceback, DeferredSnapshotter,
-                                  call_unprivileged, in_unprivileged_child,
+                                  RootlessTarget, call_unprivileged, in_unprivileged_child,
                                   let_unprivileged_reach)
 from snaplab import backends, kernel
 from snaplab import mount as mountlib
@@ -226,3 +226,10 @@ def test_a_rootless_row_reports_each_case_as_it_ran_unprivileged(tmp_path, share
     assert "the test left mounts behind" in proc.stdout
     assert mountlib.mounts_under(shared_dir) == []  # the child's mount went with it
     assert os.listdir(shared_dir) == []
+
+
+def test_the_zfs_column_is_skipped_before_anything_is_made():
+    target = RootlessTarget("rootless-native", "zfs")
+    with pytest.raises(pytest.skip.Exception, match="datasets are real root's"):
+        target.setup_session(request=None)  # the pool is not even asked
+    assert target.traits.usage_includes_parent  # snaplab-native.yml's
