@@ -176,6 +176,7 @@ def _known_failures(config):
 def pytest_pyfunc_call(pyfuncitem):
     """A target whose cases run elsewhere (rootless: an unprivileged child
     process) runs the test function; else pytest calls it here."""
+    __tracebackhide__ = True
     target = _target_of(pyfuncitem)
     return target.run_case(pyfuncitem) if isinstance(target, Target) else None
 

@@ -119,7 +119,8 @@ def _outcome_of(function, args, kwargs):
     except pytest.fail.Exception as failed:
         return ("fail", failed.msg)
     except BaseException as err:  # pylint: disable=broad-except
-        return ("raised", err, "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        return ("raised", err, text)
 
 
 def _close_opened():
@@ -140,7 +141,9 @@ def _closing_failed(problems):
 
 def _pickled(outcome):
     try:
-        return pickle.dumps(outcome)
+        data = pickle.dumps(outcome)
+        pickle.loads(data)  # an exception may pickle and not unpickle (its __init__'s arguments)
+        return data
     except Exception as err:  # pylint: disable=broad-except
         text = outcome[2] if outcome[0] == "raised" else repr(outcome[1])
         return pickle.dumps(("fail", "the unprivileged child's outcome does not pickle (%s): %s"
@@ -189,6 +192,7 @@ def call_unprivileged(function, *args, **kwargs):
     What it raises is raised here, with the child's traceback as its cause
     (ChildTraceback); pytest's skip, xfail and fail are raised as such.
     """
+    __tracebackhide__ = True  # a failure shows the child's traceback, not this
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     result_r, result_w = os.pipe()
@@ -219,6 +223,7 @@ def call_unprivileged(function, *args, **kwargs):
 
 
 def _raise_or_return(outcome):
+    __tracebackhide__ = True
     kind = outcome[0]
     if kind == "returned":
         return outcome[1]
@@ -251,14 +256,10 @@ def _run_test_function(function, arguments, fs_mountpoint):
 def let_unprivileged_reach(mountpoint, pool_dir):
     """Let the unprivileged user reach `mountpoint`, as a rootless
     containerd reaches its root: `pool_dir` (the harness's, 0700 from
-    mkdtemp) and `mountpoint` itself may be searched by others; the files
-    directly in `pool_dir` (its loop images) stay root's alone. Returns the
+    mkdtemp) and `mountpoint` itself may be searched by others (the loop
+    images in `pool_dir` are 0600: filesystems.make_loop_image). Returns the
     first other directory on the way that others cannot search, else None."""
     ours = {os.path.realpath(pool_dir), os.path.realpath(mountpoint)}
-    for name in os.listdir(pool_dir):
-        path = os.path.join(pool_dir, name)
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.chmod(path, os.stat(path).st_mode & 0o7770)
     path = "/"
     for part in os.path.realpath(mountpoint).split(os.sep)[1:]:
         path = os.path.join(path, part)
@@ -351,6 +352,7 @@ class RootlessTarget(InProcessTarget):
         return DeferredSnapshotter(open_now, self.snaplab_backend)
 
     def run_case(self, pyfuncitem):
+        __tracebackhide__ = True
         parameters = inspect.signature(pyfuncitem.obj).parameters
         arguments = {name: pyfuncitem.funcargs[name] for name in parameters}
         call_unprivileged(_run_test_function, pyfuncitem.obj, arguments, self.fs.mountpoint)
