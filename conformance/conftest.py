@@ -29,6 +29,7 @@ once per run and removed at its end, also when tests fail; every mount a test
 leaves under its own directory is unmounted after it.
 """
 
+import functools
 import os
 import platform
 import tempfile
@@ -183,6 +184,15 @@ def _known_failures(config):
         raise pytest.UsageError("--known-failures: %s" % bad) from None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A target whose cases run elsewhere (rootless: an unprivileged child
+    process) runs the test function; else pytest calls it here."""
+    __tracebackhide__ = True
+    target = _target_of(pyfuncitem)
+    return target.run_case(pyfuncitem) if isinstance(target, Target) else None
+
+
 def _target_of(item):
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("target") if callspec else None
@@ -292,17 +302,21 @@ def open_snapshotter(target, test_dir):
     """
     opened = []
 
-    def factory(root=None, **options):
+    def open_now(root, options):
         root = root or tempfile.mkdtemp(prefix="root-", dir=test_dir)
         try:
-            sn = target.open(root, **options)
-        except errors.FailedPrecondition as refusal:
+            return target.open(root, **options)
+        except errors.FailedPrecondition:
             refusal = target.expected_refusal()
             if refusal:
                 # One reason for all cases (no temp paths) so the report can
                 # group them; the refusal's own text is checked elsewhere.
                 pytest.skip(refusal.skip_reason(target))
             raise
+
+    def factory(root=None, **options):
+        # (a rootless target opens it later, in the case's unprivileged process)
+        sn = target.open_for_case(functools.partial(open_now, root, options))
         opened.append(sn)
         return sn
 

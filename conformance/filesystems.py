@@ -120,6 +120,14 @@ class FilesystemUnavailable(Exception):
     """This filesystem cannot be made or mounted here; the reason says why."""
 
 
+def make_loop_image(path, size_mib):
+    """A sparse file of `size_mib` MiB at `path` for a loop device, root's
+    alone whatever the umask (the suite runs under umask 0, and the rootless
+    rows let others search the pool's directory)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as sparse:
+        sparse.truncate(size_mib * MIB)
+
+
 def _run(argv):
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, check=False)
@@ -246,8 +254,7 @@ class FilesystemPool:
         if shutil.which(tool) is None:
             raise FilesystemUnavailable("%s is not installed" % tool)
         image = os.path.join(self.base, spec.name + ".img")
-        with open(image, "wb") as sparse:
-            sparse.truncate(spec.size_mib * MIB)
+        make_loop_image(image, spec.size_mib)
         loop_device = None
         try:
             _run(spec.mkfs + [image])
@@ -495,8 +502,7 @@ class ZfsFilesystem(Filesystem):
             if not kernel_zfs() and not zfs_fuse_pids():
                 fs.daemon_pidfile = os.path.join(base, "zfs-fuse.pid")
                 start_zfs_fuse(fs.daemon_pidfile)
-            with open(fs.image, "wb") as sparse:
-                sparse.truncate(spec.size_mib * MIB)
+            make_loop_image(fs.image, spec.size_mib)
             fs.loop_device = _run(["losetup", "--find", "--show", fs.image])
             pool = POOL_PREFIX + os.urandom(5).hex()
             # cachefile=none: no later zfs start imports this test pool again.

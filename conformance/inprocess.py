@@ -11,12 +11,18 @@ class InProcessTarget(Target):
     """A snaplab backend on one filesystem, e.g. overlay-on-xfs, opened in
     the test process through the registry (snaplab.backends)."""
 
+    @property
+    def snaplab_backend(self):
+        """The snaplab backend opened: the target's own (rootless.py's
+        targets run one their own way)."""
+        return self.backend
+
     def opener(self, root):
-        return functools.partial(backends.open_snapshotter, root, self.backend,
+        return functools.partial(backends.open_snapshotter, root, self.snaplab_backend,
                                  **self.options)
 
     def expected_refusal(self):
-        return snaplab_refusal(self.backend, self)
+        return snaplab_refusal(self.snaplab_backend, self)
 
     def open(self, root, **options):
         """A snapshotter on `root`; raises what the backend raises.
@@ -24,8 +30,8 @@ class InProcessTarget(Target):
         A zfs backend root on the zfs filesystem is first made a dataset of
         its own, when it does not exist yet (or is an empty directory).
         """
-        make_snaplab_root(self.backend, getattr(self, "fs", None), root)
-        return backends.open_snapshotter(root, self.backend, **dict(self.options, **options))
+        make_snaplab_root(self.snaplab_backend, getattr(self, "fs", None), root)
+        return backends.open_snapshotter(root, self.snaplab_backend, **dict(self.options, **options))
 
 
 __all__ = ["InProcessTarget"]

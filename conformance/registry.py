@@ -2,9 +2,10 @@
 
 A backend name says which kind of target it is: one of snaplab's backends
 (in-process), containerd-<plugin> (containerd's own snapshotter plugins),
-serve-<backend> (snaplab behind `snaplab serve`) or
+serve-<backend> (snaplab behind `snaplab serve`),
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
-plugin). endpoint_targets() gives the one target of a run against a
+plugin) or rootless-<backend> (snaplab's native or overlay run by an
+unprivileged user in a user namespace, conformance/rootless.py). endpoint_targets() gives the one target of a run against a
 service someone else runs (endpoint-<plugin>, conformance/endpoint.py).
 """
 
@@ -17,6 +18,7 @@ from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
 from .endpoint import DEFAULT_NAMESPACE_PREFIX, EndpointTarget
 from .filesystems import FILESYSTEMS
 from .inprocess import InProcessTarget
+from .rootless import ROOTLESS_TARGETS, RootlessTarget
 from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget, ServeTarget
 
 # What is known to fail where (report.py's format); the suite's default.
@@ -31,13 +33,17 @@ DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     # snaplab behind containerd: `snaplab serve` as its proxy
                     # plugin (conformance/serve.py; serve-* and the other
                     # containerd-proxy-snaplab-* backends on request)
-                    "containerd-proxy-snaplab-overlay"]
+                    "containerd-proxy-snaplab-overlay",
+                    # snaplab's backends run rootless, in a user namespace
+                    # (conformance/rootless.py)
+                    *ROOTLESS_TARGETS]
 
 
 def target_classes():
     """{backend name: its Target class}, for every backend name the suite knows."""
     classes = {name: InProcessTarget for name in sorted(backends.BACKENDS)}
     classes.update((name, ContainerdTarget) for name in sorted(PLUGIN_OF_BACKEND))
+    classes.update((name, RootlessTarget) for name in ROOTLESS_TARGETS)
     for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
         classes.update((prefix + served, cls) for served in SERVED_BACKENDS)
     return classes

@@ -6,6 +6,7 @@ refuse there (a Refusal), and has hooks that targets behind a service
 override. The kinds of target build on this module:
 
     conformance/inprocess.py   snaplab's backends, in the test process
+    conformance/rootless.py    snaplab's backends run unprivileged, in a user namespace
     conformance/containerd.py  containerd's own snapshotter plugins
     conformance/serve.py       snaplab behind `snaplab serve` (and containerd)
     conformance/registry.py    every target by name, for conftest.py
@@ -96,6 +97,17 @@ class Target:
     def opener(self, root):
         """A picklable callable that opens the snapshotter of `root` (already
         opened once) in another process; None where the target has none."""
+        return None
+
+    def open_for_case(self, open_now):
+        """The snapshotter a fixture opens for a case: `open_now()`, at once
+        here; a target whose cases run in another process (rootless) gives
+        a handle that opens there."""
+        return open_now()
+
+    def run_case(self, pyfuncitem):
+        """Run the case (pytest's item, its fixtures set up) the target's own
+        way and return True; None: pytest calls its function here, as usual."""
         return None
 
     def restart_service(self):

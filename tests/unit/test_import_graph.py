@@ -34,6 +34,7 @@ CONFORMANCE_LAYERS = [
     {"conformance.target"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",
      "conformance.endpoint"},
+    {"conformance.rootless"},
     {"conformance.registry"},
     {"conformance.helpers"},
     {"conformance.__main__"},
