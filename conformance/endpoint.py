@@ -246,8 +246,13 @@ class EndpointTarget(Target):
     owns_root = False
 
     def __init__(self, address, plugin, namespace_prefix=DEFAULT_NAMESPACE_PREFIX,
-                 declared=None, trait_values=None):
-        super().__init__(ENDPOINT_PREFIX + plugin, ENDPOINT_FILESYSTEM)
+                 declared=None, trait_values=None, containerd=None):
+        # containerd in front gets a row of its own (endpoint-containerd-
+        # overlayfs): its own metadata layer answers first, and the known
+        # differences of containerd's targets are its.
+        super().__init__(ENDPOINT_PREFIX + ("containerd-" if containerd else "") + plugin,
+                         ENDPOINT_FILESYSTEM)
+        self.containerd = containerd  # None: not known yet (asked in setup_session)
         self.address = address
         self.plugin = plugin
         self.names = "%s%s-" % (namespace_prefix, os.urandom(4).hex())
@@ -287,10 +292,12 @@ class EndpointTarget(Target):
             self.isolation = self._isolation()
 
     def _isolation(self):
-        try:
-            containerd = speaks_containerd(self.address)
-        except EndpointUnreachable as unreachable:
-            pytest.fail("nothing serves containerd's snapshots API at %s" % unreachable)
+        containerd = self.containerd
+        if containerd is None:
+            try:
+                containerd = speaks_containerd(self.address)
+            except EndpointUnreachable as unreachable:
+                pytest.fail("nothing serves containerd's snapshots API at %s" % unreachable)
         if not containerd:
             return RootPrefixes(self.address, self.plugin, self.names)
         client = ContainerdClient(self.address)

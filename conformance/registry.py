@@ -6,7 +6,8 @@ serve-<backend> (snaplab behind `snaplab serve`),
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
 plugin) or rootless-<backend> (snaplab's native or overlay run by an
 unprivileged user in a user namespace, conformance/rootless.py). endpoint_targets() gives the one target of a run against a
-service someone else runs (endpoint-<plugin>, conformance/endpoint.py).
+service someone else runs (endpoint-<plugin>, or endpoint-containerd-<plugin>
+where containerd answers: conformance/endpoint.py).
 """
 
 import os
@@ -15,11 +16,13 @@ from snaplab import backends, errors
 
 from . import traits as traitslib
 from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
-from .endpoint import DEFAULT_NAMESPACE_PREFIX, EndpointTarget
+from .endpoint import (DEFAULT_NAMESPACE_PREFIX, EndpointTarget, EndpointUnreachable,
+                       speaks_containerd)
 from .filesystems import FILESYSTEMS
 from .inprocess import InProcessTarget
 from .rootless import ROOTLESS_TARGETS, RootlessTarget
-from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget, ServeTarget
+from .serve import (PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget,
+                    ServeTarget, grpc_missing)
 
 # What is known to fail where (report.py's format); the suite's default.
 KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -73,7 +76,19 @@ def endpoint_targets(address, plugin, namespace_prefix=None, traits_file=None, t
                                      "service of one snapshotter)")
     declared = traitslib.load(traits_file) if traits_file else None
     return [EndpointTarget(address, plugin, namespace_prefix or DEFAULT_NAMESPACE_PREFIX,
-                           declared, traitslib.of_options(trait_options))]
+                           declared, traitslib.of_options(trait_options),
+                           containerd=_speaks_containerd(address))]
+
+
+def _speaks_containerd(address):
+    """Whether containerd answers at `address` (its row is named for it);
+    None when that cannot be asked now: the cases say why."""
+    if grpc_missing():
+        return None
+    try:
+        return speaks_containerd(address)
+    except EndpointUnreachable:
+        return None
 
 
 __all__ = ["DEFAULT_BACKENDS", "KNOWN_DIFFERENCES", "all_targets", "endpoint_targets",
