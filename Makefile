@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 REPORTS ?= reports
 APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd \
-	containerd
+	containerd stargz-snapshotter
 # ZFS for the zfs backend: OpenZFS's tools where the kernel has the module,
 # else zfs-fuse (a daemon; the kernel needs only FUSE). Both are in contrib.
 ZFS_PACKAGE := $(if $(wildcard /sys/module/zfs),zfsutils-linux,zfs-fuse)

@@ -33,7 +33,7 @@ CONFORMANCE_LAYERS = [
     {"conformance.filesystems", "conformance.leaks"},
     {"conformance.target"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",
-     "conformance.endpoint"},
+     "conformance.endpoint", "conformance.stargz"},
     {"conformance.registry"},
     {"conformance.helpers"},
     {"conformance.__main__"},
