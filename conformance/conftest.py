@@ -19,6 +19,12 @@ Choose what to run (options, or the environment variables beside them):
                                       SNAPLAB_ENDPOINT, SNAPLAB_PLUGIN
   --namespace-prefix P                the endpoint's namespaces (or key prefixes)
                                       start with P      SNAPLAB_NAMESPACE_PREFIX
+  --start-command CMD --plugin NAME   instead of the matrix, the row endpoint-NAME:
+                                      snapshotter NAME of a service the suite starts
+                                      from CMD per root ({root}, {socket} in it;
+                                      conformance/started.py) on each of
+                                      --filesystems (default: ext4). Not with
+                                      --endpoint.                SNAPLAB_START_COMMAND
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -38,9 +44,15 @@ from snaplab import mount as mountlib
 from . import report, resultlog
 from .containerd import containerd_daemons_fixture
 from .filesystems import DEFAULT_FILESYSTEMS, FilesystemPool, FilesystemUnavailable
-from .registry import DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets
+from .registry import (DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets,
+                       started_targets)
 from .serve import proxies_fixture
 from .target import Target
+
+
+# A started service's row: one filesystem unless asked (a service per root
+# and filesystem is the costly part).
+STARTED_FILESYSTEMS = ["ext4"]
 
 
 def _split(text):
@@ -52,9 +64,9 @@ def pytest_addoption(parser):
     group.addoption("--backends", default=os.environ.get("SNAPLAB_BACKENDS",
                                                          ",".join(DEFAULT_BACKENDS)),
                     help="comma-separated backends (default: %(default)s)")
-    group.addoption("--filesystems", default=os.environ.get("SNAPLAB_FILESYSTEMS",
-                                                            ",".join(DEFAULT_FILESYSTEMS)),
-                    help="comma-separated filesystems (default: %(default)s)")
+    group.addoption("--filesystems", default=os.environ.get("SNAPLAB_FILESYSTEMS"),
+                    help="comma-separated filesystems (default: %s; with --start-command: %s)"
+                    % (",".join(DEFAULT_FILESYSTEMS), ",".join(STARTED_FILESYSTEMS)))
     group.addoption("--results-json", default=os.environ.get("SNAPLAB_RESULTS_JSON"),
                     help="write the run's results as JSON for `python3 -m conformance.report`")
     group.addoption("--fs-dir", default=os.environ.get("SNAPLAB_FS_DIR"),
@@ -75,6 +87,12 @@ def pytest_addoption(parser):
                          "a service of one snapshotter takes any name)")
     group.addoption("--namespace-prefix", default=os.environ.get("SNAPLAB_NAMESPACE_PREFIX"),
                     help="what the endpoint's case namespaces (or key prefixes) start with")
+    group.addoption("--start-command", default=os.environ.get("SNAPLAB_START_COMMAND"),
+                    metavar="CMD",
+                    help="run the suite against snapshotter --plugin of a service the suite "
+                         "starts itself, one per root, from CMD: {root} and {socket} in it "
+                         "are the root and the unix socket to serve on (the row "
+                         "endpoint-PLUGIN on --filesystems; not with --endpoint)")
 
 
 def pytest_configure(config):
@@ -84,6 +102,17 @@ def pytest_configure(config):
 
 
 def _targets(config):
+    command = config.getoption("--start-command")
+    if command and config.getoption("--endpoint"):
+        raise pytest.UsageError("--endpoint and --start-command are two ways to reach the "
+                                "snapshotter: give one")
+    filesystems = config.getoption("--filesystems")
+    if command:
+        try:
+            return started_targets(command, config.getoption("--plugin"),
+                                   _split(filesystems or ",".join(STARTED_FILESYSTEMS)))
+        except errors.InvalidArgument as bad:
+            raise pytest.UsageError(str(bad)) from None
     if config.getoption("--endpoint"):
         try:
             return endpoint_targets(config.getoption("--endpoint"), config.getoption("--plugin"),
@@ -91,7 +120,7 @@ def _targets(config):
         except errors.InvalidArgument as bad:
             raise pytest.UsageError(str(bad)) from None
     return all_targets(_split(config.getoption("--backends")),
-                       _split(config.getoption("--filesystems")))
+                       _split(filesystems or ",".join(DEFAULT_FILESYSTEMS)))
 
 
 def pytest_generate_tests(metafunc):

@@ -2,10 +2,13 @@
 
 A backend name says which kind of target it is: one of snaplab's backends
 (in-process), containerd-<plugin> (containerd's own snapshotter plugins),
-serve-<backend> (snaplab behind `snaplab serve`) or
+serve-<backend> (snaplab behind `snaplab serve`, conformance/started.py) or
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
-plugin). endpoint_targets() gives the one target of a run against a
-service someone else runs (endpoint-<plugin>, conformance/endpoint.py).
+plugin) or stargz (stargz-snapshotter's daemon, conformance/stargz.py).
+endpoint_targets() gives the one target of a run against a service
+someone else runs (endpoint-<plugin>, conformance/endpoint.py);
+started_targets() the endpoint-<plugin> row of a service the suite starts
+itself from a command, one per filesystem (conformance/started.py).
 """
 
 import os
@@ -16,7 +19,9 @@ from .containerd import PLUGIN_OF_BACKEND, ContainerdTarget
 from .endpoint import DEFAULT_NAMESPACE_PREFIX, EndpointTarget
 from .filesystems import FILESYSTEMS
 from .inprocess import InProcessTarget
-from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget, ServeTarget
+from .serve import PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget
+from .stargz import STARGZ_BACKEND, StargzTarget
+from .started import ServeTarget, StartedTarget
 
 # What is known to fail where (report.py's format); the suite's default.
 KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -30,7 +35,10 @@ DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     # snaplab behind containerd: `snaplab serve` as its proxy
                     # plugin (conformance/serve.py; serve-* and the other
                     # containerd-proxy-snaplab-* backends on request)
-                    "containerd-proxy-snaplab-overlay"]
+                    "containerd-proxy-snaplab-overlay",
+                    # a snapshotter this project did not write, built from
+                    # Debian's sources (conformance/stargz.py)
+                    STARGZ_BACKEND]
 
 
 def target_classes():
@@ -39,6 +47,7 @@ def target_classes():
     classes.update((name, ContainerdTarget) for name in sorted(PLUGIN_OF_BACKEND))
     for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
         classes.update((prefix + served, cls) for served in SERVED_BACKENDS)
+    classes[STARGZ_BACKEND] = StargzTarget
     return classes
 
 
@@ -65,5 +74,20 @@ def endpoint_targets(address, plugin, namespace_prefix=None):
     return [EndpointTarget(address, plugin, namespace_prefix or DEFAULT_NAMESPACE_PREFIX)]
 
 
+def started_targets(command, plugin, filesystem_names):
+    """The endpoint-<plugin> row of the service started from `command` (a
+    template with {root} and {socket}) on each filesystem (InvalidArgument
+    for a bad command, a missing plugin or an unknown filesystem)."""
+    if not plugin:
+        raise errors.InvalidArgument("a start command needs the name of its snapshotter "
+                                     "plugin (--plugin: containerd's plugin name if it starts "
+                                     "a containerd, any name for a service of one snapshotter)")
+    unknown = [f for f in filesystem_names if f not in FILESYSTEMS]
+    if unknown:
+        raise errors.InvalidArgument("unknown filesystem: %s (filesystems: %s)"
+                                     % (", ".join(unknown), ", ".join(FILESYSTEMS)))
+    return [StartedTarget(command, plugin, f) for f in filesystem_names]
+
+
 __all__ = ["DEFAULT_BACKENDS", "KNOWN_DIFFERENCES", "all_targets", "endpoint_targets",
-           "target_classes"]
+           "started_targets", "target_classes"]

@@ -1,9 +1,9 @@
 """containerd-stargz-grpc, a snapshotter this project did not write, as a conformance target.
 
     reason = stargz_missing()          # None, or why it cannot run here
-    template = stargz_command()        # argv with {root} and {socket} left to fill
-    with StargzProcess(root) as stargz:    # started; stopped (SIGINT) on leaving
-        python -m conformance --endpoint stargz.socket --plugin stargz ...
+    command = stargz_command()         # a start command template: {root}, {socket}
+    stargz = stargz_process(root).start()   # a ServiceProcess; .socket, .stop()
+    StargzTarget("stargz", "ext4")     # the stargz-on-<fs> rows of the matrix
 
 stargz-snapshotter (Debian bookworm: 0.12.0) is a proxy snapshotter: layers
 it can mount lazily (eStargz, with the labels containerd's unpacker gives
@@ -15,6 +15,9 @@ snapshot is prepared with containerd.io/snapshot.ref and the remote
 labels, which the suite never sets.
 
 Debian's stargz-snapshotter package ships only ctr-remote, not the daemon.
+The stargz rows (StargzTarget) are conformance/started.py's StartedTarget
+with this command: one daemon per snapshotter root, stopped with SIGTERM.
+
 The daemon is built here, offline, from Debian's packages:
 golang-github-containerd-stargz-snapshotter-dev (the sources) and golang-go,
 with containerd-stargz-grpc.go beside this file as its main package (what
@@ -24,14 +27,21 @@ lands in a cache directory keyed by those inputs and is reused.
 
 import hashlib
 import os
+import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 
-from snaplab import errors
+import pytest
 
-from .serve import STOP_TIMEOUT_S, ServeProcess
+from snaplab import errors
+from snaplab.kernel import FUSE_ZFS_FSTYPE
+
+from .endpoint import EndpointUnreachable, speaks_containerd
+from .filesystems import SERVE_TEMP_PREFIX
+from .process import ServiceProcess
+from .started import StartedTarget, command_argv
+from .target import Refusal
 
 GO = "/usr/bin/go"
 GOPATH_DEBIAN = "/usr/share/gocode"
@@ -57,6 +67,10 @@ no_prometheus = true
 # The daemon's command line; {root} and {socket} are the target's to fill.
 STARGZ_COMMAND = ("{binary}", "--root", "{root}", "--address", "{socket}",
                   "--config", "{config}", "--log-level", "info")
+STARGZ_BACKEND = "stargz"  # the matrix row, and the plugin name on its own socket
+# Its snapshotter keeps containerd overlayfs's layout (metadata.db,
+# snapshots/<id>/fs) here below its --root.
+DATA_SUBDIR = "snapshotter"
 
 
 def stargz_missing():
@@ -135,49 +149,93 @@ def stargz_directory(cache_dir=CACHE_DIR):
 
 
 def stargz_command(cache_dir=CACHE_DIR):
-    """STARGZ_COMMAND with the built daemon and its config filled in,
-    {root} and {socket} left for the caller."""
+    """The start command template (conformance/started.py's: one string,
+    {root} and {socket} left for the caller) of the built daemon."""
     directory = stargz_directory(cache_dir)
     filled = {"binary": os.path.join(directory, BINARY),
               "config": os.path.join(directory, CONFIG),
               "root": "{root}", "socket": "{socket}"}
-    return [arg.format(**filled) for arg in STARGZ_COMMAND]
+    return " ".join(shlex.quote(arg.format(**filled)) for arg in STARGZ_COMMAND)
 
 
-class StargzProcess(ServeProcess):
-    """containerd-stargz-grpc on `root`, its socket and log in a private
-    temp dir as a `snaplab serve` process's (ServeProcess: started, waited
-    for "ready: ", stopped). Stopped with SIGINT: that is the signal on
-    which the daemon closes its snapshotter (SIGTERM leaves it for a
-    restart). A context manager: started on entry, stopped and its temp
-    dir removed on leaving."""
+class StargzProcess(ServiceProcess):
+    """containerd-stargz-grpc: an exit before it is ready is a refusal
+    (FailedPrecondition with its last log line: it exits 1 only on a bad
+    flag, config or root, overlayutils.Supported's "does not support d_type"...)."""
 
-    def __init__(self, root, command=None):
-        super().__init__(root, "stargz")
-        self.command = list(command or stargz_command())
+    name = "containerd-stargz-grpc"
 
-    def argv(self):
-        return [arg.format(root=self.root, socket=self.socket) for arg in self.command]
-
-    def stop(self, signum=signal.SIGINT, timeout=STOP_TIMEOUT_S):
-        return super().stop(signum, timeout)
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.discard()
-            raise
-
-    def __exit__(self, *exc):
-        try:
-            code = self.stop()
-            if code != 0:
-                raise errors.FailedPrecondition("containerd-stargz-grpc exited %s: %s"
-                                                % (code, self.log()))
-        finally:
-            self.discard()
+    def failure(self, code):
+        lines = [line for line in self.log().splitlines() if line.strip()]
+        return errors.FailedPrecondition("containerd-stargz-grpc exited %s before it was "
+                                         "ready: %s" % (code, lines[-1] if lines else "(no output)"))
 
 
-__all__ = ["STARGZ_COMMAND", "STARGZ_CONFIG", "StargzProcess", "stargz_command",
-           "stargz_directory", "stargz_missing"]
+def answers(process):
+    """Whether something answers containerd's API at the process's socket."""
+    if not os.path.exists(process.socket):
+        return False
+    try:
+        speaks_containerd(process.socket)
+    except EndpointUnreachable:
+        return False
+    return True
+
+
+def stargz_process(root, command=None):
+    """A (not yet started) containerd-stargz-grpc on `root`, its socket and
+    log in a private temp dir named as serve's (so conformance.leaks finds a
+    left-over one)."""
+    workdir = tempfile.mkdtemp(prefix=SERVE_TEMP_PREFIX)
+    socket = os.path.join(workdir, "stargz.sock")
+    return StargzProcess(command_argv(command or stargz_command(), root, socket), socket,
+                         workdir, ready=answers)
+
+
+class StargzTarget(StartedTarget):
+    """stargz-snapshotter on one filesystem, e.g. stargz-on-xfs: a
+    StartedTarget with stargz_command(), built when the session starts
+    (the cases skip with stargz_missing()'s reason where it cannot be)."""
+
+    service = "containerd-stargz-grpc"
+
+    def __init__(self, backend, filesystem):
+        # The daemon's path is known once it is built (setup_session).
+        super().__init__(" ".join(STARGZ_COMMAND), STARGZ_BACKEND, filesystem, backend=backend)
+
+    def setup_session(self, request):
+        super().setup_session(request)
+        reason = stargz_missing()
+        if reason:
+            pytest.skip(reason)
+        self.start_command = _built_command()
+
+    def new_process(self, root, options, ready):
+        if options:
+            raise errors.InvalidArgument("containerd-stargz-grpc takes its options from its "
+                                         "config, not %s" % (options,))
+        return stargz_process(root, self.start_command)
+
+    def expected_refusal(self):
+        # overlayutils.Supported, as containerd's overlayfs plugin.
+        fstype = self.fstype()
+        if not self.spec.d_type or fstype == FUSE_ZFS_FSTYPE:
+            return Refusal("d_type", explanation=(
+                "zfs-fuse fills in no d_type" if fstype == FUSE_ZFS_FSTYPE else None))
+        return None
+
+    def data_dir(self, root):
+        return os.path.join(root, DATA_SUBDIR)
+
+
+_BUILT = []  # the command once built in this process
+
+
+def _built_command():
+    if not _BUILT:
+        _BUILT.append(stargz_command())
+    return _BUILT[0]
+
+
+__all__ = ["STARGZ_BACKEND", "STARGZ_COMMAND", "STARGZ_CONFIG", "StargzProcess", "StargzTarget",
+           "stargz_command", "stargz_directory", "stargz_missing", "stargz_process"]

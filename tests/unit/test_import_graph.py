@@ -31,9 +31,10 @@ COLLECTION_CORE = "ansible_collections.snaplab.snapshots.plugins.module_utils._s
 CONFORMANCE_LAYERS = [
     {"conformance.fstest", "conformance.resultlog", "conformance.report"},
     {"conformance.filesystems", "conformance.leaks"},
-    {"conformance.target"},
+    {"conformance.target", "conformance.process"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",
-     "conformance.endpoint", "conformance.stargz"},
+     "conformance.endpoint"},
+    {"conformance.started", "conformance.stargz"},
     {"conformance.registry"},
     {"conformance.helpers"},
     {"conformance.__main__"},
