@@ -1,15 +1,22 @@
-// containerd-stargz-grpc for the conformance suite, built offline from
-// Debian's golang-github-containerd-stargz-snapshotter-dev (0.12.0) by
-// conformance/stargz.py. Debian's stargz-snapshotter package ships only
-// ctr-remote, not this daemon; this is upstream's
-// cmd/containerd-stargz-grpc/main.go (v0.12.0) without what Debian does not
-// package: the CRI and kubeconfig keychains (k8s.io/cri-api), IPFS, the bolt
-// metadata store, the metrics and debug listeners. What remains is upstream's
-// path: service.NewStargzSnapshotterService behind containerd's
-// contrib/snapshotservice, the same flags (--address, --root, --config,
-// --log-level), SIGINT closes the snapshotter (unmounts), SIGTERM does not.
-// It says "ready: " on stderr once it listens (conformance/serve.py waits for it).
-
+// A containerd-stargz-grpc daemon for the conformance suite.
+//
+// Debian packages stargz-snapshotter's Go library
+// (golang-github-containerd-stargz-snapshotter-dev) but ships no daemon built
+// from it, so conformance/stargz.py builds this one, offline, against those
+// sources. It serves stargz's snapshotter (service.NewStargzSnapshotterService,
+// the same constructor upstream's daemon calls) over containerd's snapshots
+// gRPC API on a unix socket, as a proxy plugin would be reached.
+//
+// What it leaves out: registry credentials and their keychains (the suite
+// never sets the labels that make stargz fetch a remote layer), and the
+// prefetch, background fetch and metrics of remote layers (switched off, so
+// that a snapshot that did get remote labels fails instead of fetching).
+//
+//	containerd-stargz-grpc --root DIR --address SOCKET
+//
+// Once it listens it writes a line containing "ready: " to stderr. SIGTERM
+// and SIGINT stop it: the server stops taking calls, the snapshotter is closed,
+// the socket goes.
 package main
 
 import (
@@ -20,82 +27,68 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/contrib/snapshotservice"
-	"github.com/containerd/containerd/log"
-	"github.com/containerd/stargz-snapshotter/fs"
-	memorymetadata "github.com/containerd/stargz-snapshotter/metadata/memory"
 	"github.com/containerd/stargz-snapshotter/service"
-	"github.com/containerd/stargz-snapshotter/service/keychain/dockerconfig"
-	"github.com/containerd/stargz-snapshotter/service/resolver"
-	"github.com/pelletier/go-toml"
-	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
-var (
-	address    = flag.String("address", "/run/containerd-stargz-grpc/containerd-stargz-grpc.sock", "address for the snapshotter's GRPC server")
-	configPath = flag.String("config", "", "path to the configuration file")
-	logLevel   = flag.String("log-level", "info", "set the logging level")
-	rootDir    = flag.String("root", "/var/lib/containerd-stargz-grpc", "path to the root directory for this snapshotter")
-)
+func fail(what string, err error) {
+	fmt.Fprintf(os.Stderr, "containerd-stargz-grpc: %s: %v\n", what, err)
+	os.Exit(1)
+}
 
 func main() {
+	root := flag.String("root", "", "directory of the snapshotter's state (required)")
+	socket := flag.String("address", "", "unix socket to serve on (required)")
 	flag.Parse()
-	lvl, err := logrus.ParseLevel(*logLevel)
-	if err != nil {
-		log.L.WithError(err).Fatal("failed to prepare logger")
+	if *root == "" || *socket == "" {
+		fmt.Fprintln(os.Stderr, "usage: containerd-stargz-grpc --root DIR --address SOCKET")
+		os.Exit(2)
 	}
-	logrus.SetLevel(lvl)
-	ctx := log.WithLogger(context.Background(), log.L)
+
+	// overlayfs underneath: refuses a filesystem without d_type, as
+	// containerd's overlayfs plugin does.
+	if err := service.Supported(*root); err != nil {
+		fail("the root cannot hold stargz snapshots", err)
+	}
 	var config service.Config
-	if *configPath != "" {
-		tree, err := toml.LoadFile(*configPath)
-		if err != nil {
-			log.G(ctx).WithError(err).Fatalf("failed to load config file %q", *configPath)
-		}
-		if err := tree.Unmarshal(&config); err != nil {
-			log.G(ctx).WithError(err).Fatalf("failed to unmarshal config file %q", *configPath)
-		}
-	}
-	if err := service.Supported(*rootDir); err != nil {
-		log.G(ctx).WithError(err).Fatalf("snapshotter is not supported")
-	}
-	rpc := grpc.NewServer()
-	credsFuncs := []resolver.Credential{dockerconfig.NewDockerconfigKeychain(ctx)}
-	fsOpts := []fs.Option{fs.WithMetricsLogLevel(logrus.InfoLevel), fs.WithMetadataStore(memorymetadata.NewReader)}
-	rs, err := service.NewStargzSnapshotterService(ctx, *rootDir, &config,
-		service.WithCredsFuncs(credsFuncs...), service.WithFilesystemOptions(fsOpts...))
+	config.NoPrefetch = true
+	config.NoBackgroundFetch = true
+	config.NoPrometheus = true
+	snapshotter, err := service.NewStargzSnapshotterService(context.Background(), *root, &config)
 	if err != nil {
-		log.G(ctx).WithError(err).Fatalf("failed to configure snapshotter")
+		fail("opening the snapshotter", err)
 	}
-	snapshotsapi.RegisterSnapshotsServer(rpc, snapshotservice.FromSnapshotter(rs))
-	if err := os.MkdirAll(filepath.Dir(*address), 0700); err != nil {
-		log.G(ctx).WithError(err).Fatal("socket directory")
+
+	if err := os.MkdirAll(filepath.Dir(*socket), 0o700); err != nil {
+		fail("making the socket's directory", err)
 	}
-	if err := os.RemoveAll(*address); err != nil {
-		log.G(ctx).WithError(err).Fatal("old socket")
+	if err := os.Remove(*socket); err != nil && !os.IsNotExist(err) {
+		fail("removing a stale socket", err)
 	}
-	l, err := net.Listen("unix", *address)
+	listener, err := net.Listen("unix", *socket)
 	if err != nil {
-		log.G(ctx).WithError(err).Fatalf("failed to listen on %q", *address)
+		fail("listening", err)
 	}
-	errCh := make(chan error, 1)
-	go func() { errCh <- rpc.Serve(l) }()
-	fmt.Fprintf(os.Stderr, "containerd-stargz-grpc ready: serving on %s\n", *address)
-	sigCh := make(chan os.Signal, 1)
-	signal.Notify(sigCh, unix.SIGINT, unix.SIGTERM)
+	server := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(snapshotter))
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(listener) }()
+	fmt.Fprintf(os.Stderr, "containerd-stargz-grpc ready: %s\n", *socket)
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	select {
-	case s := <-sigCh:
-		log.G(ctx).Infof("Got %v", s)
-		if s == unix.SIGINT {
-			rs.Close()
-		}
-	case err := <-errCh:
-		log.G(ctx).WithError(err).Fatal("serving")
+	case got := <-stop:
+		fmt.Fprintf(os.Stderr, "containerd-stargz-grpc: %v: stopping\n", got)
+	case err := <-served:
+		fail("serving", err)
 	}
-	rpc.Stop() // closes the listener, which removes the socket
-	log.G(ctx).Info("Exiting")
+	server.Stop() // closes the listener, which removes the socket
+	if err := snapshotter.Close(); err != nil {
+		fail("closing the snapshotter", err)
+	}
 }

@@ -21,7 +21,7 @@ with this command: one daemon per snapshotter root, stopped with SIGTERM.
 The daemon is built here, offline, from Debian's packages:
 golang-github-containerd-stargz-snapshotter-dev (the sources) and golang-go,
 with containerd-stargz-grpc.go beside this file as its main package (what
-it leaves out of upstream's main, and why, is in its header). The build
+it serves and leaves out, and why, is in its header). The build
 lands in a cache directory keyed by those inputs and is reused.
 """
 
@@ -55,18 +55,8 @@ LEFT_OUT = ("service/resolver/cri.go",)
 BUILD_TIMEOUT_S = 600
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "snaplab")
 BINARY = "containerd-stargz-grpc"
-CONFIG = "config.toml"
-# Only remote (lazily pulled) layers would prefetch, fetch in the
-# background or export metrics; said anyway, so that a snapshot that did
-# get the remote labels fails at once instead of fetching.
-STARGZ_CONFIG = """\
-noprefetch = true
-no_background_fetch = true
-no_prometheus = true
-"""
 # The daemon's command line; {root} and {socket} are the target's to fill.
-STARGZ_COMMAND = ("{binary}", "--root", "{root}", "--address", "{socket}",
-                  "--config", "{config}", "--log-level", "info")
+STARGZ_COMMAND = ("{binary}", "--root", "{root}", "--address", "{socket}")
 STARGZ_BACKEND = "stargz"  # the matrix row, and the plugin name on its own socket
 # Its snapshotter keeps containerd overlayfs's layout (metadata.db,
 # snapshots/<id>/fs) here below its --root.
@@ -91,7 +81,6 @@ def _build_key():
         digest.update(source.read())
     for argv in (["dpkg-query", "-W", "-f=${Version}", STARGZ_DEV_PACKAGE], [GO, "version"]):
         digest.update(subprocess.run(argv, check=False, capture_output=True).stdout)
-    digest.update(STARGZ_CONFIG.encode())
     return digest.hexdigest()[:16]
 
 
@@ -119,12 +108,10 @@ def _build(into):
                                         "sources failed: %s" % built.stderr.strip())
     shutil.rmtree(gopath)
     shutil.rmtree(env["GOCACHE"])
-    with open(os.path.join(into, CONFIG), "w", encoding="utf-8") as config:
-        config.write(STARGZ_CONFIG)
 
 
 def stargz_directory(cache_dir=CACHE_DIR):
-    """The directory of the built daemon and its config, built first if
+    """The directory of the built daemon, built first if
     needed (FailedPrecondition with stargz_missing()'s reason or go's output
     when it cannot be). Two builds at once both build; the first to
     finish is kept."""
@@ -152,16 +139,14 @@ def stargz_command(cache_dir=CACHE_DIR):
     """The start command template (conformance/started.py's: one string,
     {root} and {socket} left for the caller) of the built daemon."""
     directory = stargz_directory(cache_dir)
-    filled = {"binary": os.path.join(directory, BINARY),
-              "config": os.path.join(directory, CONFIG),
-              "root": "{root}", "socket": "{socket}"}
+    filled = {"binary": os.path.join(directory, BINARY), "root": "{root}", "socket": "{socket}"}
     return " ".join(shlex.quote(arg.format(**filled)) for arg in STARGZ_COMMAND)
 
 
 class StargzProcess(ServiceProcess):
     """containerd-stargz-grpc: an exit before it is ready is a refusal
-    (FailedPrecondition with its last log line: it exits 1 only on a bad
-    flag, config or root, overlayutils.Supported's "does not support d_type"...)."""
+    (FailedPrecondition with its last log line, e.g. overlayutils.Supported's
+    "does not support d_type" for a root it cannot use)."""
 
     name = "containerd-stargz-grpc"
 
@@ -213,7 +198,7 @@ class StargzTarget(StartedTarget):
     def new_process(self, root, options, ready):
         if options:
             raise errors.InvalidArgument("containerd-stargz-grpc takes its options from its "
-                                         "config, not %s" % (options,))
+                                         "own command line, not %s" % (options,))
         return stargz_process(root, self.start_command)
 
     def expected_refusal(self):
@@ -237,5 +222,5 @@ def _built_command():
     return _BUILT[0]
 
 
-__all__ = ["STARGZ_BACKEND", "STARGZ_COMMAND", "STARGZ_CONFIG", "StargzProcess", "StargzTarget",
+__all__ = ["STARGZ_BACKEND", "STARGZ_COMMAND", "StargzProcess", "StargzTarget",
            "stargz_command", "stargz_directory", "stargz_missing", "stargz_process"]
