@@ -3,6 +3,8 @@
     python -m conformance --endpoint unix:///run/containerd/containerd.sock \\
         --plugin overlayfs --report DIR [--traits FILE] [--trait NAME=VALUE] \\
         [--namespace-prefix P] [pytest args...]
+    python -m conformance --start-command "my-snapshotter --root {root} --address {socket}" \\
+        --plugin mine --report DIR [--filesystems ext4,xfs] [pytest args...]
 
 runs the suite's cases (the test modules of this package, found beside
 this file: no repository needed, any working directory) against
@@ -14,6 +16,17 @@ there). Whatever else is on the command line goes to pytest (`-k walk`,
 does where containerd's contract leaves a choice: conformance/traits.py);
 without one, a plugin the suite knows (overlayfs, native, btrfs, ...) gets
 the suite's own, any other every trait's default.
+
+With --start-command instead of --endpoint, the suite starts the service
+itself, one process per snapshotter root a case opens, from the command:
+{root} (a fresh root on the filesystem under test) and {socket} (a unix
+socket to serve on) are put into its arguments (conformance/started.py).
+Then the suite sees the storage, and the lifecycle cases run too
+(test_lifecycle.py: stop with SIGTERM and SIGINT, SIGKILL mid-call,
+restart, nothing left on disk). The row is endpoint-<plugin> on each of
+--filesystems (default: ext4). --endpoint and --start-command together are
+refused: the lifecycle cases need a service the suite started, and every
+other case runs as well on it.
 
 With --report DIR, DIR receives what `make pytest` writes: results.json
 and junit.xml from pytest, report.md and report.html from
@@ -39,9 +52,18 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m conformance",
         description="Run snaplab's conformance suite against a service of containerd's "
-                    "snapshots gRPC API. Other arguments go to pytest.")
-    parser.add_argument("--endpoint", required=True, metavar="ADDRESS",
-                        help="its socket: unix:///path or a path")
+                    "snapshots gRPC API, running (--endpoint) or started by the suite "
+                    "(--start-command). Other arguments go to pytest.")
+    reach = parser.add_mutually_exclusive_group(required=True)
+    reach.add_argument("--endpoint", metavar="ADDRESS",
+                       help="its socket: unix:///path or a path")
+    reach.add_argument("--start-command", metavar="CMD",
+                       help="start the service per root from CMD, with {root} and {socket} "
+                            "in it (the root to keep its data in, the unix socket to serve "
+                            "on): the lifecycle cases run too")
+    parser.add_argument("--filesystems", metavar="NAMES",
+                        help="with --start-command: the comma-separated filesystems its "
+                             "roots go on (default: ext4)")
     parser.add_argument("--plugin", required=True, metavar="NAME",
                         help="the snapshotter plugin: containerd's name for it (overlayfs, "
                              "native, a proxy plugin's name...); a service of one "
@@ -68,8 +90,13 @@ def pytest_argv(args, extra):
     argv = [SUITE_DIR,
             # The suite's directory may be read-only (site-packages).
             "-p", "no:cacheprovider",
-            "--endpoint", args.endpoint, "--plugin", args.plugin,
-            "--known-failures", args.known_failures]
+            "--plugin", args.plugin, "--known-failures", args.known_failures]
+    if args.endpoint:
+        argv += ["--endpoint", args.endpoint]
+    else:
+        argv += ["--start-command", args.start_command]
+    if args.filesystems:
+        argv += ["--filesystems", args.filesystems]
     if args.namespace_prefix:
         argv += ["--namespace-prefix", args.namespace_prefix]
     if args.traits:

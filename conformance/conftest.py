@@ -19,9 +19,16 @@ Choose what to run (options, or the environment variables beside them):
                                       SNAPLAB_ENDPOINT, SNAPLAB_PLUGIN
   --namespace-prefix P                the endpoint's namespaces (or key prefixes)
                                       start with P      SNAPLAB_NAMESPACE_PREFIX
-  --traits FILE                       the endpoint's traits (conformance/traits.py
+  --traits FILE                       the traits of the endpoint's (or start
+                                      command's) snapshotter (conformance/traits.py
                                       says what they are)         SNAPLAB_TRAITS
   --trait NAME=VALUE                  one trait on top; repeatable
+  --start-command CMD --plugin NAME   instead of the matrix, the row endpoint-NAME:
+                                      snapshotter NAME of a service the suite starts
+                                      from CMD per root ({root}, {socket} in it;
+                                      conformance/started.py) on each of
+                                      --filesystems (default: ext4). Not with
+                                      --endpoint.                SNAPLAB_START_COMMAND
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
@@ -43,9 +50,15 @@ from . import report, resultlog
 from . import traits as traitslib
 from .containerd import containerd_daemons_fixture
 from .filesystems import DEFAULT_FILESYSTEMS, FilesystemPool, FilesystemUnavailable
-from .registry import DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets
+from .registry import (DEFAULT_BACKENDS, KNOWN_DIFFERENCES, all_targets, endpoint_targets,
+                       started_targets)
 from .serve import proxies_fixture
 from .target import Target
+
+
+# A started service's row: one filesystem unless asked (a service per root
+# and filesystem is the costly part).
+STARTED_FILESYSTEMS = ["ext4"]
 
 
 def _split(text):
@@ -57,9 +70,9 @@ def pytest_addoption(parser):
     group.addoption("--backends", default=os.environ.get("SNAPLAB_BACKENDS",
                                                          ",".join(DEFAULT_BACKENDS)),
                     help="comma-separated backends (default: %(default)s)")
-    group.addoption("--filesystems", default=os.environ.get("SNAPLAB_FILESYSTEMS",
-                                                            ",".join(DEFAULT_FILESYSTEMS)),
-                    help="comma-separated filesystems (default: %(default)s)")
+    group.addoption("--filesystems", default=os.environ.get("SNAPLAB_FILESYSTEMS"),
+                    help="comma-separated filesystems (default: %s; with --start-command: %s)"
+                    % (",".join(DEFAULT_FILESYSTEMS), ",".join(STARTED_FILESYSTEMS)))
     group.addoption("--results-json", default=os.environ.get("SNAPLAB_RESULTS_JSON"),
                     help="write the run's results as JSON for `python3 -m conformance.report`")
     group.addoption("--fs-dir", default=os.environ.get("SNAPLAB_FS_DIR"),
@@ -81,12 +94,19 @@ def pytest_addoption(parser):
     group.addoption("--namespace-prefix", default=os.environ.get("SNAPLAB_NAMESPACE_PREFIX"),
                     help="what the endpoint's case namespaces (or key prefixes) start with")
     group.addoption("--traits", default=os.environ.get("SNAPLAB_TRAITS"), metavar="FILE",
-                    help="the endpoint's traits: a YAML file of `name: value` lines "
+                    help="the traits of the endpoint's or start command's snapshotter: a "
+                         "YAML file of `name: value` lines "
                          "(default: the suite's own for a plugin it knows, else every "
                          "trait at its default)")
     group.addoption("--trait", action="append", default=[], metavar="NAME=VALUE",
                     help="one of the endpoint's traits, on top of --traits; repeatable "
                          "(traits: %s)" % ", ".join(traitslib.TRAIT_OF_NAME))
+    group.addoption("--start-command", default=os.environ.get("SNAPLAB_START_COMMAND"),
+                    metavar="CMD",
+                    help="run the suite against snapshotter --plugin of a service the suite "
+                         "starts itself, one per root, from CMD: {root} and {socket} in it "
+                         "are the root and the unix socket to serve on (the row "
+                         "endpoint-PLUGIN on --filesystems; not with --endpoint)")
 
 
 def pytest_configure(config):
@@ -109,6 +129,18 @@ def _targets(config):
 
 
 def _make_targets(config):
+    command = config.getoption("--start-command")
+    if command and config.getoption("--endpoint"):
+        raise pytest.UsageError("--endpoint and --start-command are two ways to reach the "
+                                "snapshotter: give one")
+    filesystems = config.getoption("--filesystems")
+    if command:
+        try:
+            return started_targets(command, config.getoption("--plugin"),
+                                   _split(filesystems or ",".join(STARTED_FILESYSTEMS)),
+                                   config.getoption("--traits"), config.getoption("--trait"))
+        except errors.InvalidArgument as bad:
+            raise pytest.UsageError(str(bad)) from None
     if config.getoption("--endpoint"):
         try:
             return endpoint_targets(config.getoption("--endpoint"), config.getoption("--plugin"),
@@ -117,10 +149,11 @@ def _make_targets(config):
         except errors.InvalidArgument as bad:
             raise pytest.UsageError(str(bad)) from None
     if config.getoption("--traits") or config.getoption("--trait"):
-        raise pytest.UsageError("--traits and --trait are an endpoint's: the matrix's "
-                                "snapshotters declare theirs in conformance/traits/")
+        raise pytest.UsageError("--traits and --trait are an endpoint's or a start "
+                                "command's: the matrix's snapshotters declare theirs in "
+                                "conformance/traits/")
     return all_targets(_split(config.getoption("--backends")),
-                       _split(config.getoption("--filesystems")))
+                       _split(filesystems or ",".join(DEFAULT_FILESYSTEMS)))
 
 
 def pytest_generate_tests(metafunc):
@@ -148,7 +181,7 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if item not in not_applicable]
     # What the result file and the report need to place each result.
     known = _known_failures(config)
-    strict = not config.getoption("--endpoint")
+    strict = not (config.getoption("--endpoint") or config.getoption("--start-command"))
     run = {"label": os.environ.get("SNAPLAB_RUN_LABEL", ""), "kernel": platform.release(),
            "distro": resultlog.os_release_name()}
     for item in items:

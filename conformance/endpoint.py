@@ -260,26 +260,10 @@ class EndpointTarget(Target):
         self.declared = declared  # the Traits of the user's file (--traits)
         self.trait_values = dict(trait_values or {})  # and on top, --trait NAME=VALUE
 
-    def traits_name(self):
-        """The suite's own file for a plugin it knows: snaplab's served
-        backends by serve's plugin names (snaplab-overlay), containerd's
-        plugins by their own (overlayfs)."""
-        for name in (self.plugin, "containerd-" + self.plugin):
-            if os.path.exists(os.path.join(traitslib.TRAITS_DIR, name + ".yml")):
-                return name
-        return None
-
     @property
     def traits(self):
-        """What the user's file declares, else what the suite knows of the
-        plugin, else the defaults; the user's --trait values on top; as
-        seen through containerd where it answers."""
-        traits = self.declared
-        if traits is None:
-            name = self.traits_name()
-            traits = (traitslib.known(name) if name else None) or traitslib.Traits()
-        if self.trait_values:
-            traits = traits.replace(source="%s and --trait" % traits.source, **self.trait_values)
+        """traits.of_plugin's, as seen through containerd where it answers."""
+        traits = traitslib.of_plugin(self.plugin, self.declared, self.trait_values)
         if isinstance(self.isolation, RootNamespaces):
             traits = through_containerd(traits)
         return traits

@@ -2,12 +2,16 @@
 
 A backend name says which kind of target it is: one of snaplab's backends
 (in-process), containerd-<plugin> (containerd's own snapshotter plugins),
-serve-<backend> (snaplab behind `snaplab serve`),
+serve-<backend> (snaplab behind `snaplab serve`, conformance/started.py),
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
-plugin) or rootless-<backend> (snaplab's native or overlay run by an
-unprivileged user in a user namespace, conformance/rootless.py). endpoint_targets() gives the one target of a run against a
-service someone else runs (endpoint-<plugin>, or endpoint-containerd-<plugin>
-where containerd answers: conformance/endpoint.py).
+plugin), rootless-<backend> (snaplab's native or overlay run by an
+unprivileged user in a user namespace, conformance/rootless.py) or stargz
+(stargz-snapshotter's daemon, conformance/stargz.py). endpoint_targets()
+gives the one target of a run against a service someone else runs
+(endpoint-<plugin>, or endpoint-containerd-<plugin> where containerd
+answers: conformance/endpoint.py); started_targets() the endpoint-<plugin>
+row of a service the suite starts itself from a command, one per
+filesystem (conformance/started.py).
 """
 
 import os
@@ -22,7 +26,9 @@ from .filesystems import FILESYSTEMS
 from .inprocess import InProcessTarget
 from .rootless import ROOTLESS_TARGETS, RootlessTarget
 from .serve import (PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget,
-                    ServeTarget, grpc_missing)
+                    grpc_missing)
+from .stargz import STARGZ_BACKEND, StargzTarget
+from .started import ServeTarget, StartedTarget
 
 # What is known to fail where (report.py's format); the suite's default.
 KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -39,7 +45,10 @@ DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     "containerd-proxy-snaplab-overlay",
                     # snaplab's backends run rootless, in a user namespace
                     # (conformance/rootless.py)
-                    *ROOTLESS_TARGETS]
+                    *ROOTLESS_TARGETS,
+                    # a snapshotter this project did not write, built from
+                    # Debian's sources (conformance/stargz.py)
+                    STARGZ_BACKEND]
 
 
 def target_classes():
@@ -49,6 +58,7 @@ def target_classes():
     classes.update((name, RootlessTarget) for name in ROOTLESS_TARGETS)
     for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
         classes.update((prefix + served, cls) for served in SERVED_BACKENDS)
+    classes[STARGZ_BACKEND] = StargzTarget
     return classes
 
 
@@ -91,5 +101,24 @@ def _speaks_containerd(address):
         return None
 
 
+def started_targets(command, plugin, filesystem_names, traits_file=None, trait_options=()):
+    """The endpoint-<plugin> row of the service started from `command` (a
+    template with {root} and {socket}) on each filesystem (InvalidArgument
+    for a bad command, a missing plugin or an unknown filesystem); traits
+    as endpoint_targets'."""
+    if not plugin:
+        raise errors.InvalidArgument("a start command needs the name of its snapshotter "
+                                     "plugin (--plugin: containerd's plugin name if it starts "
+                                     "a containerd, any name for a service of one snapshotter)")
+    unknown = [f for f in filesystem_names if f not in FILESYSTEMS]
+    if unknown:
+        raise errors.InvalidArgument("unknown filesystem: %s (filesystems: %s)"
+                                     % (", ".join(unknown), ", ".join(FILESYSTEMS)))
+    declared = traitslib.load(traits_file) if traits_file else None
+    values = traitslib.of_options(trait_options)
+    return [StartedTarget(command, plugin, f, declared=declared, trait_values=values)
+            for f in filesystem_names]
+
+
 __all__ = ["DEFAULT_BACKENDS", "KNOWN_DIFFERENCES", "all_targets", "endpoint_targets",
-           "target_classes"]
+           "started_targets", "target_classes"]

@@ -1,22 +1,22 @@
 """`snaplab serve` as a real process, for the tests and the suite's serve targets.
 
-ServeProcess starts `python -m snaplab ... serve --socket PATH` on a root,
-waits for its "ready" log line, and stops it with SIGTERM (SIGKILL only if
-it does not stop in time, reported as a failure). ServedSnapshotter is a
-RemoteSnapshotter that owns such a process: closing it stops the process.
-A process that exits before it is ready raises the snaplab error class of
-its exit code with its own last stderr line, so a refusal reads the same
-through serve as in-process.
+ServeProcess starts `python -m snaplab ... serve --socket PATH` on a root
+(conformance/process.py's ServiceProcess: its own process group, its log in
+a private temp dir), waits for its "ready" log line, and stops it with
+SIGTERM (SIGKILL only if it does not stop in time, reported as a failure).
+ServedSnapshotter is a RemoteSnapshotter that owns such a process: closing
+it stops the process. A process that exits before it is ready raises the
+snaplab error class of its exit code with its own last stderr line, so a
+refusal reads the same through serve as in-process. serve_command() is the
+same command line as a start command template ({root}, {socket}): the
+serve-* targets (conformance/started.py) are started from it.
 """
 
-import functools
 import os
+import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -26,13 +26,15 @@ from snaplab import options as optionlib
 
 from .containerd import Containerd, ContainerdTarget, unavailable_reason
 from .filesystems import SERVE_TEMP_PREFIX
-from .target import Target, make_snaplab_root, snaplab_refusal
+from .process import START_TIMEOUT_S, STOP_TIMEOUT_S, ServiceFailed, ServiceProcess, \
+    service_environ
+from .target import make_snaplab_root, snaplab_refusal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_MARK = " ready: "
-START_TIMEOUT_S = 60
-STOP_TIMEOUT_S = 30
 ERROR_OF_EXIT_CODE = {cls.exit_code: cls for cls in errors.ALL}
+# The name the tests know for ServiceFailed of a serve process.
+ServeFailed = ServiceFailed
 
 
 def option_args(backend, options):
@@ -45,68 +47,56 @@ def option_args(backend, options):
     return [arg for text in texts for arg in ("--option", text)]
 
 
-class ServeFailed(Exception):
-    """The serve process did not start, or did not stop as it should."""
+def serve_argv(python, root, backend, options, socket):
+    """snaplab serve's command line."""
+    return [python, "-m", "snaplab", "--root", root, "--backend", backend,
+            *option_args(backend, options), "serve", "--socket", socket]
 
 
-class ServeProcess:
+def serve_command(backend, options=None, python=None):
+    """snaplab serve of `backend` as a start command template."""
+    return shlex.join(serve_argv(python or sys.executable, "{root}", backend, options,
+                                 "{socket}"))
+
+
+class ServeProcess(ServiceProcess):
     """One `snaplab serve` process; its socket and log in a private temp dir
     (short: a unix socket path has at most 107 bytes)."""
 
+    name = "snaplab serve"
+
     def __init__(self, root, backend, options=None, socket_path=None, python=None):
+        workdir = tempfile.mkdtemp(prefix=SERVE_TEMP_PREFIX)
+        super().__init__([], socket_path or os.path.join(workdir, "serve.sock"), workdir,
+                         cwd=REPO)
+        self.log_path = os.path.join(workdir, "serve.log")
         self.root = root
         self.backend = backend
         self.options = dict(options or {})
-        self.workdir = tempfile.mkdtemp(prefix=SERVE_TEMP_PREFIX)
-        self.socket = socket_path or os.path.join(self.workdir, "serve.sock")
-        self.log_path = os.path.join(self.workdir, "serve.log")
         self.python = python or sys.executable
-        self.process = None
-        self.returncode = None
-        self._final_log = None  # the log as it was when the temp dir went
+        self._ready_before = 0
 
     def argv(self):
-        return [self.python, "-m", "snaplab", "--root", self.root, "--backend", self.backend,
-                *option_args(self.backend, self.options), "serve", "--socket", self.socket]
+        return serve_argv(self.python, self.root, self.backend, self.options, self.socket)
 
     def environ(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLAB_")}
+        env = service_environ()
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
-    def log(self):
-        if self._final_log is not None:
-            return self._final_log
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as text:
-                return text.read()
-        except FileNotFoundError:
-            return ""
+    def is_ready(self):
+        return self.log().count(READY_MARK) > self._ready_before
 
     def start(self, timeout=START_TIMEOUT_S):
-        """Start and wait until it is ready; returns self. On an early exit
-        raises the error class of its exit code (ServeFailed for others)."""
-        ready_before = self.log().count(READY_MARK)  # start() again restarts it
-        self.returncode = None
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv(), cwd=REPO, env=self.environ(),
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while self.log().count(READY_MARK) == ready_before:
-            code = self.process.poll()
-            if code is not None:
-                self.returncode = code
-                self.discard()
-                raise self.failure(code)
-            if time.monotonic() > deadline:
-                try:
-                    self.stop()
-                finally:
-                    self.discard()
-                raise ServeFailed("snaplab serve was not ready within %d s: %s"
-                                  % (timeout, self.log()))
-            time.sleep(0.02)
-        return self
+        """Start and wait until it logs "ready"; returns self. On an early
+        exit raises the error class of its exit code (ServeFailed for
+        others). start() again restarts it."""
+        self._ready_before = self.log().count(READY_MARK)
+        try:
+            return super().start(timeout)
+        except BaseException:
+            self.discard()
+            raise
 
     def failure(self, code):
         lines = [line for line in self.log().splitlines() if line.strip()]
@@ -117,30 +107,9 @@ class ServeProcess:
             return cls(message)
         return ServeFailed("snaplab serve exited with %s: %s" % (code, self.log()))
 
-    def stop(self, signum=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
-        """Send `signum` and wait; SIGKILL after `timeout` (then ServeFailed).
-        Returns the exit code. Stopping a stopped process returns its code."""
-        if self.process is None:
-            return self.returncode
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                self.returncode = self.process.returncode
-                raise ServeFailed("snaplab serve did not stop within %d s of %s; killed. Log:\n%s"
-                                  % (timeout, signal.Signals(signum).name, self.log()))
-        self.returncode = self.process.returncode
-        return self.returncode
-
-    def discard(self):
-        """Remove the temp dir (socket and log; log() still answers); the
-        process must be gone."""
-        if self._final_log is None:
-            self._final_log = self.log()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def stopped_cleanly(self, code, signum):
+        """serve's word: it exits 0 on SIGTERM and SIGINT, its socket removed."""
+        return code == 0 and not os.path.lexists(self.socket)
 
 
 def served_snapshotter(root, backend, **options):
@@ -184,43 +153,6 @@ def grpc_missing():
     except ImportError as missing:
         return "snaplab_grpc needs grpcio (pip install -r requirements.txt): %s" % missing
     return None
-
-
-class ServeTarget(Target):
-    """A snaplab backend behind `snaplab serve`, e.g. serve-overlay-on-xfs:
-    each opened root gets its own serve process, the cases talk to it
-    with RemoteSnapshotter. Closing the snapshotter stops the process
-    (it must exit 0 and remove its socket), so a reopen is a restart."""
-
-    service = "snaplab serve"
-
-    def __init__(self, backend, filesystem):
-        super().__init__(backend, filesystem)
-        self.served = backend[len(SERVE_PREFIX):]
-        self._sockets = {}  # real root path -> socket of the serve process opened on it
-
-    def traits_name(self):
-        return "snaplab-" + self.served
-
-    def setup_session(self, request):
-        reason = grpc_missing()
-        if reason:
-            pytest.skip(reason)
-
-    def expected_refusal(self):
-        return snaplab_refusal(self.served, self)
-
-    def open(self, root, **options):
-        make_snaplab_root(self.served, getattr(self, "fs", None), root)
-        sn = served_snapshotter(root, self.served, **dict(self.options, **options))
-        self._sockets[os.path.realpath(root)] = sn.serve.socket
-        return sn
-
-    def opener(self, root):
-        """More clients of the serve process last opened on `root`."""
-        from snaplab_grpc.client import RemoteSnapshotter  # needs grpcio
-        return functools.partial(RemoteSnapshotter, self._sockets[os.path.realpath(root)],
-                                 "snaplab-" + self.served)
 
 
 class ProxyPair:
@@ -367,3 +299,9 @@ class ContainerdProxyTarget(ContainerdTarget):
 
     def restart_service(self):
         self.pair().restart()
+
+
+__all__ = ["ContainerdProxyTarget", "ERROR_OF_EXIT_CODE", "PROXY_PREFIX", "ProxyPair",
+           "ProxyPairs", "READY_MARK", "REPO", "SERVED_BACKENDS", "SERVE_PREFIX",
+           "START_TIMEOUT_S", "STOP_TIMEOUT_S", "ServeFailed", "ServeProcess", "grpc_missing",
+           "option_args", "proxies_fixture", "serve_argv", "serve_command", "served_snapshotter"]

@@ -8,7 +8,8 @@ override. The kinds of target build on this module:
     conformance/inprocess.py   snaplab's backends, in the test process
     conformance/rootless.py    snaplab's backends run unprivileged, in a user namespace
     conformance/containerd.py  containerd's own snapshotter plugins
-    conformance/serve.py       snaplab behind `snaplab serve` (and containerd)
+    conformance/serve.py       snaplab behind `snaplab serve` and containerd
+    conformance/started.py     a service started from a command (snaplab serve's too)
     conformance/registry.py    every target by name, for conftest.py
 
 A new kind of target joins by subclassing Target there and naming it in the
@@ -62,6 +63,9 @@ class Target:
     # visible under it (False behind containerd or an endpoint: one plugin
     # root for all cases, or none the suite can see).
     owns_root = True
+    # The command the suite starts the service with, {root} and {socket} in
+    # it (conformance/started.py); None: the suite cannot stop or restart it.
+    start_command = None
 
     def __init__(self, backend, filesystem, options=None):
         self.backend = backend

@@ -210,6 +210,21 @@ def known(name):
     return load(path) if os.path.exists(path) else None
 
 
+def of_plugin(plugin, declared=None, values=None):
+    """The traits of a service's snapshotter `plugin`: those `declared` (a
+    user's file), else the suite's own file for a plugin it knows (by the
+    plugin's name, or containerd's plugins as containerd-<name>), else the
+    defaults; `values` ({name: value}, a user's --trait) on top."""
+    traits = declared
+    for name in (plugin, "containerd-" + plugin):
+        if traits is None:
+            traits = known(name)
+    traits = traits or Traits()
+    if values:
+        traits = traits.replace(source="%s and --trait" % traits.source, **values)
+    return traits
+
+
 def of_options(texts):
     """{name: value} of --trait NAME=VALUE options."""
     values = {}
@@ -222,4 +237,4 @@ def of_options(texts):
 
 
 __all__ = ["TRAITS", "TRAITS_DIR", "TRAIT_OF_NAME", "Trait", "Traits", "check", "known", "load",
-           "of_options", "parse", "parse_value", "text"]
+           "of_options", "of_plugin", "parse", "parse_value", "text"]

@@ -90,7 +90,7 @@ def test_the_suite_runs_against_containerds_overlayfs(scratch_dir):
             with containerd.snapshotter("overlayfs", "someone-else", lease) as theirs:
                 theirs.prepare("theirs", "")
                 done, report = run_suite(containerd.address, "overlayfs", where)
-                check_report(done, report, "endpoint-overlayfs")
+                check_report(done, report, "endpoint-containerd-overlayfs")
                 assert [info.name for info in theirs.list()] == ["theirs"]
                 theirs.remove("theirs")
             containerd.delete_lease("someone-else", lease, sync=True)

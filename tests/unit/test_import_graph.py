@@ -31,10 +31,11 @@ COLLECTION_CORE = "ansible_collections.snaplab.snapshots.plugins.module_utils._s
 CONFORMANCE_LAYERS = [
     {"conformance.fstest", "conformance.resultlog", "conformance.report", "conformance.traits"},
     {"conformance.filesystems", "conformance.leaks"},
-    {"conformance.target"},
+    {"conformance.target", "conformance.process"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",
      "conformance.endpoint"},
     {"conformance.rootless"},
+    {"conformance.started", "conformance.stargz"},
     {"conformance.registry"},
     {"conformance.helpers"},
     {"conformance.__main__"},
