@@ -256,6 +256,10 @@ class ContainerdClient:
         """The names of containerd's namespaces."""
         return self.ctr("namespaces", "ls", "-q").split()
 
+    def leases(self, namespace):
+        """The ids of the leases in `namespace`."""
+        return self.ctr("leases", "ls", "-q", namespace=namespace).split()
+
 
 class Containerd(ContainerdClient):
     """One private containerd process; see the module docstring."""
@@ -555,6 +559,16 @@ class RootIsolation:
                 del self._of_root[root]
         return problems
 
+    def sweep(self, abandoned):
+        """Release what an earlier run left (killed before it could): the
+        handles of the service whose names start with a name of which
+        `abandoned(name)` says so; returns the problems."""
+        problems = []
+        for handle in self._found():
+            if abandoned(self._name(handle)):
+                problems += self._release(handle)
+        return problems
+
     def _make(self, name):
         raise NotImplementedError
 
@@ -562,6 +576,14 @@ class RootIsolation:
         raise NotImplementedError
 
     def _release(self, handle):
+        raise NotImplementedError
+
+    def _found(self):
+        """The handles of this kind the service holds now, whoever made them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _name(handle):
         raise NotImplementedError
 
 
@@ -597,11 +619,20 @@ class RootNamespaces(RootIsolation):
         try:
             with client.snapshotter(self.plugin, namespace) as sn:
                 remove_every_snapshot(sn)
-            client.delete_lease(namespace, lease, sync=True)
+            for held in [lease] if lease else client.leases(namespace):
+                client.delete_lease(namespace, held, sync=True)
             client.remove_namespace(namespace)
         except (ContainerdError, errors.SnapshotError) as err:
             return ["releasing containerd namespace %s: %s" % (namespace, err)]
         return []
+
+    def _found(self):
+        # None: every lease of the namespace (an earlier run's, ids unknown)
+        return [(namespace, None) for namespace in self.client().namespaces()]
+
+    @staticmethod
+    def _name(handle):
+        return handle[0]
 
 
 def is_at_or_below(path, directory):

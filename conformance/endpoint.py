@@ -233,6 +233,47 @@ class RootPrefixes(RootIsolation):
             return ["keys under %r left after removing them all: %s" % (handle, ", ".join(left))]
         return []
 
+    def _found(self):
+        from snaplab_grpc.client import RemoteSnapshotter  # pylint: disable=import-outside-toplevel
+        with RemoteSnapshotter(self.address, self.plugin) as sn:
+            names = [info.name for info in sn.list()]
+        return sorted({name.split("/", 1)[0] + "/" for name in names if "/" in name})
+
+    @staticmethod
+    def _name(handle):
+        return handle
+
+
+def owner_pid(name, prefix):
+    """The process id a name of `prefix` (made by names_of) carries, or None."""
+    if not name.startswith(prefix):
+        return None
+    pid, sep, _rest = name[len(prefix):].partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def abandoned_by_dead_run(prefix):
+    """A test of names: made by a run of `prefix` whose process is gone."""
+    def abandoned(name):
+        pid = owner_pid(name, prefix)
+        if pid is None or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+        return False
+    return abandoned
+
+
+def names_of(prefix):
+    """The names of this run's namespaces or key prefixes: `prefix`, this
+    process's id (the service runs on this machine: a later run can tell
+    when their owner is gone) and a random token."""
+    return "%s%d-%s-" % (prefix, os.getpid(), os.urandom(4).hex())
+
 
 # ---------------------------------------------------------------- the target
 
@@ -255,7 +296,8 @@ class EndpointTarget(Target):
         self.containerd = containerd  # None: not known yet (asked in setup_session)
         self.address = address
         self.plugin = plugin
-        self.names = "%s%s-" % (namespace_prefix, os.urandom(4).hex())
+        self.namespace_prefix = namespace_prefix
+        self.names = names_of(namespace_prefix)
         self.isolation = None  # RootNamespaces or RootPrefixes, once the endpoint answered
         self.declared = declared  # the Traits of the user's file (--traits)
         self.trait_values = dict(trait_values or {})  # and on top, --trait NAME=VALUE
@@ -274,6 +316,11 @@ class EndpointTarget(Target):
             pytest.skip(reason)
         if self.isolation is None:
             self.isolation = self._isolation()
+            # What runs of this prefix left when they were killed.
+            problems = self.isolation.sweep(abandoned_by_dead_run(self.namespace_prefix))
+            if problems:
+                pytest.fail("what an earlier, killed run left at %s could not be removed: %s"
+                            % (self.address, "; ".join(problems)))
 
     def _isolation(self):
         containerd = self.containerd
@@ -316,4 +363,5 @@ class EndpointTarget(Target):
 
 __all__ = ["DEFAULT_NAMESPACE_PREFIX", "ENDPOINT_FILESYSTEM", "ENDPOINT_PREFIX",
            "EndpointTarget", "EndpointUnreachable", "PrefixedSnapshotter", "RootPrefixes",
+           "abandoned_by_dead_run", "names_of", "owner_pid",
            "STORAGE_NOT_VISIBLE", "prefix_filter", "speaks_containerd"]
