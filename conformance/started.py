@@ -83,7 +83,7 @@ class RootService:
         self.process = None  # the target's new_process()
         self.isolation = None
         self.containerd = None  # whether containerd answers; asked while starting
-        self.killed = False  # by kill(): not a failure of the service
+        self.ended_by_suite = False  # stopped or killed by a case: not a failure
 
     @property
     def address(self):
@@ -102,7 +102,7 @@ class RootService:
     def start(self):
         """Start (or start again, on the same root and socket); returns self."""
         self.process.start()
-        self.killed = False
+        self.ended_by_suite = False
         if self.isolation is None:
             self.isolation = self.target.isolation(self)
         return self
@@ -124,6 +124,7 @@ class RootService:
     def stop(self, signum=signal.SIGTERM):
         """Stop with `signum`; the problems (not stopping in time, an
         unclean exit: each with the log's tail)."""
+        self.ended_by_suite = True
         try:
             code = self.process.stop(signum)
         except ServiceFailed as failed:
@@ -143,7 +144,7 @@ class RootService:
 
     def kill(self):
         """SIGKILL the service's process group at once (a crash)."""
-        self.killed = True
+        self.ended_by_suite = True
         return self.process.kill()
 
     def release(self):
@@ -154,7 +155,7 @@ class RootService:
             if self.isolation is not None:
                 problems += self.isolation.release_under(self.root)
             problems += self.stop()
-        elif not self.killed:
+        elif not self.ended_by_suite:
             problems.append("%s on %s exited %s by itself; its log ends:\n%s" % (
                 self.process.name, self.root, self.process.returncode, self.process.log_tail()))
         self.process.discard()
