@@ -99,6 +99,8 @@ def pytest_configure(config):
     if config.getoption("--results-json"):
         resultlog.register(config, config.getoption("--results-json"))
     config.addinivalue_line("markers", "backends(*names): cases specific to these backends")
+    if config.getoption("--start-command"):
+        _targets(config)  # a bad command is a usage error now, not one per test module
 
 
 def _targets(config):
