@@ -232,8 +232,8 @@ def check_nothing_left(started, sn, root, open_snapshotter, test_dir):
     remove_everything(sn)
     sn.close()
     assert started.service_of(root).stop() == []
-    left = paths_under(started.data_dir(root)) - fresh_root_paths(started, open_snapshotter,
-                                                                   test_dir)
+    fresh = fresh_root_paths(started, open_snapshotter, test_dir)
+    left = paths_under(started.data_dir(root)) - fresh
     assert not left, ("left under the root after removing every snapshot and Cleanup, "
                       "beyond what a fresh root holds: %s" % ", ".join(sorted(left)[:40]))
 
@@ -360,7 +360,7 @@ OPERATIONS = {"Prepare": (set_up_prepare, check_prepare),
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 def test_sigkill_mid_call_is_all_or_nothing(started, open_snapshotter, root, work, test_dir,
-                                           operation, request):
+                                            operation, request):
     set_up, check = OPERATIONS[operation]
     sn = open_snapshotter(root)
     base = sn.prepare("base-active", "", labels=dict(LABELS))
