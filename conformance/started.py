@@ -147,6 +147,17 @@ class RootService:
         self.ended_by_suite = True
         return self.process.kill()
 
+    def collect(self):
+        """Have the service free the data of what the cases removed: on a
+        containerd, the root's namespace goes, its lease deleted with a
+        synchronous garbage collection (until then containerd keeps the
+        data of removed snapshots); a bare service frees it itself."""
+        if self.isolation is None:
+            return
+        problems = self.isolation.release_under(self.root)
+        if problems:
+            raise ServiceFailed("; ".join(problems))
+
     def release(self):
         """What the cases made with it removed (containerd: their namespaces),
         then the service stopped; the problems."""

@@ -207,11 +207,17 @@ def paths_under(directory):
     return found
 
 
-def remove_everything(sn):
+def remove_everything(started, sn, root):
+    """Remove every snapshot, Cleanup, and stop the service of `root` (once
+    the service freed what it keeps of removed snapshots: RootService.collect)."""
     remove_every_snapshot(sn)
     with contextlib.suppress(errors.NotImplemented):
         sn.cleanup()
     assert sn.list() == [], "snapshots listed after removing every one and Cleanup"
+    sn.close()
+    service = started.service_of(root)
+    service.collect()
+    assert service.stop() == []
 
 
 def fresh_root_paths(started, open_snapshotter, test_dir):
@@ -220,18 +226,14 @@ def fresh_root_paths(started, open_snapshotter, test_dir):
     fresh = os.path.join(test_dir, "fresh-root")
     sn = open_snapshotter(fresh)
     sn.prepare("fresh", "")
-    remove_everything(sn)
-    sn.close()
-    assert started.service_of(fresh).stop() == []
+    remove_everything(started, sn, fresh)
     return paths_under(started.data_dir(fresh))
 
 
 def check_nothing_left(started, sn, root, open_snapshotter, test_dir):
     """Remove every snapshot of `sn` (on `root`), Cleanup, stop the service:
     the root holds nothing a fresh root does not."""
-    remove_everything(sn)
-    sn.close()
-    assert started.service_of(root).stop() == []
+    remove_everything(started, sn, root)
     fresh = fresh_root_paths(started, open_snapshotter, test_dir)
     left = paths_under(started.data_dir(root)) - fresh
     assert not left, ("left under the root after removing every snapshot and Cleanup, "
