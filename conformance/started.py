@@ -64,11 +64,11 @@ def check_command(command):
     except ValueError as bad:
         raise errors.InvalidArgument("start command %r: %s" % (command, bad)) from None
     missing = [p for p in PLACEHOLDERS if not any(p in arg for arg in argv)]
-    if not argv or missing:
+    if missing:  # an empty command misses both
         raise errors.InvalidArgument(
             "a start command names where its service keeps its data and listens, with "
             "{root} and {socket} (e.g. \"my-snapshotter --root {root} --address {socket}\"); "
-            "%r has no %s" % (command, " or ".join(missing) or "command"))
+            "%r has no %s" % (command, " or ".join(missing)))
 
 
 class RootService:
@@ -223,7 +223,7 @@ class StartedTarget(Target):
         return self._services[os.path.realpath(root)]
 
     def open(self, root, **options):
-        key = os.path.realpath(root) if os.path.exists(root) else os.path.abspath(root)
+        key = os.path.realpath(root)
         service = self._services.get(key)
         if service is not None and service.options != options:
             # Other options: the service on this root restarts with them.
@@ -239,7 +239,7 @@ class StartedTarget(Target):
             except BaseException:
                 service.process.discard()
                 raise
-            self._services[os.path.realpath(root)] = service
+            self._services[key] = service
         return service.open()
 
     def opener(self, root):

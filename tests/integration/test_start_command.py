@@ -4,19 +4,30 @@ subprocess, from a directory outside the repository): the suite starts
 command, and its lifecycle cases (conformance/test_lifecycle.py) stop,
 kill and restart it. Checked: the exit code, and that results.json has the
 row endpoint-<plugin> on ext4 with every lifecycle case passed; and that a
-command without {socket} is refused before any case runs.
+command without {socket} is refused before any case runs. Then the parts,
+on small shell services: the template, a service that ignores SIGTERM
+(killed, reported), one that leaves a child behind (killed with its
+process group, reported), one that exits before it is ready (its log in
+the error).
 """
 
 import collections
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from snaplab import errors
+
 from conformance.filesystems import TEST_PREFIX
+from conformance.process import ServiceFailed, ServiceProcess
 from conformance.serve import grpc_missing
+from conformance.started import check_command, command_argv
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the cases mount snapshots: root"),
@@ -62,3 +73,72 @@ def test_a_command_without_its_socket_is_refused(scratch_dir):
                                   "-k", "test_lifecycle")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     assert "has no {socket}" in done.stderr
+
+
+# ---------------------------------------------------------------- the parts, on small real processes
+
+def test_the_template_fills_each_argument_as_split_by_a_shell():
+    argv = command_argv("svc --root={root} --listen '{socket}' 'a b' {root}/sub", "/r", "/s.sock")
+    assert argv == ["svc", "--root=/r", "--listen", "/s.sock", "a b", "/r/sub"]
+    for command, missing in (("svc --root {root}", "{socket}"), ("svc {socket}", "{root}"),
+                             ("", "{root} or {socket}")):
+        with pytest.raises(errors.InvalidArgument, match=re.escape("has no " + missing)):
+            check_command(command)
+
+
+@contextlib.contextmanager
+def shell_service(script, scratch_dir):
+    """A ServiceProcess of `sh -c script`, ready once it printed "up"."""
+    with scratch_dir(TEST_PREFIX + "service-") as where:
+        process = ServiceProcess(["sh", "-c", script], os.path.join(where, "none.sock"), where,
+                                 ready=lambda process: "up" in process.log())
+        try:
+            yield process
+        finally:
+            process.kill()
+
+
+def test_a_service_that_ignores_sigterm_is_killed_and_reported(scratch_dir):
+    with shell_service("trap '' TERM; echo up; while :; do sleep 1; done", scratch_dir) as service:
+        service.start()
+        with pytest.raises(ServiceFailed, match="did not stop within 1 s of SIGTERM; killed"):
+            service.stop(timeout=1)
+        assert not service.running
+        assert service.returncode == -signal.SIGKILL
+
+
+def test_what_a_service_started_is_killed_with_it_and_reported(scratch_dir):
+    # The child ignores SIGTERM: only the group's SIGKILL ends it.
+    script = "(trap '' TERM; sleep 1000) & echo up; wait"
+    with shell_service(script, scratch_dir) as service:
+        service.start()
+        child = next(pid for pid in pids_in_group(service.process.pid)
+                     if pid != service.process.pid)
+        with pytest.raises(ServiceFailed, match="processes it started were still running"):
+            service.stop()
+        assert pids_in_group(service.process.pid) == []
+        assert not os.path.exists("/proc/%d" % child) or zombie(child)
+
+
+def test_an_exit_before_ready_says_why_with_the_log(scratch_dir):
+    with shell_service("echo 'no such plugin: frobnicate' >&2; exit 3", scratch_dir) as service:
+        with pytest.raises(ServiceFailed, match="exited with 3 before it was ready(.|\n)*"
+                                                "no such plugin: frobnicate"):
+            service.start()
+
+
+def pids_in_group(pgid):
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(name)) == pgid and not zombie(int(name)):
+                    found.append(int(name))
+    return found
+
+
+def zombie(pid):
+    with contextlib.suppress(OSError):
+        with open("/proc/%d/stat" % pid, encoding="utf-8") as text:
+            return text.read().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
