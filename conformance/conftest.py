@@ -114,6 +114,8 @@ def pytest_configure(config):
         resultlog.register(config, config.getoption("--results-json"))
     config.addinivalue_line("markers", "storage_layout(name): white-box cases of the on-disk "
                                        "layout of targets whose storage_layout trait is `name`")
+    if config.getoption("--start-command"):
+        _targets(config)  # a bad command is a usage error now, not one per test module
 
 
 _TARGETS = pytest.StashKey()
@@ -189,6 +191,11 @@ def pytest_collection_modifyitems(config, items):
         case = item.originalname if hasattr(item, "originalname") else item.name
         case = case[len("test_"):] if case.startswith("test_") else case
         if target is not None:
+            # A case's own parameters stay in its name (stopped with SIGINT
+            # or with SIGTERM are two results); the target's make the cell.
+            others = item.callspec.id.replace(target.name, "", 1).strip("-")
+            if others:
+                case = "%s[%s]" % (case, others)
             item.user_properties.extend([("target", target.name), ("backend", target.backend),
                                          ("filesystem", target.filesystem)])
             # The report's own matching, so that pytest and the report agree.

@@ -15,8 +15,11 @@
 //	containerd-stargz-grpc --root DIR --address SOCKET
 //
 // Once it listens it writes a line containing "ready: " to stderr. SIGTERM
-// and SIGINT stop it: the server stops taking calls, the snapshotter is closed,
-// the socket goes.
+// and SIGINT stop it: the server stops taking calls and the socket goes. As
+// upstream's daemon does, only SIGINT also closes the snapshotter, which in
+// stargz means cleaning up: its Close unmounts and removes the directory of
+// every snapshot (snapshot.go Close: cleanup with cleanupCommitted), so that
+// remote layers are mounted afresh on the next start.
 package main
 
 import (
@@ -81,14 +84,17 @@ func main() {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	var got os.Signal
 	select {
-	case got := <-stop:
+	case got = <-stop:
 		fmt.Fprintf(os.Stderr, "containerd-stargz-grpc: %v: stopping\n", got)
 	case err := <-served:
 		fail("serving", err)
 	}
 	server.Stop() // closes the listener, which removes the socket
-	if err := snapshotter.Close(); err != nil {
-		fail("closing the snapshotter", err)
+	if got == syscall.SIGINT {
+		if err := snapshotter.Close(); err != nil {
+			fail("closing the snapshotter", err)
+		}
 	}
 }

@@ -26,6 +26,7 @@ START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 POLL_INTERVAL_S = 0.02
 LOG_TAIL_LINES = 40
+GROUP_GONE_S = 5
 
 
 class ServiceFailed(Exception):
@@ -160,12 +161,22 @@ class ServiceProcess:
 
     def _reap_group(self):
         """SIGKILL what is left of the process group (the service's own
-        children); whether anything was."""
+        children) and wait a little for it to go; whether anything was."""
+        if not self._group_alive():
+            return False
+        self._signal_group(signal.SIGKILL)
+        # Their parent (init, or whoever adopted them) reaps them: bounded,
+        # so that a parent that never reaps cannot hang the suite.
+        deadline = time.monotonic() + GROUP_GONE_S
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+        return True
+
+    def _group_alive(self):
         try:
             os.killpg(self.process.pid, 0)
         except ProcessLookupError:
             return False
-        self._signal_group(signal.SIGKILL)
         return True
 
     def discard(self):

@@ -65,11 +65,11 @@ def check_command(command):
     except ValueError as bad:
         raise errors.InvalidArgument("start command %r: %s" % (command, bad)) from None
     missing = [p for p in PLACEHOLDERS if not any(p in arg for arg in argv)]
-    if not argv or missing:
+    if missing:  # an empty command misses both
         raise errors.InvalidArgument(
             "a start command names where its service keeps its data and listens, with "
             "{root} and {socket} (e.g. \"my-snapshotter --root {root} --address {socket}\"); "
-            "%r has no %s" % (command, " or ".join(missing) or "command"))
+            "%r has no %s" % (command, " or ".join(missing)))
 
 
 class RootService:
@@ -84,7 +84,7 @@ class RootService:
         self.process = None  # the target's new_process()
         self.isolation = None
         self.containerd = None  # whether containerd answers; asked while starting
-        self.killed = False  # by kill(): not a failure of the service
+        self.ended_by_suite = False  # stopped or killed by a case: not a failure
 
     @property
     def address(self):
@@ -103,7 +103,7 @@ class RootService:
     def start(self):
         """Start (or start again, on the same root and socket); returns self."""
         self.process.start()
-        self.killed = False
+        self.ended_by_suite = False
         if self.isolation is None:
             self.isolation = self.target.isolation(self)
         return self
@@ -125,6 +125,7 @@ class RootService:
     def stop(self, signum=signal.SIGTERM):
         """Stop with `signum`; the problems (not stopping in time, an
         unclean exit: each with the log's tail)."""
+        self.ended_by_suite = True
         try:
             code = self.process.stop(signum)
         except ServiceFailed as failed:
@@ -144,8 +145,19 @@ class RootService:
 
     def kill(self):
         """SIGKILL the service's process group at once (a crash)."""
-        self.killed = True
+        self.ended_by_suite = True
         return self.process.kill()
+
+    def collect(self):
+        """Have the service free the data of what the cases removed: on a
+        containerd, the root's namespace goes, its lease deleted with a
+        synchronous garbage collection (until then containerd keeps the
+        data of removed snapshots); a bare service frees it itself."""
+        if self.isolation is None:
+            return
+        problems = self.isolation.release_under(self.root)
+        if problems:
+            raise ServiceFailed("; ".join(problems))
 
     def release(self):
         """What the cases made with it removed (containerd: their namespaces),
@@ -155,7 +167,7 @@ class RootService:
             if self.isolation is not None:
                 problems += self.isolation.release_under(self.root)
             problems += self.stop()
-        elif not self.killed:
+        elif not self.ended_by_suite:
             problems.append("%s on %s exited %s by itself; its log ends:\n%s" % (
                 self.process.name, self.root, self.process.returncode, self.process.log_tail()))
         self.process.discard()
@@ -214,7 +226,7 @@ class StartedTarget(Target):
         return self._services[os.path.realpath(root)]
 
     def open(self, root, **options):
-        key = os.path.realpath(root) if os.path.exists(root) else os.path.abspath(root)
+        key = os.path.realpath(root)
         service = self._services.get(key)
         if service is not None and service.options != options:
             # Other options: the service on this root restarts with them.
@@ -230,7 +242,7 @@ class StartedTarget(Target):
             except BaseException:
                 service.process.discard()
                 raise
-            self._services[os.path.realpath(root)] = service
+            self._services[key] = service
         return service.open()
 
     def opener(self, root):
