@@ -5,8 +5,9 @@ A backend name says which kind of target it is: one of snaplab's backends
 serve-<backend> (snaplab behind `snaplab serve`, conformance/started.py),
 containerd-proxy-snaplab-<backend> (behind serve and containerd's proxy
 plugin), rootless-<backend> (snaplab's native or overlay run by an
-unprivileged user in a user namespace, conformance/rootless.py) or stargz
-(stargz-snapshotter's daemon, conformance/stargz.py). endpoint_targets()
+unprivileged user in a user namespace, conformance/rootless.py) or
+endpoint-stargz (stargz-snapshotter's daemon started per root as a start
+command would, conformance/stargz.py). endpoint_targets()
 gives the one target of a run against a service someone else runs
 (endpoint-<plugin>, or endpoint-containerd-<plugin> where containerd
 answers: conformance/endpoint.py); started_targets() the endpoint-<plugin>
@@ -27,7 +28,7 @@ from .inprocess import InProcessTarget
 from .rootless import ROOTLESS_TARGETS, RootlessTarget
 from .serve import (PROXY_PREFIX, SERVE_PREFIX, SERVED_BACKENDS, ContainerdProxyTarget,
                     grpc_missing)
-from .stargz import STARGZ_BACKEND, StargzTarget
+from .stargz import STARGZ_ROW, StargzTarget
 from .started import ServeTarget, StartedTarget
 
 # What is known to fail where (report.py's format); the suite's default.
@@ -48,7 +49,7 @@ DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
                     *ROOTLESS_TARGETS,
                     # a snapshotter this project did not write, built from
                     # Debian's sources (conformance/stargz.py)
-                    STARGZ_BACKEND]
+                    STARGZ_ROW]
 
 
 def target_classes():
@@ -58,7 +59,7 @@ def target_classes():
     classes.update((name, RootlessTarget) for name in ROOTLESS_TARGETS)
     for prefix, cls in ((SERVE_PREFIX, ServeTarget), (PROXY_PREFIX, ContainerdProxyTarget)):
         classes.update((prefix + served, cls) for served in SERVED_BACKENDS)
-    classes[STARGZ_BACKEND] = StargzTarget
+    classes[STARGZ_ROW] = StargzTarget
     return classes
 
 

@@ -3,7 +3,7 @@
     reason = stargz_missing()          # None, or why it cannot run here
     command = stargz_command()         # a start command template: {root}, {socket}
     stargz = stargz_process(root).start()   # a ServiceProcess; .socket, .stop()
-    StargzTarget("stargz", "ext4")     # the stargz-on-<fs> rows of the matrix
+    StargzTarget("endpoint-stargz", "ext4")  # the endpoint-stargz-on-<fs> rows of the matrix
 
 stargz-snapshotter (Debian bookworm: 0.12.0) is a proxy snapshotter: layers
 it can mount lazily (eStargz, with the labels containerd's unpacker gives
@@ -57,7 +57,10 @@ CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "snaplab")
 BINARY = "containerd-stargz-grpc"
 # The daemon's command line; {root} and {socket} are the target's to fill.
 STARGZ_COMMAND = ("{binary}", "--root", "{root}", "--address", "{socket}")
-STARGZ_BACKEND = "stargz"  # the matrix row, and the plugin name on its own socket
+STARGZ_BACKEND = "stargz"  # the plugin's name on its own socket
+# The matrix's row: as `--start-command <stargz's> --plugin stargz` names it,
+# which is what it is.
+STARGZ_ROW = "endpoint-" + STARGZ_BACKEND
 # Its snapshotter keeps containerd overlayfs's layout (metadata.db,
 # snapshots/<id>/fs) here below its --root.
 DATA_SUBDIR = "snapshotter"
@@ -178,7 +181,7 @@ def stargz_process(root, command=None):
 
 
 class StargzTarget(StartedTarget):
-    """stargz-snapshotter on one filesystem, e.g. stargz-on-xfs: a
+    """stargz-snapshotter on one filesystem, e.g. endpoint-stargz-on-xfs: a
     StartedTarget with stargz_command(), built when the session starts
     (the cases skip with stargz_missing()'s reason where it cannot be)."""
 
@@ -222,5 +225,5 @@ def _built_command():
     return _BUILT[0]
 
 
-__all__ = ["STARGZ_BACKEND", "STARGZ_COMMAND", "StargzProcess", "StargzTarget",
+__all__ = ["STARGZ_BACKEND", "STARGZ_COMMAND", "STARGZ_ROW", "StargzProcess", "StargzTarget",
            "stargz_command", "stargz_directory", "stargz_missing", "stargz_process"]

@@ -171,6 +171,13 @@ def test_update_of_immutable_field_is_invalid_argument(population):
     assert population.stat("committed-1") == before
 
 
+def test_walk_of_a_new_snapshotter_finds_nothing(snapshotter):
+    """Walk (containerd's List) before any snapshot is made is empty, not
+    an error: a client lists a fresh snapshotter first thing."""
+    assert snapshotter.list() == []
+    assert snapshotter.list("kind==committed") == []
+
+
 def test_walk_with_malformed_filter_is_invalid_argument(population):
     for bad in ('name==', 'labels."unterminated', "kind=active", ",", "name~=("):
         with pytest.raises(errors.InvalidArgument):

@@ -240,8 +240,12 @@ def test_the_suite_is_installed_with_its_data(installed):
     out = installed.python_c(
         # conformance.serve imports pytest; the known differences are YAML
         "import importlib.resources, yaml, conformance.serve\n"
-        "print((importlib.resources.files('conformance') / 'known-differences.yml').is_file())")
-    assert out.split() == ["True"]
+        "files = importlib.resources.files('conformance')\n"
+        "print((files / 'known-differences.yml').is_file())\n"
+        "from conformance import traits\n"
+        "print(traits.known('containerd-overlayfs').lower_directory_rename)\n"
+        "print((files / 'containerd-stargz-grpc.go').is_file())")
+    assert out.split() == ["True", "False", "True"]
 
 
 def test_the_suite_command_runs(installed):
