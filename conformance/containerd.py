@@ -512,6 +512,17 @@ def remove_every_snapshot(sn):
                 sn.remove(info.name)
 
 
+def overlayfs_refusal(target):
+    """The Refusal of containerd's overlayfs code (overlayutils.Supported:
+    the plugin, and snapshotters built on it such as stargz) on `target`'s
+    filesystem, or None where it must work."""
+    fstype = target.fstype()
+    if not target.spec.d_type or fstype == FUSE_ZFS_FSTYPE:
+        return Refusal("d_type", explanation=(
+            "zfs-fuse fills in no d_type" if fstype == FUSE_ZFS_FSTYPE else None))
+    return None
+
+
 def through_containerd(traits):
     """A snapshotter's traits as seen through containerd's API: Remove
     deletes containerd's own metadata only, and the plugin's data goes at
@@ -692,9 +703,8 @@ class ContainerdTarget(Target):
                                "device-mapper (no /dev/mapper/control): no thin pool")
             return Refusal("not configured", explanation="no thin pool is made for it "
                            "(written where the kernel had no device-mapper)")
-        if self.plugin == "overlayfs" and (not self.spec.d_type or fstype == FUSE_ZFS_FSTYPE):
-            return Refusal("d_type", explanation=(
-                "zfs-fuse fills in no d_type" if fstype == FUSE_ZFS_FSTYPE else None))
+        if self.plugin == "overlayfs":
+            return overlayfs_refusal(self)
         return None
 
     def data_dir(self, root):
@@ -737,6 +747,7 @@ class ContainerdTarget(Target):
 
 
 __all__ = ["Containerd", "ContainerdClient", "ContainerdDaemons", "ContainerdError",
-           "DISABLED_PLUGINS", "PLUGIN_OF_BACKEND", "PluginStatus",
-           "ContainerdTarget", "RootIsolation", "RootNamespaces", "is_at_or_below", "parse_plugins",
-           "remove_every_snapshot", "through_containerd", "to_toml", "unavailable_reason"]
+           "DISABLED_PLUGINS", "PLUGIN_OF_BACKEND", "PluginStatus", "ContainerdTarget",
+           "RootIsolation", "RootNamespaces", "is_at_or_below", "overlayfs_refusal",
+           "parse_plugins", "remove_every_snapshot", "through_containerd", "to_toml",
+           "unavailable_reason"]

@@ -35,13 +35,12 @@ import tempfile
 import pytest
 
 from snaplab import errors
-from snaplab.kernel import FUSE_ZFS_FSTYPE
 
+from .containerd import overlayfs_refusal
 from .endpoint import EndpointUnreachable, speaks_containerd
 from .filesystems import SERVE_TEMP_PREFIX
 from .process import ServiceProcess
 from .started import StartedTarget, command_argv
-from .target import Refusal
 
 GO = "/usr/bin/go"
 GOPATH_DEBIAN = "/usr/share/gocode"
@@ -205,12 +204,7 @@ class StargzTarget(StartedTarget):
         return stargz_process(root, self.start_command)
 
     def expected_refusal(self):
-        # overlayutils.Supported, as containerd's overlayfs plugin.
-        fstype = self.fstype()
-        if not self.spec.d_type or fstype == FUSE_ZFS_FSTYPE:
-            return Refusal("d_type", explanation=(
-                "zfs-fuse fills in no d_type" if fstype == FUSE_ZFS_FSTYPE else None))
-        return None
+        return overlayfs_refusal(self)  # stargz's snapshotter is containerd's overlayfs code
 
     def data_dir(self, root):
         return os.path.join(root, DATA_SUBDIR)
