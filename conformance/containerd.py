@@ -524,11 +524,13 @@ def overlayfs_refusal(target):
 
 
 def through_containerd(traits):
-    """A snapshotter's traits as seen through containerd's API: Remove
-    deletes containerd's own metadata only, and the plugin's data goes at
-    containerd's next garbage collection (its Cleanup is not the plugin's)."""
+    """A snapshotter's traits as seen through containerd's (Debian's 1.6.20)
+    API: Remove deletes containerd's own metadata only, and the plugin's
+    data goes at containerd's next garbage collection (its Cleanup is not
+    the plugin's); its CommitSnapshotRequest has no parent field, so no
+    rebase reaches the plugin (containerd 2.x has one: --trait rebase=true)."""
     return traits.replace(source="%s through containerd" % traits.source,
-                          removal="until-cleanup")
+                          removal="until-cleanup", rebase=False)
 
 
 class RootIsolation:

@@ -310,10 +310,13 @@ class EndpointTarget(Target):
 
     @property
     def traits(self):
-        """traits.of_plugin's, as seen through containerd where it answers."""
-        traits = traitslib.of_plugin(self.plugin, self.declared, self.trait_values)
-        if isinstance(self.isolation, RootNamespaces):
+        """traits.of_plugin's, as seen through containerd where it answers,
+        the user's --trait values last."""
+        traits = traitslib.of_plugin(self.plugin, self.declared)
+        if isinstance(self.isolation, RootNamespaces) or self.containerd:
             traits = through_containerd(traits)
+        if self.trait_values:
+            traits = traits.replace(source="%s and --trait" % traits.source, **self.trait_values)
         return traits
 
     def setup_session(self, request):

@@ -56,6 +56,10 @@ TRAITS = (
     Trait("removal", ("immediate", "until-cleanup"),
           "when Remove frees a snapshot's data: before it returns (immediate), or "
           "only at Cleanup or containerd's garbage collection (until-cleanup)"),
+    Trait("rebase", (True, False),
+          "Commit takes a parent (containerd 2.x's rebase capability): it fills an empty "
+          "parent, repeats the same one and refuses another; false: it has no parent to "
+          "read (containerd 1.6's snapshots API has none)"),
     Trait("root_mode", ("0755", "0700", "0711", "0777"),
           "the mode of the root directory of a new parentless snapshot, under umask 0"),
     Trait("storage_layout", (None, "snaplab-native", "snaplab-overlay", "snaplab-btrfs",
