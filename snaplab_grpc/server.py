@@ -322,6 +322,12 @@ def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
         finally:
             socket_path.remove()
     log.info("stopped; socket %s removed", socket_path.path)
+    # From here on a late SIGTERM or SIGINT (a supervisor's second one) is
+    # ignored: Python's finalization puts the default action back for
+    # signals with a Python handler, so one arriving then would kill the
+    # process (-15) after a clean stop. Ignored handlers stay ignored.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     return 0
 
 

@@ -314,9 +314,14 @@ def test_sigterm_lets_a_call_in_flight_finish(start_serve):
             time.sleep(0.05)  # the call is in the server now
             signalled = time.monotonic()
             process.process.send_signal(signal.SIGTERM)
-            # Impatient, at once (while the call holds the server up): must
-            # not kill it. A sleep between the two let a fast Usage finish
-            # and the server stop before the second one arrived.
+            # Impatient (while the call holds the server up): must not kill
+            # it. Sent once the first was handled: two sent at once merge
+            # into one pending signal, and a fixed sleep let a fast Usage
+            # finish and the server stop before the second arrived.
+            deadline = time.monotonic() + 10
+            while "SIGTERM received: stopping" not in process.log() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
             process.process.send_signal(signal.SIGTERM)
             measured, finished = usage.result(timeout=60)
     assert measured.inodes == 400 * 101 + 1
