@@ -60,11 +60,14 @@ class OverlaySnapshotter(StoreSnapshotter):
                 "if it is ext4, enable the filetype feature (tune2fs -O filetype, then "
                 "e2fsck -f) or reformat without -O ^filetype"
                 % (path, backing.fstype, backing.source))
-        if backing.fstype not in _KNOWN_UPPER_FILESYSTEMS:
-            self._probe_upper(path, backing)
+        # In a user namespace the kernel decides more (overlayfs mounts
+        # there from Linux 5.11, with userxattr): always ask it.
+        rootless = kernel.in_user_namespace()
+        if rootless or backing.fstype not in _KNOWN_UPPER_FILESYSTEMS:
+            self._probe_upper(path, backing, rootless)
 
     @staticmethod
-    def _probe_upper(path, backing):
+    def _probe_upper(path, backing, rootless=False):
         """Mount a tiny overlay with its upper in `path` and remove lower
         entries through it the way a layer's diff does: the kernel decides.
 
@@ -77,12 +80,20 @@ class OverlaySnapshotter(StoreSnapshotter):
         file in it removed first, as `rm -r` does) needs RENAME_EXCHANGE and
         fails with EINVAL: seen in the lab's bookworm VM, OpenZFS 2.1.11. So
         the probe does exactly that. Only filesystems not known to work pay
-        for the probe.
+        for the probe, and every root opened in a user namespace (`rootless`:
+        mounted with userxattr, as the snapshots will be), where kernels
+        before 5.11 mount no overlayfs at all.
         """
         probe = tempfile.mkdtemp(prefix=_UPPER_PROBE_PREFIX, dir=path)
-        refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
-                   "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
-                   % (path, backing.fstype, backing.mountpoint))
+        if rootless:
+            refusal = ("overlay backend: the kernel does not mount overlayfs over %s (%s at %s) "
+                       "in this user namespace (%%s); rootless overlay needs Linux 5.11 or later "
+                       "and an upper filesystem that takes user.* xattrs, or use --backend "
+                       "native" % (path, backing.fstype, backing.mountpoint))
+        else:
+            refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
+                       "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
+                       % (path, backing.fstype, backing.mountpoint))
         try:
             for name in ("lower", "lower/dir", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
@@ -92,6 +103,8 @@ class OverlaySnapshotter(StoreSnapshotter):
             options = ["lowerdir=" + os.path.join(probe, "lower"),
                        "upperdir=" + os.path.join(probe, "upper"),
                        "workdir=" + os.path.join(probe, "work")]
+            if rootless:
+                options.append("userxattr")  # as the snapshots' own mounts
             merged = os.path.join(probe, "merged")
             try:
                 mountlib.mount(Mount("overlay", "overlay", options=options), merged)
