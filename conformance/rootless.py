@@ -44,16 +44,18 @@ import ctypes
 import inspect
 import os
 import pickle
+import re
 import signal
 import sys
 import traceback
 
 import pytest
 
-from snaplab import backends
+from snaplab import backends, kernel
 from snaplab import mount as mountlib
 
 from .inprocess import InProcessTarget
+from .target import Refusal
 
 ROOTLESS_PREFIX = "rootless-"
 ROOTLESS_BACKENDS = ("native", "overlay")
@@ -321,6 +323,12 @@ class DeferredSnapshotter:
         self.close()
 
 
+def kernel_version():
+    """(major, minor) of the running kernel."""
+    numbers = re.match(r"(\d+)\.(\d+)", kernel.release())
+    return (int(numbers.group(1)), int(numbers.group(2))) if numbers else (0, 0)
+
+
 class RootlessTarget(InProcessTarget):
     """snaplab's `native` or `overlay` backend run by an unprivileged user in
     a user namespace, e.g. rootless-overlay-on-xfs."""
@@ -336,6 +344,13 @@ class RootlessTarget(InProcessTarget):
     def traits_name(self):
         # Running unprivileged changes none of the backend's traits.
         return "snaplab-" + self.rootless_backend
+
+    def expected_refusal(self):
+        if self.rootless_backend == "overlay" and kernel_version() < (5, 11):
+            # The backend's probe mount in the child is refused.
+            return Refusal("user namespace", "5.11", "--backend native",
+                           explanation="overlayfs mounts in a user namespace from Linux 5.11")
+        return super().expected_refusal()
 
     def setup_session(self, request):
         if self.filesystem == "zfs":
