@@ -237,6 +237,18 @@ def pytest_pyfunc_call(pyfuncitem):
     return target.run_case(pyfuncitem) if isinstance(target, Target) else None
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed case shows what its target can tell beside it: the tail of
+    the log of each service the suite started for it."""
+    outcome = yield
+    report = outcome.get_result()
+    target = _target_of(item)
+    if report.failed and isinstance(target, Target) and call.when in ("call", "setup"):
+        for title, text in target.diagnostics():
+            report.sections.append((title, text))
+
+
 def _target_of(item):
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("target") if callspec else None

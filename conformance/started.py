@@ -256,6 +256,10 @@ class StartedTarget(Target):
             if service.process.running:
                 service.restart()
 
+    def diagnostics(self):
+        return [("log of the service on %s" % service.root, service.process.log_tail())
+                for service in self._services.values() if service.process is not None]
+
     def release_under(self, directory):
         problems = []
         for key in list(self._services):

@@ -123,6 +123,11 @@ class Target:
         returns the problems."""
         return []
 
+    def diagnostics(self):
+        """What to show beside a failed case: [(title, text)] (the logs of
+        the services the target runs for it)."""
+        return []
+
     def fstype(self):
         """The type of the filesystem roots go on, as mounted (host-dir is
         whatever the host has; zfs is "zfs" or zfs-fuse's "fuse.zfs")."""

@@ -64,7 +64,22 @@ def test_the_lifecycle_cases_pass_on_snaplab_serve_started_by_the_suite(scratch_
     assert {(r["backend"], r["filesystem"]) for r in results} == {("endpoint-" + PLUGIN, "ext4")}
     assert {r["outcome"] for r in results} == {"passed"}, [
         (r["case"], r["outcome"], r["reason"]) for r in results if r["outcome"] != "passed"]
-    assert collections.Counter(r["case"] for r in results) == LIFECYCLE_CASES
+    # a case's own parameters are in its name: everything_survives_stop_and_restart[SIGINT]
+    assert collections.Counter(r["case"].split("[")[0] for r in results) == LIFECYCLE_CASES
+
+
+def test_a_failed_case_shows_the_log_of_the_service_it_ran_on(scratch_dir):
+    with scratch_dir(TEST_PREFIX + "start-command-") as where:
+        # serve's roots are 0755: a declared 0700 fails root_permission
+        done, report = run_suite(SERVE_NATIVE, where, "-k", "test_root_permission",
+                                 "--trait", "root_mode=0700")
+        with open(os.path.join(report, "junit.xml"), encoding="utf-8") as text:
+            junit = text.read()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "expected 0700 (root_mode), got 0755" in done.stdout
+    assert "log of the service on" in done.stdout
+    assert " ready: native snapshotter at" in done.stdout  # serve's own log line
+    assert "failures" in junit
 
 
 def test_a_command_without_its_socket_is_refused(scratch_dir):
