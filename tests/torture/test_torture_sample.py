@@ -27,9 +27,21 @@ WORKERS = 8
 OPS_PER_WORKER = 40
 
 
+# zfs-fuse (the zfs of a kernel without the module) deadlocks under this
+# sample's load: every daemon thread waits on a futex and the pool hangs
+# (an exiting process stuck in D state writing back a mapping; a stat that
+# never returns: three times in about ten runs here). That is zfs-fuse's,
+# not snaplab's: `make torture` still runs zfs there, with its timeout.
+ZFS_FUSE_HANGS = ("zfs-fuse deadlocks under the concurrency sample (every daemon thread in a "
+                  "futex wait, the pool hung): `make torture` runs zfs on zfs-fuse; the "
+                  "sample runs it on kernel OpenZFS")
+
+
 @pytest.mark.parametrize("backend", labmod.BACKENDS)
 def test_crash_and_concurrency_sample(backend):
-    from conformance.filesystems import FilesystemUnavailable
+    from conformance.filesystems import FilesystemUnavailable, kernel_zfs
+    if backend == "zfs" and not kernel_zfs():
+        pytest.skip(ZFS_FUSE_HANGS)
     seed = os.environ.get("SNAPLAB_TORTURE_SEED") or str(int(time.time()))
     out = io.StringIO()
     try:
