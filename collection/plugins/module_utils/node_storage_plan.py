@@ -303,7 +303,7 @@ def read_state(run, declared, fstab, zfs_fuse_pidfile, zfs_fuse_options=()):
 
 def _read_zfs(run, declared, zfs_fuse_pidfile, zfs_fuse_options):
     kernel = os.path.exists("/sys/module/zfs") or run(["modprobe", "--dry-run", "zfs"])[0] == 0
-    rc, out, _ = run(["zpool", "list", "-H", "-o", "name"])
+    rc, out, _err = run(["zpool", "list", "-H", "-o", "name"])
     zfs = {"kernel": kernel, "answers": rc == 0, "pools": out.split() if rc == 0 else [],
            "vdevs": {}, "datasets": {}, "systemd": os.path.isdir("/run/systemd/system"),
            "fuse_marker": os.path.exists(zfs_fuse_pidfile + ZFS_FUSE_MARKER_SUFFIX),
@@ -311,12 +311,12 @@ def _read_zfs(run, declared, zfs_fuse_pidfile, zfs_fuse_options):
     for decl in declared:
         if decl["fstype"] != "zfs" or decl["zfs_pool"] not in zfs["pools"]:
             continue
-        rc, out, _ = run(["zpool", "status", "-P", decl["zfs_pool"]])
+        rc, out, _err = run(["zpool", "status", "-P", decl["zfs_pool"]])
         zfs["vdevs"][decl["zfs_pool"]] = parse_zpool_status(out) if rc == 0 else []
         names = [decl["zfs_dataset"]] + ([_zfs_root_dataset(decl)] if decl.get("snapshotter_root") else [])
         properties = ["mounted", "mountpoint"] + sorted(decl.get("zfs_properties") or {})
         for name in names:
-            rc, out, _ = run(["zfs", "get", "-H", "-o", "name,property,value", ",".join(properties), name])
+            rc, out, _err = run(["zfs", "get", "-H", "-o", "name,property,value", ",".join(properties), name])
             if rc == 0:
                 zfs["datasets"].update(parse_zfs_get(out))
     return zfs
@@ -791,7 +791,7 @@ def _do(action, run, undo):
     elif kind == "detach":
         for device in parse_losetup(_run(run, ["losetup", "--json", "--list", "--output",
                                                "NAME,BACK-FILE"])).get(action["path"], []):
-            rc, _, err = run(["losetup", "--detach", device])
+            rc, _out, err = run(["losetup", "--detach", device])
             if rc != 0 and "No such device" not in err:
                 raise StepFailed(_one_line(["losetup", "--detach", device], rc, err))
     elif kind == "delete":
@@ -848,12 +848,11 @@ def _grow_filesystem(action, run):
 
 
 def _start_zfs_fuse(action, run):
-    rc, _, _ = run(["pgrep", "--exact", "zfs-fuse"])
-    if rc != 0:
+    if run(["pgrep", "--exact", "zfs-fuse"])[0] != 0:
         _run(run, ["zfs-fuse", "--pidfile", action["pidfile"]] + list(action.get("options") or []))
         with open(action["pidfile"] + ZFS_FUSE_MARKER_SUFFIX, "w", encoding="utf-8") as stream:
             stream.write("zfs-fuse started by the node_storage role; state=absent stops it when no pool is left\n")
-    for _ in range(40):
+    for _attempt in range(40):
         if run(["zpool", "list", "-H"])[0] == 0:
             return
         time.sleep(0.5)
@@ -861,13 +860,13 @@ def _start_zfs_fuse(action, run):
 
 
 def _stop_zfs_fuse(action, run):
-    rc, out, _ = run(["zpool", "list", "-H", "-o", "name"])
+    rc, out, _err = run(["zpool", "list", "-H", "-o", "name"])
     if rc == 0 and out.split():
         return  # a pool is still imported
     pid = (_read_file(action["pidfile"]) or "").strip()
     if rc == 0 and pid.isdigit():
         run(["kill", "-TERM", pid])
-        for _ in range(60):
+        for _attempt in range(60):
             if not os.path.exists("/proc/" + pid):
                 break
             time.sleep(0.5)

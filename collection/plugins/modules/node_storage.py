@@ -20,7 +20,7 @@ description:
   - A loop file it made is grown when its declared size grows (C(truncate), C(losetup --set-capacity),
     C(resize2fs)/C(xfs_growfs)/C(btrfs filesystem resize), C(zpool online -e)); it is never shrunk.
     What it made for a loop file (its directories) is recorded beside it (C(<loop_file>.node_storage))
-    and removed again by O(filesystems[].state=absent), and only that.
+    and removed again by C(state=absent), and only that.
   - A failed step fails the task with one line naming the command and its stderr, after undoing what
     that filesystem's earlier steps made (a failed mkfs leaves no loop file it created).
 author:
@@ -43,7 +43,7 @@ options:
     type: bool
     default: false
   wipe_absent:
-    description: With O(filesystems[].state=absent), erase a block device's signatures (C(wipefs --all)).
+    description: With C(state=absent) in a declaration, erase a block device's signatures (C(wipefs --all)).
     type: bool
     default: false
   fstab:
@@ -170,7 +170,8 @@ def main():
                                        before=state["fstab_text"], after=planned["fstab"]))
     refusals = [refusal for entry in planned["filesystems"] for refusal in entry["refusals"]]
     if refusals:
-        module.fail_json(msg=" ".join(refusals), **dict(result, changed=False))
+        result["changed"] = False  # a refused plan is not applied
+        module.fail_json(msg=" ".join(refusals), **result)
     if changed and not module.check_mode:
         try:
             engine.apply(planned, run, params["fstab"])
