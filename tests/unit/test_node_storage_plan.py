@@ -315,7 +315,7 @@ def test_a_zfs_pool_of_another_source_or_another_pool_is_refused():
     state["probe"]["/img/zfs.img"] = engine.parse_blkid(BLKID_ZFS.replace("LABEL=tank", "LABEL=other"))
     assert "(pool other), not the pool tank" in planned([zfs_declare()], state)["filesystems"][0]["refusals"][0]
     state["probe"]["/img/zfs.img"] = engine.parse_blkid(BLKID_ZFS)
-    assert kinds(planned([zfs_declare()], state)) == ["zpool_import", "zfs_create", "zfs_create", "mkdir"]
+    assert kinds(planned([zfs_declare()], state)) == ["zpool_import", "zfs_datasets", "mkdir"]
 
 
 def test_a_zfs_dataset_that_differs_is_set_and_mounted():
@@ -376,3 +376,14 @@ def test_a_loop_file_is_made_private_with_its_marker(tmp_path):
                               "/nonexistent/zfs-fuse.pid")
     engine.apply(engine.plan([dict(decl, state="absent")], state), run_for_real, str(tmp_path / "fstab"))
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_directory_two_loop_files_share_is_made_once_and_recorded_for_both():
+    state = empty_state()
+    for name in ("a", "b"):
+        state["missing_directories"]["/img/new/%s.img" % name] = ["/img/new"]
+    result = planned([declare(name="a", loop_file="/img/new/a.img", mount_point="/srv/a"),
+                      declare(name="b", loop_file="/img/new/b.img", mount_point="/srv/b")], state)
+    assert kinds(result, 0)[:2] == ["mkdir", "loop_file"] and kinds(result, 1)[0] == "loop_file"
+    # absent of either removes the directory only once it is empty
+    assert result["filesystems"][1]["actions"][0]["marker"]["made_directories"] == ["/img/new"]

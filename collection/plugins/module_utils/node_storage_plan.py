@@ -212,8 +212,17 @@ def parse_fstab(text):
 
 
 def parse_zpool_status(text):
-    """`zpool status -P POOL` -> the vdev paths (full paths with -P)."""
-    return [line.split()[0] for line in text.splitlines() if line.strip().startswith("/")]
+    """`zpool status POOL` -> the names in its config section below the pool
+    (vdevs: a file's path, a device's name), without the header."""
+    names, in_config = [], False
+    for line in text.splitlines():
+        if line.startswith("config:"):
+            in_config = True
+        elif in_config and line[:1].isspace() and line.split():
+            names.append(line.split()[0])
+        elif in_config and line.strip() and not line[:1].isspace():
+            break
+    return names[2:]  # NAME (the header), then the pool itself
 
 
 def parse_zfs_get(text):
@@ -311,14 +320,10 @@ def _read_zfs(run, declared, zfs_fuse_pidfile, zfs_fuse_options):
     for decl in declared:
         if decl["fstype"] != "zfs" or decl["zfs_pool"] not in zfs["pools"]:
             continue
-        rc, out, _err = run(["zpool", "status", "-P", decl["zfs_pool"]])
+        # no -P: zfs-fuse's zpool has none (a file vdev is its path, a device its /dev name)
+        rc, out, _err = run(["zpool", "status", decl["zfs_pool"]])
         zfs["vdevs"][decl["zfs_pool"]] = parse_zpool_status(out) if rc == 0 else []
-        names = [decl["zfs_dataset"]] + ([_zfs_root_dataset(decl)] if decl.get("snapshotter_root") else [])
-        properties = ["mounted", "mountpoint"] + sorted(decl.get("zfs_properties") or {})
-        for name in names:
-            rc, out, _err = run(["zfs", "get", "-H", "-o", "name,property,value", ",".join(properties), name])
-            if rc == 0:
-                zfs["datasets"].update(parse_zfs_get(out))
+        zfs["datasets"].update(_read_datasets(run, decl))
     return zfs
 
 
@@ -533,7 +538,9 @@ def _plan_loop_file(decl, current, state, entry):
     act = entry["actions"].append
     if not current["exists"]:
         made = state["missing_directories"].get(source, [])
-        if made:
+        planned_already = state.setdefault("planned_directories", set())
+        if made and made[-1] not in planned_already:
+            planned_already.update(made)
             act(_action("mkdir", "create the loop file's directory %s" % made[-1], path=made[-1], mode=None,
                         made=made))
         act(_action("loop_file", "create the sparse loop file %s (%s)" % (source, decl["size"]),
@@ -648,24 +655,49 @@ def _plan_zfs_present(decl, current, state, entry, _lines, allow_format, _wipe):
     elif entry.get("grow"):
         act(_action("zpool_online", "grow the pool %s to its loop file" % pool,
                     ["zpool", "online", "-e", pool, source]))
-    have = zfs["datasets"].get(dataset)
+    if imported or not any(action["kind"] == "zpool_import" for action in entry["actions"]):
+        entry["actions"].extend(zfs_dataset_actions(decl, zfs["datasets"]))
+    else:
+        # what an imported pool's datasets are is known only once it is imported
+        act(_action("zfs_datasets", "make the datasets of %s as declared, once imported" % pool,
+                    decl=decl))
+    _plan_root_directory(decl, state, entry)
+    entry["after"] = "source: %s (zfs_member %s)\nmounted: %s (zfs)\nfstab: none\n" % (source, pool, dataset)
+
+
+def zfs_dataset_actions(decl, datasets):
+    """The dataset (and the zfs backend's root dataset) as declared, from
+    `datasets` ({name: {property: value}} of those that exist)."""
+    dataset, actions = decl["zfs_dataset"], []
+    have = datasets.get(dataset)
     settings = _zfs_settings(decl)
     if have is None:
-        act(_action("zfs_create", "create the dataset %s" % dataset,
-                    ["zfs", "create"] + ["-o%s=%s" % item for item in settings.items()] + [dataset]))
+        actions.append(_action("zfs_create", "create the dataset %s" % dataset,
+                               ["zfs", "create"] + ["-o%s=%s" % item for item in settings.items()] + [dataset]))
     else:
         for key, value in settings.items():
             if have.get(key) != value:
-                act(_action("zfs_set", "set %s=%s on %s" % (key, value, dataset),
-                            ["zfs", "set", "%s=%s" % (key, value), dataset]))
+                actions.append(_action("zfs_set", "set %s=%s on %s" % (key, value, dataset),
+                                       ["zfs", "set", "%s=%s" % (key, value), dataset]))
         if have.get("mounted") == "no":
-            act(_action("zfs_mount", "mount the dataset %s" % dataset, ["zfs", "mount", dataset]))
+            actions.append(_action("zfs_mount", "mount the dataset %s" % dataset, ["zfs", "mount", dataset]))
     root = decl.get("snapshotter_root")
-    if root and root["backend"] == "zfs" and _zfs_root_dataset(decl) not in zfs["datasets"]:
-        act(_action("zfs_create", "create the snapshotter root's dataset %s" % _zfs_root_dataset(decl),
-                    ["zfs", "create", "-o", "mountpoint=" + _strip(root["path"]), _zfs_root_dataset(decl)]))
-    _plan_root_directory(decl, state, entry)
-    entry["after"] = "source: %s (zfs_member %s)\nmounted: %s (zfs)\nfstab: none\n" % (source, pool, dataset)
+    if root and root["backend"] == "zfs" and _zfs_root_dataset(decl) not in datasets:
+        actions.append(_action("zfs_create", "create the snapshotter root's dataset %s" % _zfs_root_dataset(decl),
+                               ["zfs", "create", "-o", "mountpoint=" + _strip(root["path"]),
+                                _zfs_root_dataset(decl)]))
+    return actions
+
+
+def _read_datasets(run, decl):
+    names = [decl["zfs_dataset"]] + ([_zfs_root_dataset(decl)] if decl.get("snapshotter_root") else [])
+    properties = ["mounted", "mountpoint"] + sorted(decl.get("zfs_properties") or {})
+    datasets = {}
+    for name in names:
+        rc, out, _err = run(["zfs", "get", "-H", "-o", "name,property,value", ",".join(properties), name])
+        if rc == 0:  # else: no such dataset
+            datasets.update(parse_zfs_get(out))
+    return datasets
 
 
 def _plan_zfs_daemon(zfs, entry):
@@ -802,6 +834,9 @@ def _do(action, run, undo):
         _remove_empty_directories(action["directories"])
     elif kind == "zfs_daemon" and action.get("fuse"):
         _start_zfs_fuse(action, run)
+    elif kind == "zfs_datasets":
+        for step in zfs_dataset_actions(action["decl"], _read_datasets(run, action["decl"])):
+            _run(run, step["argv"])
     elif kind == "zfs_fuse_stop":
         _stop_zfs_fuse(action, run)
     else:
