@@ -142,7 +142,11 @@ def main():
     params = module.params
 
     def run(argv):
-        return module.run_command(argv)
+        # A missing program (no modprobe, no zpool yet) is an answer, as a shell's 127.
+        try:
+            return module.run_command(argv, handle_exceptions=False)
+        except OSError as err:
+            return 127, "", "%s: %s" % (argv[0], err.strerror or err)
 
     declared, problems = engine.declarations(params["filesystems"], params["defaults"])
     if problems:
