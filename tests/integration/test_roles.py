@@ -134,10 +134,12 @@ def test_filesystems_are_mounted_as_declared(ws, declared):
                           check=True).stdout
     assert re.search(r"ftype=1", info) and re.search(r"reflink=1", info), info
 
-    # persistent ones in the (scratch) fstab, through mount's loop option; btrfs not
+    # persistent ones in the (scratch) fstab, through mount's loop option, and
+    # (loop files) nofail and after the mount holding the file; btrfs not
+    boot = "nofail,x-systemd.requires-mounts-for=" + ws.path("images")
     assert sorted(line[:4] for line in fstab_lines(ws)) == [
-        [ws.path("images", "ext4.img"), ws.path("mnt", "ext4"), "ext4", "loop,noatime"],
-        [ws.path("images", "xfs.img"), ws.path("mnt", "xfs"), "xfs", "loop,noatime,nodiratime"],
+        [ws.path("images", "ext4.img"), ws.path("mnt", "ext4"), "ext4", "loop,noatime," + boot],
+        [ws.path("images", "xfs.img"), ws.path("mnt", "xfs"), "xfs", "loop,noatime,nodiratime," + boot],
     ]
     for root in (ws.path("mnt", "ext4", "native"), ws.path("mnt", "xfs", "overlay")):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
@@ -291,10 +293,14 @@ def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
     ({"name": "zfs-later", "fstype": "reiserfs", "loop_file": "/x.img", "size": "1G",
       "mount_point": "/x"}, "value of fstype must be one of"),
     ({"name": "sizeless", "fstype": "ext4", "loop_file": "/x.img", "mount_point": "/x"},
-     "a loop file declared present needs a size (sizeless)"),
+     "sizeless: a loop file declared present needs a size"),
     ({"name": "wrong-root", "fstype": "ext4", "loop_file": "/x.img", "size": "1G",
       "mount_point": "/x", "snapshotter_root": {"path": "/x/r", "backend": "btrfs"}},
-     "a btrfs or zfs snapshotter_root needs a filesystem of that type (wrong-root (btrfs on ext4))"),
+     "wrong-root: a btrfs snapshotter_root needs a btrfs filesystem, not ext4"),
+    ({"name": "banana", "fstype": "ext4", "loop_file": "/x/images/x.img", "size": "banana",
+      "mount_point": "/x"}, "banana: size 'banana' is not a size"),
+    ({"name": "tiny", "fstype": "ext4", "loop_file": "/x/images/x.img", "size": "4K",
+      "mount_point": "/x"}, "tiny: size 4K is too small: mkfs.ext4 needs at least 128K"),
 ])
 def test_bad_declarations_are_refused_before_anything_changes(ws, entry, message):
     refused = ws.play("node_storage", {"node_storage_fstab": ws.fstab,
@@ -302,6 +308,30 @@ def test_bad_declarations_are_refused_before_anything_changes(ws, entry, message
     assert refused.rc != 0 and refused.changed == 0, refused
     assert message in refused.output, refused
     assert not os.path.exists("/x.img") and not os.path.exists("/x")
+
+
+def test_partial_defaults_growth_and_absent_of_what_the_role_made(ws, declared):
+    """{persistent: false} as the defaults keeps state=present; a bigger size grows
+    the loop file and its btrfs; absent removes the directories the role made."""
+    grown = {"name": "grown", "fstype": "btrfs", "size": "128M",
+             "loop_file": ws.path("made", "by", "role", "grown.img"), "mount_point": ws.path("mnt", "grown")}
+    variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
+                 "node_storage_filesystem_defaults": {"persistent": False},
+                 "node_storage_filesystems": [grown]}
+    made = ws.play("node_storage", variables)
+    assert made.rc == 0 and made.changed == 1, made
+    assert ws.path("mnt", "grown") not in [line[1] for line in fstab_lines(ws)]
+    small = os.statvfs(ws.path("mnt", "grown"))
+    grown["size"] = "256M"
+    bigger = ws.play("node_storage", variables)
+    assert bigger.rc == 0 and bigger.changed == 1, bigger
+    assert os.stat(grown["loop_file"]).st_size == 256 << 20
+    large = os.statvfs(ws.path("mnt", "grown"))
+    assert large.f_blocks * large.f_frsize > 1.5 * small.f_blocks * small.f_frsize
+    assert ws.play("node_storage", variables).changed == 0
+    grown["state"] = "absent"
+    assert ws.play("node_storage", variables).rc == 0
+    assert not os.path.exists(ws.path("made")) and not os.path.exists(ws.path("mnt", "grown"))
 
 
 def test_absent_removes_mounts_loop_devices_files_and_fstab_lines(ws, declared,
