@@ -31,9 +31,12 @@ trap 'rm -rf "$stage_dir"' EXIT
 collection="$(python3 "$here/stage.py" "$stage_dir/collections")"
 
 # --project-dir: without it ansible-lint, finding no .git or config above a
-# directory in /tmp, takes / as the project.
+# directory in /tmp, takes / as the project. ANSIBLE_COLLECTIONS_PATH: the
+# roles' calls of the collection's own modules (snaplab.snapshots.*) resolve
+# only when the staged collection is on the collections path (--offline
+# installs nothing, not even the collection being linted).
+export ANSIBLE_COLLECTIONS_PATH="$stage_dir/collections"
 (cd "$collection" && "$ansible_lint" --profile production --offline --project-dir . "$@")
 
 cp -r "$repo/molecule" "$stage_dir/molecule"
-(cd "$stage_dir/molecule" && ANSIBLE_COLLECTIONS_PATH="$stage_dir/collections" \
-    "$ansible_lint" --profile production --offline --project-dir . "$@")
+(cd "$stage_dir/molecule" && "$ansible_lint" --profile production --offline --project-dir . "$@")
