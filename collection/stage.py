@@ -24,8 +24,8 @@ side, and refuse symlinks that leave the tree, hence real copies. It prints
 the staged collection's path.
 
 Every caller (make molecule, demo and collection, the lab runner, the
-integration tests, ansible_test.sh, ansible_lint.sh) stages through here, so what a fresh
-collection is lives in this file only:
+integration tests, ansible_test.sh, ansible_lint.sh) stages through here, so
+what a fresh collection is lives in this file only:
 
 - DEST is restaged only when what it is made from changed: DEST/.staged-from
   holds a fingerprint of every file and directory copied (path, size, mtime,
