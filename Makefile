@@ -18,7 +18,7 @@ CONTRIB_PACKAGES := $(ZFS_PACKAGE)
 # zfs-fuse) takes about 1 min.
 PYTEST_TIMEOUT ?= 900
 
-.PHONY: all deps apt venv test test-host pytest sanity units molecule collection demo bench clean leaks \
+.PHONY: all deps apt venv test test-host pytest sanity lint units molecule collection demo bench clean leaks \
 	torture staged-collections
 
 all: test
@@ -58,7 +58,8 @@ deps: apt venv
 ## differences: conformance/known-differences.yml) on loop ext4, xfs, btrfs,
 ## zfs (a pool on a loop file; zfs-fuse where the kernel has no zfs), a
 ## filesystem without d_type and a host directory, ansible-test sanity and
-## units on the staged collection, and Molecule (`make test-host`: all of
+## units and ansible-lint's production profile on the staged collection, the
+## changelog's fragments, and Molecule (`make test-host`: all of
 ## that) and, alongside it, `make lab-smoke`: the bookworm box (built when
 ## the cache lacks it) and one VM running the suite on kernel ZFS.
 ##
@@ -77,7 +78,7 @@ test: deps lab-deps
 ## make test-host: the tests on this machine only (no VM), then the leak
 ## check (in the same mount namespace, so it sees the tests' mounts).
 test-host: deps
-	$(MAKE) --no-print-directory pytest sanity units molecule
+	$(MAKE) --no-print-directory pytest sanity lint units molecule
 	$(MAKE) --no-print-directory leaks
 
 pytest: deps
@@ -132,6 +133,13 @@ wheels: venv
 
 sanity: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh sanity
+
+## make lint: antsibull-changelog lint (changelogs/), then ansible-lint
+## --profile production, nothing skipped, on a staged copy of the collection
+## outside the repository and on the Molecule scenarios
+## (collection/ansible_lint.sh).
+lint: deps
+	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_lint.sh
 
 units: deps
 	PATH=$(abspath $(VENV))/bin:$$PATH collection/ansible_test.sh units

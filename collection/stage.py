@@ -7,8 +7,11 @@ makes DEST/ansible_collections/snaplab/snapshots/ (DEST is created if
 missing; a previous staging there is replaced) from:
 
     galaxy.yml            the repository's top level
+    CHANGELOG.rst,        the repository's top level too (antsibull-changelog
+      changelogs/         keeps them beside galaxy.yml)
     collection/*          plugins/, meta/, tests/, README.md (not this
-                          script, nor ansible_test.sh: they are tooling)
+                          script, nor ansible_test.sh and ansible_lint.sh:
+                          they are tooling)
     roles/                node_storage, conformance, ...
     snaplab/              copied to plugins/module_utils/_snaplab/, the core
                           the modules import (without the CLI: modules do
@@ -21,8 +24,8 @@ side, and refuse symlinks that leave the tree, hence real copies. It prints
 the staged collection's path.
 
 Every caller (make molecule, demo and collection, the lab runner, the
-integration tests, ansible_test.sh) stages through here, so what a fresh
-collection is lives in this file only:
+integration tests, ansible_test.sh, ansible_lint.sh) stages through here, so
+what a fresh collection is lives in this file only:
 
 - DEST is restaged only when what it is made from changed: DEST/.staged-from
   holds a fingerprint of every file and directory copied (path, size, mtime,
@@ -52,7 +55,10 @@ NAMESPACE, NAME = "snaplab", "snapshots"
 # Never staged, anywhere: caches and what tools write next to the sources.
 JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".molecule")
 # collection/ holds these tools beside the content; they are not content.
-TOOLING = {"stage.py", "ansible_test.sh"}
+TOOLING = {"stage.py", "ansible_test.sh", "ansible_lint.sh"}
+# Kept at the repository's top beside galaxy.yml, where antsibull-changelog
+# looks for them; a collection without them yet stages without them.
+CHANGELOG = ("CHANGELOG.rst", "changelogs")
 # The core as module_utils: the CLI is for people, not for modules.
 NOT_MODULE_UTILS = shutil.ignore_patterns("__pycache__", "*.pyc", "__main__.py",
                                           "cli.py", "verbs.py", "ctr_output.py")
@@ -67,6 +73,8 @@ def sources(repo=REPO):
     """What the collection is made of: (source path, path inside the
     collection, ignore) in copying order."""
     plan = [(os.path.join(repo, "galaxy.yml"), "galaxy.yml", None)]
+    plan += [(os.path.join(repo, entry), entry, JUNK) for entry in CHANGELOG
+             if os.path.exists(os.path.join(repo, entry))]
     collection = os.path.join(repo, "collection")
     for entry in sorted(os.listdir(collection)):
         if entry in TOOLING or entry == "__pycache__":

@@ -22,7 +22,8 @@ def write(path, text="x\n"):
 def make_repo(base):
     """The layout stage.py reads, a few files in each part."""
     for rel in ("galaxy.yml", "collection/README.md", "collection/plugins/modules/snapshot.py",
-                "collection/stage.py", "collection/ansible_test.sh",
+                "collection/stage.py", "collection/ansible_test.sh", "collection/ansible_lint.sh",
+                "CHANGELOG.rst", "changelogs/changelog.yaml", "changelogs/fragments/.keep",
                 "collection/plugins/modules/__pycache__/snapshot.cpython-311.pyc",
                 "roles/conformance/tasks/main.yml", "roles/node_storage/tasks/main.yml",
                 "snaplab/__init__.py", "snaplab/cli.py", "snaplab/__main__.py",
@@ -43,7 +44,8 @@ def bump(path, seconds):
 
 
 EXPECTED = [
-    "README.md", "galaxy.yml", "plugins/module_utils/_snaplab/__init__.py",
+    "CHANGELOG.rst", "README.md", "changelogs/changelog.yaml", "changelogs/fragments/.keep",
+    "galaxy.yml", "plugins/module_utils/_snaplab/__init__.py",
     "plugins/module_utils/_snaplab/backends/base.py", "plugins/modules/snapshot.py",
     "roles/conformance/files/conformance/__init__.py",
     "roles/conformance/files/snaplab/__init__.py",

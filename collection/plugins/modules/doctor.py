@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: doctor
 short_description: Check a snaplab snapshotter root for what crashes leave, and repair it
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Finds every inconsistency between a snapshotter root's metadata, its storage (directories,
     btrfs subvolumes, ZFS datasets), its mounts and its temporary names, as C(snaplab doctor)
