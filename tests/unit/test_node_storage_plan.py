@@ -387,3 +387,20 @@ def test_a_directory_two_loop_files_share_is_made_once_and_recorded_for_both():
     assert kinds(result, 0)[:2] == ["mkdir", "loop_file"] and kinds(result, 1)[0] == "loop_file"
     # absent of either removes the directory only once it is empty
     assert result["filesystems"][1]["actions"][0]["marker"]["made_directories"] == ["/img/new"]
+
+
+@pytest.mark.parametrize("capable", [True, False])
+def test_an_online_ext4_growth_refused_for_want_of_cap_sys_resource_says_so(monkeypatch, capable):
+    """Online resize2fs needs CAP_SYS_RESOURCE (a container's root may lack
+    it): the one line says so and how to grow it instead."""
+    def run(argv):
+        if argv[0] == "findmnt":
+            return 0, "/dev/loop7\n", ""
+        return 1, "", "resize2fs: Permission denied to resize filesystem\n"
+
+    monkeypatch.setattr(engine, "_has_capability", lambda number: capable)
+    with pytest.raises(engine.StepFailed) as failed:
+        engine._grow_filesystem({"mount_point": "/srv/ext4", "fstype": "ext4"}, run)
+    assert "Permission denied to resize filesystem" in str(failed.value)
+    assert ("CAP_SYS_RESOURCE" in str(failed.value)) is not capable
+    assert "\n" not in str(failed.value)

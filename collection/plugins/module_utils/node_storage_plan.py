@@ -875,11 +875,36 @@ def _grow_filesystem(action, run):
     mount_point, fstype = action["mount_point"], action["fstype"]
     if fstype == "ext4":
         device = _run(run, ["findmnt", "--noheadings", "--output", "SOURCE", "--mountpoint", mount_point]).strip()
-        _run(run, ["resize2fs", device])
+        try:
+            _run(run, ["resize2fs", device])
+        except StepFailed as failed:
+            if "Permission denied" in str(failed) and not _has_capability(CAP_SYS_RESOURCE):
+                # The kernel's online resize (EXT4_IOC_RESIZE_FS) wants
+                # CAP_SYS_RESOURCE, which a container's root often lacks.
+                raise StepFailed("%s; growing a mounted ext4 needs CAP_SYS_RESOURCE, which this "
+                                 "process does not have (a container?): unmount %s and grow it "
+                                 "there with resize2fs, or run where root has it"
+                                 % (failed, mount_point)) from None
+            raise
     elif fstype == "xfs":
         _run(run, ["xfs_growfs", mount_point])
     elif fstype == "btrfs":
         _run(run, ["btrfs", "filesystem", "resize", "max", mount_point])
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def _has_capability(number):
+    """Whether this process has capability `number` in its effective set."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> number & 1)
+    except (OSError, ValueError):
+        pass
+    return True  # cannot tell: the command's own error stands
 
 
 def _start_zfs_fuse(action, run):
