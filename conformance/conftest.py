@@ -204,8 +204,10 @@ def pytest_collection_modifyitems(config, items):
                 # Strict for the matrix: a listed case that passes must
                 # fail the run. Not on an endpoint: someone else's service
                 # of another version may have fixed it (the report says so).
-                item.add_marker(pytest.mark.xfail(strict=strict, reason="known: %s%s" % (
-                    entry["reason"], " (%s)" % entry["link"] if entry["link"] else "")))
+                # And not for what fails only when a kill lands just so.
+                item.add_marker(pytest.mark.xfail(
+                    strict=strict and not entry["sometimes"], reason="known: %s%s" % (
+                        entry["reason"], " (%s)" % entry["link"] if entry["link"] else "")))
         item.user_properties.append(("case", case))
 
 

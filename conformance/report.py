@@ -23,7 +23,9 @@ a line, "#" starts a comment::
 failure counts as an expected failure (not red); a matching case that passes is
 "unexpectedly passing"; an entry that matched no failure at all is listed as
 stale (it passes now, was skipped, or is not among these results), so that the
-list does not outlive the bugs in it.
+list does not outlive the bugs in it. An entry with "sometimes: true" (YAML or
+JSON) is for a case that fails only when something lands just so, such as
+where a kill falls: a pass there is a plain pass, and the entry never stale.
 
 Exit status: 0 when no unexpected failure, 1 when there is one, 2 for bad input.
 """
@@ -109,17 +111,19 @@ def load_results(paths):
     return runs
 
 
-KNOWN_KEYS = ("case", "cell", "target", "reason", "link")
+KNOWN_KEYS = ("case", "cell", "target", "reason", "link", "sometimes")
 
 
-def known(case, cell, reason, link, where):
-    """One normalized entry; `where` names it in errors."""
+def known(case, cell, reason, link, where, sometimes=False):
+    """One normalized entry; `where` names it in errors. `sometimes`: the
+    case fails only when something lands just so (where a kill falls), so
+    a pass is no news: not an unexpected pass, not a stale entry."""
     target, sep, env = cell.partition("@")
     if sep and not env.strip():
         raise InputError("%s: cell %r has nothing after '@'" % (where, cell))
     target, env = target.strip() or "*", env.strip() or "*"
     return {"case": case.strip(), "cell": cell.strip() or "*", "target": target, "where": env,
-            "reason": reason.strip(), "link": link.strip()}
+            "reason": reason.strip(), "link": link.strip(), "sometimes": sometimes}
 
 
 def parse_known_line(line, where):
@@ -170,7 +174,10 @@ def load_known_failures(path):
             cell = e.get("cell", e.get("target")) or "*"
             if not isinstance(cell, str) or not isinstance(e.get("link") or "", str):
                 raise InputError('%s (%s): "cell" and "link" are strings' % (where, e["case"]))
-            entries.append(known(e["case"], cell, e["reason"], e.get("link") or "", where))
+            if not isinstance(e.get("sometimes", False), bool):
+                raise InputError('%s (%s): "sometimes" is true or false' % (where, e["case"]))
+            entries.append(known(e["case"], cell, e["reason"], e.get("link") or "", where,
+                                 e.get("sometimes", False)))
     else:
         entries = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -212,7 +219,7 @@ def stale_entries(known_failures, items, runs=None):
     stale = []
     for entry in known_failures:
         statuses = seen.get(id(entry), [])
-        if "xfail" in statuses:
+        if "xfail" in statuses or entry["sometimes"]:
             continue
         if "xpass" in statuses:
             now = "passes now (%d result%s)" % (statuses.count("xpass"), "" if statuses.count("xpass") == 1 else "s")
@@ -233,6 +240,8 @@ def status_of(result, entry):
     outcome = result["outcome"]
     if outcome in ("failed", "error"):
         return "xfail" if entry else "fail"
+    if entry and entry["sometimes"] and outcome in ("passed", "xpassed"):
+        return "pass"
     if outcome == "passed":
         return "xpass" if entry else "pass"
     if outcome == "skipped":

@@ -198,7 +198,8 @@ def test_known_failures_line_format(tmp_path, capsys):
     entries = report.load_known_failures(str(known))
     assert entries == [{"target": "overlay-on-*", "where": "*", "cell": "overlay-on-*",
                         "case": "remove_fails_while_children_exist",
-                        "reason": "kernel bug", "link": "https://example.org/1"}]
+                        "reason": "kernel bug", "link": "https://example.org/1",
+                        "sometimes": False}]
     code, out, _ = run_main(capsys, "--known-failures", str(known), run)
     assert code == 1  # the setup error is not covered by the list
     assert "- overlay-on-xfs :: walk_filters — error in setup: no loop device" in out
@@ -519,3 +520,32 @@ def test_the_report_says_which_traits_each_row_was_checked_against(tmp_path, cap
     assert "- native — snaplab-native.yml: usage_includes_parent: true" in section
     assert "mine" not in section
     assert "snaplab-native.yml: usage_includes_parent: true" in html_path.read_text()
+
+
+def test_a_sometimes_entry_takes_a_failure_and_a_pass_alike(tmp_path, capsys):
+    known = tmp_path / "known.yml"
+    known.write_text("known_failures:\n"
+                     "  - case: kill_mid_prepare\n    cell: mine-on-*\n    sometimes: true\n"
+                     "    reason: fails when a kill lands between two steps\n"
+                     "  - case: other\n    cell: mine-on-*\n    reason: always fails\n")
+    path = write_run(tmp_path / "run.json", [
+        result("mine-on-xfs", "kill_mid_prepare", "failed", "file exists"),
+        result("mine-on-ext4", "kill_mid_prepare"),
+        result("mine-on-ext4", "other")])
+    code, out, _err = run_main(capsys, path, "--known-failures", str(known))
+    assert code == 0
+    header, rows = table_rows(out)
+    cells = dict(zip(header, rows["mine"]))
+    assert cells["xfs"].endswith("0 pass · 1 xfail")  # failed when the kill landed
+    assert cells["ext4"].endswith("1 pass · 1 xpass")  # a plain pass, and `other`'s xpass
+    # only the always-failing entry that passed is news
+    assert "## Unexpectedly passing (1)" in out
+    assert "other" in out[out.index("## Unexpectedly passing"):]
+    assert "Known failures that did not fail (stale entries) (1)" in out
+
+
+def test_sometimes_must_be_a_boolean(tmp_path):
+    known = tmp_path / "known.yml"
+    known.write_text("- case: c\n  reason: r\n  sometimes: often\n")
+    with pytest.raises(report.InputError, match='"sometimes" is true or false'):
+        report.load_known_failures(str(known))
