@@ -220,10 +220,40 @@ def test_a_line_without_the_boot_options_is_rewritten_and_remounted():
 
 def test_a_loop_file_node_storage_made_grows_with_its_size():
     result = planned([declare(size="512M")], made_state())
-    assert kinds(result) == ["grow_loop_file", "grow_filesystem"]
+    # the marker's new size last: a kill before it leaves the growth to finish
+    assert kinds(result) == ["grow_loop_file", "grow_filesystem", "marker"]
     grow = result["filesystems"][0]["actions"][0]
     assert grow["argv"] == ["truncate", "--size", str(512 << 20), "/img/fs.img"]
     assert grow["loop_devices"] == ["/dev/loop7"]
+    assert result["filesystems"][0]["actions"][-1]["marker"]["size"] == 512 << 20
+
+
+def test_a_growth_a_kill_interrupted_is_finished():
+    """The file was grown to 512M, then the run was killed before the
+    filesystem grew and the marker said so: the next run grows the filesystem."""
+    state = made_state(size=512 << 20)
+    state["markers"]["/img/fs.img"]["size"] = 256 << 20
+    assert kinds(planned([declare(size="512M")], state)) == [
+        "grow_loop_file", "grow_filesystem", "marker"]
+
+
+def test_the_marker_is_written_before_the_loop_file_and_atomically(tmp_path):
+    """Killed between the two, the file is either absent (the next run
+    makes it) or already the role's; a marker is never half-written."""
+    source = str(tmp_path / "fs.img")
+    seen = []
+
+    def run(argv):
+        seen.append((argv[0], os.path.exists(source + engine.MARKER_SUFFIX)))
+        open(source, "w").close()
+        return 0, "", ""
+
+    action = engine._action("loop_file", "make it", ["truncate", "--size", "1", source],
+                            path=source, marker={"made_directories": [], "size": 1})
+    engine._do(action, run, [])
+    assert seen == [("truncate", True)]
+    assert json.loads(open(source + engine.MARKER_SUFFIX).read())["size"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["fs.img", "fs.img.node_storage"]  # no temporary left
 
 
 def test_a_loop_file_made_elsewhere_is_not_grown_and_a_smaller_size_never_shrinks():
@@ -235,7 +265,8 @@ def test_a_loop_file_made_elsewhere_is_not_grown_and_a_smaller_size_never_shrink
 def test_an_empty_loop_file_too_small_for_mkfs_is_grown_then_formatted():
     # The old role kept a 4K file forever: every run failed in mkfs.
     state = empty_state(**{"/img/fs.img": {"exists": True, "isblk": False, "size": 4096}})
-    assert kinds(planned([declare()], state)) == ["grow_loop_file", "mkfs", "mkdir", "fstab", "mount"]
+    assert kinds(planned([declare()], state)) == ["grow_loop_file", "mkfs", "mkdir", "fstab", "mount",
+                                                  "marker"]
 
 
 def test_never_format_a_source_that_holds_something_unless_told():

@@ -503,6 +503,7 @@ def _plan_present(decl, current, state, entry, lines, allow_format, _wipe):
     if entry.get("grow"):
         act(_action("grow_filesystem", "grow the %s at %s to its loop file" % (fstype, decl["mount_point"]),
                     fstype=fstype, mount_point=decl["mount_point"]))
+    _finish_growth(entry)
     if fstype == "xfs":
         known = state["xfs"].get(decl["mount_point"])
         wanted = {"ftype": int(decl["xfs_ftype"]),
@@ -537,7 +538,10 @@ def _plan_loop_file(decl, current, state, entry):
     source, size = current["source"], parse_size(decl["size"])
     act = entry["actions"].append
     if not current["exists"]:
-        made = state["missing_directories"].get(source, [])
+        # A marker without its file: a run killed before it made the file,
+        # after the directories its marker names.
+        made = ((current["marker"] or {}).get("made_directories")
+                or state["missing_directories"].get(source, []))
         planned_already = state.setdefault("planned_directories", set())
         if made and made[-1] not in planned_already:
             planned_already.update(made)
@@ -547,7 +551,11 @@ def _plan_loop_file(decl, current, state, entry):
                     ["truncate", "--size", str(size), source], path=source,
                     marker={"made_directories": made, "size": size}))
         return
-    if size > current["size"]:
+    # The marker's size is what the role finished growing to: a file larger
+    # than that is a growth a kill interrupted, whose filesystem (or pool)
+    # still has to follow.
+    recorded = (current["marker"] or {}).get("size", current["size"])
+    if size > current["size"] or recorded < current["size"]:
         owned = current["marker"] is not None or not current["holds"]
         if not owned:
             entry.setdefault("notes", []).append(
@@ -555,10 +563,20 @@ def _plan_loop_file(decl, current, state, entry):
                 % (decl["name"], source, decl["size"]))
             return
         act(_action("grow_loop_file", "grow the loop file %s to %s" % (source, decl["size"]),
-                    ["truncate", "--size", str(size), source], path=source,
-                    marker=dict(current["marker"] or {"made_directories": []}, size=size),
+                    ["truncate", "--size", str(max(size, current["size"])), source], path=source,
                     loop_devices=current["loop_devices"]))
         entry["grow"] = bool(current["holds"])
+        # written once the filesystem or pool has grown too (_finish_growth)
+        entry["grown_marker"] = (source, dict(current["marker"] or {"made_directories": []},
+                                              size=max(size, current["size"])))
+
+
+def _finish_growth(entry):
+    """The marker's new size, after everything a growth changes."""
+    if entry.get("grown_marker"):
+        source, marker = entry["grown_marker"]
+        entry["actions"].append(_action("marker", "record %s as grown" % source, path=source,
+                                        marker=marker))
 
 
 def _plan_root_directory(decl, state, entry):
@@ -655,6 +673,7 @@ def _plan_zfs_present(decl, current, state, entry, _lines, allow_format, _wipe):
     elif entry.get("grow"):
         act(_action("zpool_online", "grow the pool %s to its loop file" % pool,
                     ["zpool", "online", "-e", pool, source]))
+    _finish_growth(entry)
     if imported or not any(action["kind"] == "zpool_import" for action in entry["actions"]):
         entry["actions"].extend(zfs_dataset_actions(decl, zfs["datasets"]))
     else:
@@ -796,15 +815,18 @@ def _do(action, run, undo):
         if action.get("made"):
             undo.append(("rmdirs", action["made"]))
     elif kind == "loop_file":
+        # The marker first: killed before the file, the next run makes the
+        # file; after it, the file is the role's (absent deletes it).
+        _write_marker(action)
+        undo.append(("unlink", action["path"] + MARKER_SUFFIX))
         _run(run, action["argv"])
         undo.append(("unlink", action["path"]))
         os.chmod(action["path"], 0o600)
-        _write_marker(action)
-        undo.append(("unlink", action["path"] + MARKER_SUFFIX))
     elif kind == "grow_loop_file":
         _run(run, action["argv"])
         for device in action["loop_devices"]:
             _run(run, ["losetup", "--set-capacity", device])
+    elif kind == "marker":
         _write_marker(action)
     elif kind == "grow_filesystem":
         _grow_filesystem(action, run)
@@ -853,9 +875,9 @@ def _remove_empty_directories(directories):
 
 
 def _write_marker(action):
-    with open(action["path"] + MARKER_SUFFIX, "w", encoding="utf-8") as stream:
-        json.dump(dict(action["marker"], made_by="snaplab.snapshots.node_storage"), stream)
-        stream.write("\n")
+    # Whole or not at all: a torn marker would stop every later run.
+    _write_atomically(action["path"] + MARKER_SUFFIX, json.dumps(
+        dict(action["marker"], made_by="snaplab.snapshots.node_storage")) + "\n")
 
 
 def _undo(undo, run):
