@@ -20,6 +20,7 @@ here without PyYAML: a node that runs the suite needs nothing more.
 """
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -207,9 +208,11 @@ def load(path):
     return Traits(parse(content, path), os.path.basename(path))
 
 
+@functools.lru_cache(maxsize=None)
 def known(name):
     """The Traits of conformance/traits/<name>.yml, or None when the suite
-    knows no snapshotter of that name."""
+    knows no snapshotter of that name (read once a run: an endpoint's traits
+    are asked for every case)."""
     path = os.path.join(TRAITS_DIR, name + ".yml")
     return load(path) if os.path.exists(path) else None
 
