@@ -43,6 +43,7 @@ import inspect
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -51,15 +52,32 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 
 LABS = os.path.dirname(os.path.abspath(__file__))
 RECIPE = os.path.join(LABS, "recipe")
 GUEST_CHECK = os.path.join(LABS, "guest-check.sh")
 DEFAULT_CACHE = "/var/cache/snaplab/boxes"
-MIRROR = "http://deb.debian.org/debian"
-# Release -> the kernel series its cloud kernel belongs to (checked at build).
-RELEASES = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+# Release -> how its box is made: `suite`, the Debian suite debootstrap
+# installs; `kernel`, the series its cloud kernel must belong to (checked at
+# build); `kernel_suite`, where the kernel and OpenZFS come from when that
+# is not the release itself (a backports kernel: OpenZFS from the same
+# suite, the newest one built for it).
+RELEASES = {
+    "bullseye": {"suite": "bullseye", "kernel": "5.10"},
+    "bookworm": {"suite": "bookworm", "kernel": "6.1"},
+    "trixie": {"suite": "trixie", "kernel": "6.12"},
+    "trixie-backports": {"suite": "trixie", "kernel_suite": "trixie-backports", "kernel": "7.3"},
+    "forky": {"suite": "forky", "kernel": "7.2"},
+}
+# debootstrap scripts for suites older debootstraps do not know yet (the
+# host's may predate them): a Debian suite newer than its scripts is made
+# like sid.
+DEBOOTSTRAP_SCRIPTS = "/usr/share/debootstrap/scripts"
+# The kernel meta package of packages.txt: installed from `kernel_suite`
+# after debootstrap when a release has one.
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
 # Bump to rebuild every box when the cache layout or manifest changes.
 RECIPE_FORMAT = 1
 # Where Debian's vagrant package keeps the insecure key pair, and where
@@ -72,9 +90,15 @@ MBR_FILES = ["/usr/lib/syslinux/mbr/mbr.bin", "/usr/lib/EXTLINUX/mbr.bin"]
 BUILD_TOOLS = ["debootstrap", "chroot", "mount", "umount", "losetup", "sfdisk", "mkfs.ext4",
                "extlinux", "qemu-img", "cp", "rm"]
 CHECK_TOOLS = ["qemu-system-x86_64", "qemu-img", "ssh"]
+# zfs.sh's exit status when zfs-dkms does not build for the box's kernel
+# (the box is made without zfs), and where it writes why, in the root.
+ZFS_DID_NOT_BUILD = 3
+ZFS_REASON_FILE = "/tmp/snaplab-recipe/zfs-unavailable.txt"
 # Where the recipe is copied inside the chroot while it is built (seal.sh
 # empties /tmp at the end).
 RECIPE_IN_ROOT = "/tmp/snaplab-recipe"
+# A build says where it is this often (seconds), also inside a long step.
+PROGRESS_EVERY_S = 60
 # Files in the recipe directory that are not recipe (editor and Python junk).
 NOT_RECIPE = ("__pycache__", ".pyc", "~", ".swp")
 
@@ -111,7 +135,10 @@ def recipe_files(recipe_dir=RECIPE):
 def recipe_hash(release, recipe_dir=RECIPE, steps=None):
     """A short hash of everything that makes `release`'s box."""
     digest = hashlib.sha256()
-    digest.update(f"snaplab box format {RECIPE_FORMAT}\0{release}\0{MIRROR}\0".encode())
+    # Not the mirror: any mirror serves the same packages (boxes built from
+    # another site's mirror are the same boxes).
+    spec = json.dumps(RELEASES.get(release, {}), sort_keys=True)
+    digest.update(f"snaplab box format {RECIPE_FORMAT}\0{release}\0{spec}\0".encode())
     for rel in recipe_files(recipe_dir):
         path = os.path.join(recipe_dir, rel)
         executable = os.stat(path).st_mode & 0o111 != 0
@@ -165,6 +192,113 @@ def current_box(release, cache=None):
 def check_release(release):
     if release not in RELEASES:
         raise BoxError(f"unknown release {release!r}: one of {', '.join(RELEASES)}")
+
+
+# ---------------------------------------------------------------------------
+# The Debian mirror: the host's own, as an installer takes it
+
+
+APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
+# Suites that name Debian itself, besides the releases' own (an entry for
+# the host's release, or one of these, is a Debian mirror; one for a third
+# party's "nodistro" or "cloud-sdk-bookworm" is not).
+DEBIAN_SUITES = {"stable", "testing", "unstable", "sid", "oldstable", "oldoldstable",
+                 "buster", "bullseye", "bookworm", "trixie", "forky", "duke"}
+
+
+def parse_apt_sources(path, text):
+    """The enabled `deb` entries of one apt sources file, one-line (.list)
+    or deb822 (.sources) format: [(uri, [suites], [components])]."""
+    entries = []
+    if path.endswith(".sources"):
+        for stanza in re.split(r"\n\s*\n", text):
+            fields, key = {}, None
+            for line in stanza.splitlines():
+                if line.startswith("#") or not line.strip():
+                    continue
+                if line[0].isspace() and key:
+                    fields[key] += " " + line.strip()
+                    continue
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                entries.append((uri, fields.get("suites", "").split(),
+                                fields.get("components", "").split()))
+        return entries
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0] != "deb":
+            continue
+        words = words[1:]
+        if words and words[0].startswith("["):  # [arch=amd64 signed-by=...]
+            while words and not words[0].endswith("]"):
+                words.pop(0)
+            words = words[1:]
+        if len(words) >= 2:
+            entries.append((words[0], [words[1]], words[2:]))
+    return entries
+
+
+def host_debian_suites():
+    suites = set(DEBIAN_SUITES) | {spec["suite"] for spec in RELEASES.values()}
+    with contextlib.suppress(OSError):
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("VERSION_CODENAME="):
+                    suites.add(line.split("=", 1)[1].strip().strip('"'))
+    return suites
+
+
+def debian_mirror(sources=APT_SOURCES, environ=None):
+    """The Debian mirror boxes are built from: $SNAPLAB_DEBIAN_MIRROR (or
+    `build --mirror`), else the first of the host's apt sources that serves
+    a Debian suite's main component (not its security archive), as
+    debian-installer and debootstrap users take it. A site with its own
+    mirror or proxy then needs no edit here."""
+    given = (os.environ if environ is None else environ).get("SNAPLAB_DEBIAN_MIRROR", "").strip()
+    if given:
+        return given.rstrip("/")
+    files = []
+    for source in sources:
+        if os.path.isdir(source):
+            files += sorted(os.path.join(source, n) for n in os.listdir(source)
+                            if n.endswith((".list", ".sources")))
+        elif os.path.exists(source):
+            files.append(source)
+    debian = host_debian_suites()
+    for path in files:
+        with open(path, errors="replace") as f:
+            entries = parse_apt_sources(path, f.read())
+        for uri, suites, components in entries:
+            if not uri.startswith(("http://", "https://", "file:/")) or "main" not in components:
+                continue  # debootstrap takes neither mirror+file: nor cdrom:
+            for suite in suites:
+                base = suite.split("-", 1)[0]
+                if base in debian and not suite.endswith("-security") \
+                        and not uri.rstrip("/").endswith("-security"):
+                    return uri.rstrip("/")
+    raise BoxError("no Debian mirror in the host's apt sources (%s): set SNAPLAB_DEBIAN_MIRROR "
+                   "or pass --mirror URL" % ", ".join(files or sources))
+
+
+def apt_proxy_env():
+    """http_proxy/https_proxy for debootstrap and the chroot's apt, from the
+    host's apt configuration (Acquire::http::Proxy), unless already set."""
+    env = {}
+    if shutil.which("apt-config") is None:
+        return env
+    for scheme in ("http", "https"):
+        if os.environ.get(f"{scheme}_proxy"):
+            continue
+        done = subprocess.run(["apt-config", "shell", "P", f"Acquire::{scheme}::Proxy"],
+                              stdout=subprocess.PIPE, text=True, check=False)
+        match = re.match(r"P='(.*)'", done.stdout.strip())
+        if match and match.group(1) and match.group(1).upper() != "DIRECT":
+            env[f"{scheme}_proxy"] = match.group(1)
+    return env
 
 
 def read_list(path):
@@ -221,6 +355,11 @@ class Build:
         self.box_file = os.path.join(work, "disk.box")
         self.log_path = os.path.join(work, "build.log")
         self.verbose = verbose
+        self.spec = RELEASES[box.release]
+        self.mirror = debian_mirror()
+        self.proxy_env = apt_proxy_env()
+        self.started = time.monotonic()
+        self.current_step, self.next_tick = None, self.started + PROGRESS_EVERY_S
         self.steps = {}
         self.cpu = {}
         self.facts = {}
@@ -239,7 +378,11 @@ class Build:
         self.say(f"{name} ...")
         self.log(f"==== step {name}")
         start, cpu = time.monotonic(), children_cpu_seconds()
-        yield
+        self.current_step, self.next_tick = (name, start), start + PROGRESS_EVERY_S
+        try:
+            yield
+        finally:
+            self.current_step = None
         elapsed, cpu = time.monotonic() - start, children_cpu_seconds() - cpu
         self.steps[name] = round(elapsed, 1)
         self.cpu[name] = round(cpu, 1)
@@ -249,24 +392,53 @@ class Build:
         with open(self.log_path, "a") as f:
             f.write(text + "\n")
 
-    def run(self, argv, capture=False, **kwargs):
+    def run(self, argv, capture=False, allowed=(0,), input=None):
         """Run a command, its output into the build log (and the terminal with
-        --verbose); with capture, return its stdout instead."""
+        --verbose); with capture, return its stdout instead, else its exit
+        status (one of `allowed`; another raises). While it runs, a line a
+        minute says which step it is in and for how long: a box build is
+        quiet for many minutes (zfs DKMS), and a quiet build looks hung."""
         self.log("$ " + " ".join(argv))
-        env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
+        env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive", **self.proxy_env)
         with open(self.log_path, "ab") as log:
-            if capture:
-                done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, env=env, **kwargs)
-            elif self.verbose:
-                done = subprocess.run(argv, env=env, **kwargs)
-            else:
-                done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, **kwargs)
-        if done.returncode != 0:
-            raise BoxError(f"{' '.join(argv)} exited with status {done.returncode}")
-        return done.stdout.decode() if capture else None
+            out = subprocess.PIPE if capture else (None if self.verbose else log)
+            err = log if capture else (None if self.verbose else subprocess.STDOUT)
+            # Its own process group: an interrupted build stops all of it
+            # (debootstrap's dpkg, a DKMS compile), not just its first process.
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else None,
+                                       stdout=out, stderr=err, env=env, start_new_session=True)
+            # A thread reads the pipes (communicate), the caller ticks.
+            result = {}
+            reader = threading.Thread(target=lambda: result.update(
+                out=process.communicate(input)[0]), daemon=True)
+            try:
+                reader.start()
+                while True:
+                    reader.join(timeout=max(1.0, self.next_tick - time.monotonic()))
+                    if not reader.is_alive():
+                        break
+                    self.tick()
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
+        if process.returncode not in allowed:
+            raise BoxError(f"{' '.join(argv)} exited with status {process.returncode}")
+        return result["out"].decode() if capture else process.returncode
 
-    def chroot(self, *argv, capture=False):
-        return self.run(["chroot", self.root, *argv], capture=capture)
+    def tick(self):
+        """The progress line, once a minute while a step runs."""
+        now = time.monotonic()
+        if now < self.next_tick:
+            return
+        self.next_tick = now + PROGRESS_EVERY_S
+        if self.current_step:
+            name, started = self.current_step
+            self.say(f"{name}: {now - started:.0f} s so far (build {now - self.started:.0f} s)")
+
+    def chroot(self, *argv, capture=False, allowed=(0,)):
+        return self.run(["chroot", self.root, *argv], capture=capture, allowed=allowed)
 
     def in_root(self, path):
         """The host path of `path` inside the box's root, refusing any path
@@ -333,6 +505,9 @@ class Build:
     @recipe_step
     def step_debootstrap(self):
         packages = read_list(os.path.join(RECIPE, "packages.txt"))
+        if self.spec.get("kernel_suite"):
+            # Installed from its own suite by configure.sh.
+            packages = [p for p in packages if p != KERNEL_PACKAGE]
         os.makedirs(self.root)
         # recipe/rootfs/ goes in first, so that package scripts run by
         # debootstrap see it (the kernel's initramfs is made with the box's
@@ -346,13 +521,12 @@ class Build:
         # image is written from it afterwards. seal.sh removes the file.
         os.makedirs(self.in_root("/etc/dpkg/dpkg.cfg.d"))
         self.write_in_root("/etc/dpkg/dpkg.cfg.d/snaplab-build", "force-unsafe-io\n")
-        self.run(["debootstrap", "--variant=minbase", "--components=main",
-                  "--include=" + ",".join(packages), self.release, self.root, MIRROR])
-        kernel = self.kernel_version()
-        series = RELEASES[self.release]
-        if not kernel.startswith(series + "."):
-            raise BoxError(f"{self.release} installed kernel {kernel}, expected {series}.x")
-        self.facts["kernel"] = kernel
+        suite = self.spec["suite"]
+        argv = ["debootstrap", "--variant=minbase", "--components=main",
+                "--include=" + ",".join(packages), suite, self.root, self.mirror]
+        if not os.path.exists(os.path.join(DEBOOTSTRAP_SCRIPTS, suite)):
+            argv.append(os.path.join(DEBOOTSTRAP_SCRIPTS, "sid"))
+        self.run(argv)
 
     @recipe_step
     def step_configure(self, public_key):
@@ -361,8 +535,14 @@ class Build:
             if not rel.startswith("rootfs/"):
                 self.copy_in_root(os.path.join(RECIPE, rel), f"{RECIPE_IN_ROOT}/{rel}")
         self.copy_in_root(public_key, f"{RECIPE_IN_ROOT}/vagrant.pub")
-        self.chroot("/bin/sh", f"{RECIPE_IN_ROOT}/configure.sh", self.release,
-                    f"{RECIPE_IN_ROOT}/vagrant.pub")
+        self.chroot("/bin/sh", f"{RECIPE_IN_ROOT}/configure.sh", self.release, self.spec["suite"],
+                    self.mirror, f"{RECIPE_IN_ROOT}/vagrant.pub",
+                    self.spec.get("kernel_suite", ""), KERNEL_PACKAGE)
+        kernel = self.kernel_version()
+        series = self.spec["kernel"]
+        if not kernel.startswith(series + "."):
+            raise BoxError(f"{self.release} installed kernel {kernel}, expected {series}.x")
+        self.facts["kernel"] = kernel
         self.check_kernel_config()
 
     def check_kernel_config(self):
@@ -380,9 +560,21 @@ class Build:
 
     @recipe_step
     def step_zfs(self):
+        """OpenZFS by DKMS for the box's kernel. Where it does not build (a
+        kernel newer than the OpenZFS release supports), the box is still
+        made, without zfs: its manifest says why, and the lab reports that
+        release's zfs cells as refused with that reason."""
         kernel = self.facts["kernel"]
-        self.chroot("/bin/sh", f"{RECIPE_IN_ROOT}/zfs.sh", kernel,
-                    f"{RECIPE_IN_ROOT}/zfs-packages.txt")
+        status = self.chroot("/bin/sh", f"{RECIPE_IN_ROOT}/zfs.sh", kernel,
+                             f"{RECIPE_IN_ROOT}/zfs-packages.txt",
+                             self.spec.get("kernel_suite", ""), allowed=(0, ZFS_DID_NOT_BUILD))
+        if status == ZFS_DID_NOT_BUILD:
+            with open(self.in_root(ZFS_REASON_FILE)) as f:
+                reason = f.read().strip()
+            self.facts["zfs_module"] = None
+            self.facts["zfs_unavailable"] = reason
+            self.say(f"no zfs in this box: {reason}")
+            return
         self.facts["zfs_module"] = self.chroot(
             "modinfo", "-k", kernel, "-F", "version", "zfs", capture=True).strip()
 
@@ -395,12 +587,13 @@ class Build:
                               capture=True)
             return dict(line.split(" ", 1) for line in out.splitlines())
         kernel = self.facts["kernel"]
-        versions = query(f"linux-image-{kernel}", "zfs-dkms", "zfsutils-linux", "systemd",
-                         "python3", "openssh-server")
+        versions = query(f"linux-image-{kernel}", "systemd", "python3", "openssh-server")
+        if self.facts.get("zfs_module"):
+            versions.update(query("zfs-dkms", "zfsutils-linux"))
         self.facts.update({
             "kernel_package": versions[f"linux-image-{kernel}"],
-            "zfs_dkms": versions["zfs-dkms"],
-            "zfsutils": versions["zfsutils-linux"],
+            "zfs_dkms": versions.get("zfs-dkms"),
+            "zfsutils": versions.get("zfsutils-linux"),
             "systemd": versions["systemd"],
             "openssh": versions["openssh-server"],
             "python3": self.chroot("python3", "-c",
@@ -514,7 +707,8 @@ class Build:
         """Move the results into the cache: the image and box first, the
         manifest (what makes them count as built) last, each by rename."""
         box = self.box
-        manifest = dict(self.facts, release=self.release, recipe=box.digest,
+        manifest = dict(self.facts, release=self.release, recipe=box.digest, mirror=self.mirror,
+                        suite=self.spec["suite"], kernel_suite=self.spec.get("kernel_suite"),
                         built=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         box=os.path.basename(box.box), image=os.path.basename(box.image),
                         box_bytes=os.path.getsize(self.box_file),
@@ -734,7 +928,7 @@ def build(release, force=False, verbose=False, cache=None):
         removed = prune(box)
         print(f"[{release}] built {box.box} in {total:.0f} s: "
               f"box {manifest['box_bytes'] / 2**20:.0f} MiB, kernel {manifest['kernel']}, "
-              f"zfs {manifest['zfs_module']}" + (f"; removed {len(removed)} older file(s)" if removed else ""),
+              f"zfs {manifest['zfs_module'] or 'none (' + manifest['zfs_unavailable'] + ')'}" + (f"; removed {len(removed)} older file(s)" if removed else ""),
               flush=True)
         return box, manifest
 
@@ -913,7 +1107,7 @@ def check(release, reboot=False, cache=None):
         problems = []
         if report["kernel"] != manifest["kernel"]:
             problems.append(f"kernel {report['kernel']}, box has {manifest['kernel']}")
-        if report["zfs_module"] != manifest["zfs_module"]:
+        if report["zfs_module"] != (manifest["zfs_module"] or "none"):
             problems.append(f"zfs {report['zfs_module']}, box has {manifest['zfs_module']}")
         if report["machine_id"] in (manifest["build_machine_id"], "uninitialized", ""):
             problems.append(f"machine-id {report['machine_id']!r} is not this clone's own")
@@ -952,6 +1146,9 @@ def main(argv=None):
     p.add_argument("releases", nargs="+", metavar="RELEASE", help=" | ".join(RELEASES))
     p.add_argument("--force", action="store_true", help="rebuild even if the cache has it")
     p.add_argument("--verbose", action="store_true", help="show the commands' output (else: the log)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="the Debian mirror (default: $SNAPLAB_DEBIAN_MIRROR, else the first "
+                        "Debian entry of the host's apt sources)")
     commands.add_parser("list", help="the cache's boxes, and each release's current recipe hash")
     p = commands.add_parser("path", help="the current box of RELEASE (fails if not built)")
     p.add_argument("release", metavar="RELEASE")
@@ -967,6 +1164,9 @@ def main(argv=None):
         if args.command == "build":
             for release in args.releases:
                 check_release(release)
+            if args.mirror:
+                os.environ["SNAPLAB_DEBIAN_MIRROR"] = args.mirror
+            print(f"Debian mirror: {debian_mirror()}", flush=True)
             if os.geteuid() == 0:  # (without root, build says what it needs)
                 private_mount_namespace()
             for release in args.releases:
@@ -976,12 +1176,12 @@ def main(argv=None):
             manifests = cached_manifests()
             for release in RELEASES:
                 box = current_box(release)
-                print(f"{release:9} recipe {box.digest}  "
+                print(f"{release:16} recipe {box.digest}  "
                       + ("built" if box.is_built() else "not built"))
             for m in manifests:
                 current = recipe_hash(m["release"]) == m["recipe"]
                 print(f"  {m['box']}  {m['box_bytes'] / 2**20:.0f} MiB  kernel {m['kernel']}  "
-                      f"zfs {m['zfs_module']}  built {m['built']} in {m['total_seconds']:.0f} s"
+                      f"zfs {m['zfs_module'] or 'none'}  built {m['built']} in {m['total_seconds']:.0f} s"
                       + ("" if current else "  (stale recipe)"))
         elif args.command == "path":
             box = current_box(args.release)

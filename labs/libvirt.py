@@ -26,6 +26,22 @@ What a run leaves behind in libvirt is removed by name, never by guess:
 - the `default` storage pool itself, when vagrant-libvirt defined it during
   this run (it does so if it is missing).
 
+For a TCG lab, libvirt's qemu capabilities are probed first where /dev/kvm
+cannot be seen. Where /dev/kvm exists but neither works for a guest nor is
+accessible to libvirt's qemu user (here: mode 0600, no udev to give it to
+the kvm group), libvirt 9 probes qemu with KVM on, then finds that cache
+stale at every later lookup ("KVM was enabled when probing ..., but it
+should be disabled now") and probes again: 4 s a probe, about 130 s of a
+`vagrant up` (two thirds of it; a `virsh define` took 31 s instead of 1).
+So before the lab's libvirtd starts, a libvirtd in a mount namespace of its
+own, whose /dev/kvm is an empty file only root can open, probes once and
+writes libvirt's cache without KVM, and exits. The lab's libvirtd then
+finds that cache consistent with what it checks and keeps it. (It cannot
+itself run with /dev/kvm covered: it moves every mount under /dev into each
+domain's own /dev, and fails on a file mount: "Unable to move /dev/kvm
+mount".) The host's /dev/kvm is not touched. Under systemd libvirtd is the
+host's own service: left as it is.
+
 The state of one run (what it started, whether the pool existed) is a small
 JSON file, so that `up` and `down` can be separate processes (Molecule's
 create and destroy); `session()` is the same as a context manager.
@@ -49,6 +65,9 @@ POOL = "default"
 # In start order; stopped in reverse.
 DAEMONS = ("virtlogd", "libvirtd")
 START_WAIT_S = 30
+# What covers /dev/kvm in the namespace of the libvirtd that probes for TCG:
+# an empty file, mode 0600, unlinked again once the bind mount holds it.
+NO_KVM_FILE = "/run/snaplab-lab-no-kvm"
 STOP_WAIT_S = 30
 
 
@@ -100,9 +119,54 @@ def daemon_pid(name):
     return pid if comm == name and state != "Z" else None
 
 
-def start_daemon(name):
+def hidden_kvm_argv(argv):
+    """`argv` run in a private mount namespace in which /dev/kvm is covered
+    by an empty file only root can open (see the module's docstring)."""
+    fd = os.open(NO_KVM_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /dev/kvm && exec "$@"', NO_KVM_FILE] + list(argv)
+
+
+def probe_capabilities_without_kvm():
+    """libvirt's qemu capabilities cache written by a libvirtd that cannot
+    see /dev/kvm (see the module's docstring); that libvirtd is stopped
+    again. Only when no libvirtd runs and /dev/kvm exists."""
+    if not os.path.exists("/dev/kvm") or daemon_pid("libvirtd") is not None:
+        return
+    try:
+        subprocess.run(hidden_kvm_argv(["libvirtd", "-d"]), check=True)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(NO_KVM_FILE)
+    pid = wait_ready("libvirtd", None)
+    try:
+        # The host's capabilities probe every emulator; the domain's, the one used.
+        virsh("capabilities")
+        virsh("domcapabilities", "--virttype", "qemu")
+    finally:
+        stop_daemon("libvirtd", pid)
+
+
+def wait_ready(name, started):
+    """The pid of `name` (or `started`) once it runs and, for libvirtd, answers."""
+    deadline = time.monotonic() + START_WAIT_S
+    while True:
+        if started is None:
+            started = daemon_pid(name)
+        ready = started is not None and (name != "libvirtd" or answers())
+        if ready:
+            return started
+        if time.monotonic() > deadline:
+            raise LibvirtError("%s did not come up within %d s" % (name, START_WAIT_S))
+        time.sleep(0.1)
+
+
+def start_daemon(name, tcg=False):
     """Start `name` if it does not run; its pid (or 'systemd') if this call
-    started it, else None."""
+    started it, else None. `tcg`: the lab runs its VMs under TCG (libvirtd's
+    capabilities are probed without KVM first; see the module's docstring)."""
     if under_systemd():
         active = subprocess.run(["systemctl", "is-active", "--quiet", name], check=False)
         if active.returncode == 0:
@@ -114,19 +178,12 @@ def start_daemon(name):
             return None
         if shutil.which(name) is None:
             raise LibvirtError("%s is not installed: make lab-deps" % name)
+        if tcg and name == "libvirtd":
+            probe_capabilities_without_kvm()
         # -d daemonizes; the daemon writes /run/NAME.pid itself.
         subprocess.run([name, "-d"], check=True)
         started = None
-    deadline = time.monotonic() + START_WAIT_S
-    while True:
-        if started is None:
-            started = daemon_pid(name)
-        ready = started is not None and (name != "libvirtd" or answers())
-        if ready:
-            return started
-        if time.monotonic() > deadline:
-            raise LibvirtError("%s did not come up within %d s" % (name, START_WAIT_S))
-        time.sleep(0.1)
+    return wait_ready(name, started)
 
 
 def stop_daemon(name, started):
@@ -255,12 +312,13 @@ def write_state(path, state):
     os.rename(temp, path)
 
 
-def up(state_path):
+def up(state_path, tcg=False):
     """Make libvirt usable; record what this run changes in `state_path`.
-    A second `up` with the same state file (a second VM) adds to it."""
+    A second `up` with the same state file (a second VM) adds to it.
+    `tcg`: the lab runs its VMs under TCG (see the module's docstring)."""
     state = read_state(state_path) or {"started": {}}
     for name in DAEMONS:
-        started = start_daemon(name)
+        started = start_daemon(name, tcg=tcg)
         if started is not None:
             state["started"][name] = started
             say("started %s (%s)" % (name, "systemd" if started == "systemd" else "pid %d" % started))

@@ -43,6 +43,7 @@ import threading
 import time
 
 from conformance import report as conformance_report
+from conformance.resultlog import refusal_skip_reason
 # labs is not installed into the venv: run `python -m labs.run` from the repository
 # top, as labs/smoke.mk does.
 from labs import boxes, matrix
@@ -234,6 +235,47 @@ def lab_env(release, reports, k, filesystems):
     return env
 
 
+def unavailable_filesystems(release):
+    """{filesystem: why} for what `release`'s box cannot make: zfs where
+    OpenZFS did not build for its kernel (the box manifest says why)."""
+    box = boxes.current_box(release)
+    if not box.is_built():
+        return {}
+    reason = box.read_manifest().get("zfs_unavailable")
+    return {"zfs": reason} if reason else {}
+
+
+def write_unavailable_results(out_dir, release, data, unavailable, vm_results=None):
+    """A result file in which every cell of an unavailable filesystem is
+    refused with the box's reason, as the suite reports a backend refusing a
+    filesystem (conformance.report shows the cell as "refuses (why)"). Its
+    run is the VM's, when the VM ran the release's other filesystems, so the
+    cells fall in the same kernel's columns."""
+    run = {"label": release, "kernel": boxes.current_box(release).read_manifest()["kernel"],
+           "distro": "Debian %s" % boxes.RELEASES[release]["suite"]}
+    if vm_results:
+        with open(vm_results) as f:
+            run = dict(json.load(f)["run"])
+    results = []
+    for filesystem, why in unavailable.items():
+        # The report's refusal pattern stops at the first ")".
+        why = "not in this kernel: " + why.replace("(", "[").replace(")", "]")
+        for backend, where in data["backends"].items():
+            if filesystem in where:
+                target = "%s-on-%s" % (backend, filesystem)
+                results.append({"target": target, "backend": backend, "filesystem": filesystem,
+                                "case": "filesystem_is_available", "nodeid": target,
+                                "outcome": "skipped", "duration": 0.0,
+                                "reason": refusal_skip_reason(filesystem, why)})
+    path = os.path.join(out_dir, "unavailable", "results.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"format": conformance_report.FORMAT, "run": run, "results": results}, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEASE_TIMEOUT_S):
     """One release through the scenario; a dict of what happened."""
     out_dir = os.path.join(reports, release)
@@ -259,6 +301,21 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
                       "(--no-build): python3 labs/boxes.py build %s" % release)
         say("%s: %s" % (release, record["problem"]))
         return record
+    unavailable = unavailable_filesystems(release)
+    data = matrix.validate(matrix.load())
+    wanted = matrix.release(data, release, filesystems)["filesystems"]
+    missing = [fs for fs in wanted if fs in unavailable]
+    for fs in missing:
+        say("%s: no %s in this box (%s): its cells refuse" % (release, fs, unavailable[fs]))
+    if missing:
+        left = [fs for fs in wanted if fs not in unavailable]
+        if not left:
+            write_unavailable_results(out_dir, release, data, {f: unavailable[f] for f in missing})
+            record.update(status="ran", total_s=time.monotonic() - start,
+                          problem="", refused=missing)
+            write_timings(os.path.join(out_dir, "timings.txt"), [record])
+            return record
+        env["LAB_FILESYSTEMS"] = ",".join(left)  # the Vagrantfile and the scenario read it
     progress = Progress(release)
     try:
         rc = run_logged(["molecule", "test", "-s", "lab"], log, env=env, on_line=progress.feed,
@@ -288,6 +345,10 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
         record["kernel"], record["distro"] = run["kernel"], run["distro"]
     elif record["status"] == "ran":
         record.update(status="failed", problem="no results were fetched (%s)" % log)
+    if missing:
+        write_unavailable_results(out_dir, release, data, {f: unavailable[f] for f in missing},
+                                  results if os.path.exists(results) else None)
+        record["refused"] = missing
     if record["status"] != "ran":
         say("%s: FAILED: %s" % (release, record["problem"]))
     else:

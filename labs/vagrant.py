@@ -276,11 +276,14 @@ def up(release, instance_config=None, vars_path=None):
     rel = matrix.release(data, release, only)  # the disks the Vagrantfile gives the VM
     run_state = state_path("run.json")
     state = read_json(run_state, {"boxes_added": [], "machines": []})
-    libvirt.up(state_path("libvirt.json"))
     if ensure_box(release, rel["box"]) and rel["box"] not in state["boxes_added"]:
         state["boxes_added"].append(rel["box"])
+    write_json(run_state, state)
     mode, reason = accel(release)
     say("%s: %s (%s)" % (release, mode.upper(), reason))
+    # Under TCG, libvirt's capabilities are probed without KVM first
+    # (labs/libvirt.py says why: ~130 s a `vagrant up` where KVM is broken).
+    libvirt.up(state_path("libvirt.json"), tcg=mode == "tcg")
     cli, log = vagrant_cli("vagrant-%s.log" % release, mode)
     if machine_state(cli, release) != "running":
         check_ports_free(rel)

@@ -1,9 +1,16 @@
 #!/bin/sh
 # Runs inside the box's root (chroot) after debootstrap (recipe/rootfs/ was
-# laid down before it). Usage: configure.sh RELEASE VAGRANT_PUBKEY
+# laid down before it).
+# Usage: configure.sh RELEASE SUITE MIRROR VAGRANT_PUBKEY [KERNEL_SUITE KERNEL_PACKAGE]
+# (KERNEL_SUITE: where the kernel comes from when not SUITE, e.g. backports;
+# debootstrap then left KERNEL_PACKAGE out and it is installed here.)
 set -eu
 release=$1
-pubkey=$2
+suite=$2
+mirror=$3
+pubkey=$4
+kernel_suite=${5:-}
+kernel_package=${6:-}
 
 # No daemons start from package scripts in the chroot (zfsutils-linux would
 # try); seal.sh removes this again.
@@ -14,9 +21,18 @@ echo "snaplab-$release" > /etc/hostname
 printf '127.0.0.1 localhost\n127.0.1.1 snaplab-%s\n::1 localhost ip6-localhost ip6-loopback\n' \
   "$release" > /etc/hosts
 
-# The release's own suite only (no -updates, no -security): the zfs step
-# needs the headers of exactly the kernel debootstrap installed.
-echo "deb http://deb.debian.org/debian $release main contrib" > /etc/apt/sources.list
+# The release's own suite only (no -updates, no -security), and the kernel's
+# suite if it has its own: the zfs step needs the headers of exactly the
+# kernel installed here. The mirror is the one the box was built from.
+{
+  echo "deb $mirror $suite main contrib"
+  if [ -n "$kernel_suite" ]; then echo "deb $mirror $kernel_suite main contrib"; fi
+} > /etc/apt/sources.list
+if [ -n "$kernel_suite" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends -t "$kernel_suite" "$kernel_package"
+fi
 
 systemctl enable systemd-networkd.service snaplab-firstboot.service
 # wait-online would hold boot for the tunnel NIC vagrant-libvirt adds, which

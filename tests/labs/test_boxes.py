@@ -224,8 +224,8 @@ def test_list_names_each_release_and_its_recipe(cache, capsys):
     assert boxes.main(["list"]) == 0
     out = capsys.readouterr().out
     for release in boxes.RELEASES:
-        assert f"{release:9} recipe {boxes.recipe_hash(release)}" in out
-    assert "bookworm  recipe" in out and "built" in out
+        assert f"{release:16} recipe {boxes.recipe_hash(release)}" in out
+    assert "bookworm         recipe" in out and "built" in out
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the build refuses non-root users first")
@@ -343,3 +343,75 @@ def test_bookworm_box_boots_and_each_clone_has_its_own_identity():
     assert first["machine_id_after_reboot"] == first["machine_id"]
     assert first["machine_id"] != second["machine_id"]
     assert manifest["build_machine_id"] not in (first["machine_id"], second["machine_id"])
+
+
+# -- the Debian mirror, from the host's apt sources -------------------------
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_the_mirror_is_the_hosts_first_debian_entry_in_either_format(tmp):
+    one_line = write(os.path.join(tmp, "sources.list"),
+                     "# a comment\n"
+                     "deb-src http://src.example/debian bookworm main\n"
+                     "deb [arch=amd64 signed-by=/k.gpg] http://security.example/debian-security "
+                     "bookworm-security main\n")
+    d = os.path.join(tmp, "sources.list.d")
+    write(os.path.join(d, "a-thirdparty.list"), "deb https://packages.example/apt cloud-sdk main\n")
+    write(os.path.join(d, "b-disabled.sources"),
+          "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\n"
+          "Enabled: no\n")
+    write(os.path.join(d, "c-debian.sources"),
+          "Types: deb\n# http://snapshot.example/archive/debian/20250520T000000Z\n"
+          "URIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+          "Components: main contrib\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+          "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+          "Components: main\n")
+    assert boxes.debian_mirror((one_line, d), environ={}) == "http://mirror.example/debian"
+    # The one-line file's own Debian entry comes first when it has one.
+    write(one_line, "deb http://proxy.example:3142/debian trixie main\n")
+    assert boxes.debian_mirror((one_line, d), environ={}) == "http://proxy.example:3142/debian"
+
+
+def test_the_mirror_given_wins_and_none_found_is_one_clear_error(tmp):
+    d = os.path.join(tmp, "sources.list.d")
+    write(os.path.join(d, "x.list"), "deb https://packages.example/apt nodistro main\n")
+    assert boxes.debian_mirror((d,), environ={"SNAPLAB_DEBIAN_MIRROR": "http://m.example/d/"}) \
+        == "http://m.example/d"
+    with pytest.raises(boxes.BoxError, match="no Debian mirror in the host's apt sources.*"
+                                             "SNAPLAB_DEBIAN_MIRROR or pass --mirror URL"):
+        boxes.debian_mirror((d,), environ={})
+
+
+def test_the_mirror_is_not_part_of_a_box_recipe(monkeypatch):
+    before = {r: boxes.recipe_hash(r) for r in boxes.RELEASES}
+    monkeypatch.setenv("SNAPLAB_DEBIAN_MIRROR", "http://elsewhere.example/debian")
+    assert {r: boxes.recipe_hash(r) for r in boxes.RELEASES} == before
+
+
+def test_a_backports_kernel_release_names_its_kernel_suite():
+    spec = boxes.RELEASES["trixie-backports"]
+    assert spec["suite"] == "trixie" and spec["kernel_suite"] == "trixie-backports"
+    assert boxes.recipe_hash("trixie-backports") != boxes.recipe_hash("trixie")
+
+
+def test_a_long_step_says_where_it_is_while_it_runs(tmp, cache, monkeypatch, capsys):
+    monkeypatch.setattr(boxes, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setenv("SNAPLAB_DEBIAN_MIRROR", "http://mirror.example/debian")
+    work = os.path.join(tmp, "work")
+    os.makedirs(work)
+    builder = boxes.Build(boxes.Box("bookworm", "0" * 12, cache), work)
+    with builder.step("zfs dkms"):
+        assert builder.run(["sh", "-c", "sleep 1.5; exit 3"], allowed=(0, 3)) == 3
+        assert builder.run(["echo", "captured"], capture=True) == "captured\n"
+        with pytest.raises(boxes.BoxError, match="exited with status 3"):
+            builder.run(["sh", "-c", "exit 3"])
+    out = capsys.readouterr().out
+    assert "[bookworm] zfs dkms: " in out and " s so far (build " in out
+    with open(builder.log_path) as f:
+        assert "$ sh -c sleep 1.5; exit 3" in f.read()

@@ -14,6 +14,7 @@
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -99,6 +100,59 @@ def test_down_twice_is_fine(state_dir, libvirt_idle):
     libvirt.up(state)
     libvirt.down(state)
     assert libvirt.down(state) == []
+
+
+CAPABILITIES_CACHE = "/var/cache/libvirt/qemu/capabilities"
+
+
+def capabilities_files():
+    """{name: mtime_ns} of libvirt's cached qemu capabilities."""
+    names = os.listdir(CAPABILITIES_CACHE) if os.path.isdir(CAPABILITIES_CACHE) else []
+    return {name: os.stat(os.path.join(CAPABILITIES_CACHE, name)).st_mtime_ns for name in names}
+
+
+def define_and_undefine(name):
+    """A domain definition: libvirt looks its qemu capabilities up for it."""
+    path = os.path.join(tempfile.mkdtemp(prefix="snaplab-test-lab-"), "domain.xml")
+    with open(path, "w") as f:
+        f.write("<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+                "<os><type arch='x86_64'>hvm</type></os></domain>" % name)
+    try:
+        libvirt.virsh("define", path)
+        libvirt.virsh("undefine", name)
+    finally:
+        shutil.rmtree(os.path.dirname(path))
+
+
+@needs_libvirt
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this host")
+def test_libvirt_up_for_tcg_keeps_its_capabilities_cache(state_dir, libvirt_idle):
+    host_kvm = os.stat("/dev/kvm")
+    # From an empty cache (libvirtd is not running: libvirt_idle; it rebuilds
+    # the cache when it needs it): where /dev/kvm is there but not the qemu
+    # user's, a libvirtd that saw it probed qemu with KVM on, then found that
+    # cache stale at every later lookup and probed again (measured: a
+    # `virsh define` took 31 s, not 1 s).
+    for name in capabilities_files():
+        os.unlink(os.path.join(CAPABILITIES_CACHE, name))
+    state = os.path.join(state_dir, "libvirt.json")
+    try:
+        libvirt.up(state, tcg=True)
+        assert not os.path.exists(libvirt.NO_KVM_FILE)  # unlinked once the mount held it
+        pid = libvirt.daemon_pid("libvirtd")
+        # The lab's libvirtd sees the host's /dev (each domain gets a copy).
+        assert stat.S_ISCHR(os.stat("/proc/%d/root/dev/kvm" % pid).st_mode)
+        define_and_undefine(libvirt.DOMAIN_PREFIX + "probe")
+        libvirt.virsh("capabilities")
+        probed = capabilities_files()
+        for _ in range(2):
+            define_and_undefine(libvirt.DOMAIN_PREFIX + "probe")
+            libvirt.virsh("capabilities")
+        assert capabilities_files() == probed  # not probed (and rewritten) again
+    finally:
+        libvirt.down(state)
+    after = os.stat("/dev/kvm")
+    assert (after.st_mode, after.st_rdev, after.st_uid) == (host_kvm.st_mode, host_kvm.st_rdev, host_kvm.st_uid)
 
 
 def built_image(release="bookworm"):

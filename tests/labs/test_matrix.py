@@ -39,7 +39,7 @@ def test_its_releases_are_the_box_builders(data):
     for name in data["releases"]:
         rel = matrix.release(data, name)
         assert rel["box"] == "snaplab/" + name
-        assert rel["kernel"] == boxes.RELEASES[name]
+        assert rel["kernel"] == boxes.RELEASES[name]["kernel"]
 
 
 def test_every_filesystem_is_one_the_suite_knows(data):
@@ -119,7 +119,7 @@ def test_vagrant_reads_the_matrix(tmp_path):
     done = subprocess.run(["vagrant", "status", "--machine-readable"], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert done.returncode == 0, done.stdout
-    machines = re.findall(r"^\d+,([a-z]+),state,not_created$", done.stdout, re.M)
+    machines = re.findall(r"^\d+,([a-z-]+),state,not_created$", done.stdout, re.M)
     assert machines == list(boxes.RELEASES)
 
 
@@ -184,4 +184,4 @@ def test_the_cli_lists_cells_and_checks():
     assert "bookworm zfs zfs" in done.stdout.splitlines()
     done = subprocess.run(["python3", "-m", "labs.matrix", "check"], cwd=REPO,
                           stdout=subprocess.PIPE, universal_newlines=True, check=True)
-    assert "3 releases" in done.stdout
+    assert "%d releases" % len(boxes.RELEASES) in done.stdout

@@ -257,3 +257,36 @@ def test_a_second_run_at_once_is_refused(tmp_path, monkeypatch):
     finally:
         held.close()
     run.run_lock().close()  # free again once the first is gone
+
+
+@needs_ruby
+def test_a_box_without_zfs_refuses_the_zfs_cells_with_its_reason(tmp_path, monkeypatch):
+    """A kernel OpenZFS does not build for: the box is made without zfs and
+    its manifest says why; the release's zfs cells are refused with that
+    reason, in the columns of the kernel the VM ran (not a failed release)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("SNAPLAB_BOX_CACHE", str(cache))
+    box = run.boxes.current_box("forky")
+    why = "zfs-dkms 2.4.4-1 does not build for kernel 7.2.12-cloud-amd64: Cannot build (max 7.1)"
+    for path in (box.box, box.image):
+        open(path, "w").close()
+    with open(box.manifest, "w") as f:
+        json.dump({"kernel": "7.2.12-cloud-amd64", "zfs_module": None, "zfs_unavailable": why,
+                   "box_bytes": 0, "image_bytes": 0}, f)
+    assert run.unavailable_filesystems("forky") == {"zfs": why}
+    assert run.unavailable_filesystems("bookworm") == {}  # not built here: nothing known
+    data = matrix.validate(matrix.load())
+    reports = tmp_path / "lab"
+    vm = write_results(reports / "forky" / "results.json", "forky", "7.2.12-cloud-amd64", [
+        ("overlay-on-ext4", "basic", "passed")])
+    run.write_unavailable_results(str(reports / "forky"), "forky", data, {"zfs": why}, vm)
+    unexpected, merged = run.merge(str(reports), "")
+    assert (unexpected, merged) == (0, 2)
+    text = (reports / "report.md").read_text()
+    refused = "refuses (not in this kernel: %s)" % why.replace("(", "[").replace(")", "]")
+    for backend in ("native", "overlay", "zfs"):  # the backends labs/matrix.yml runs on zfs
+        assert "%s-on-zfs" % backend in text
+    assert text.count(refused) == 3
+    # The VM's own run: one kernel, so the columns need no "@ kernel".
+    assert "| backend \\ filesystem | ext4 | zfs |" in text
