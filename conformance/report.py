@@ -396,7 +396,7 @@ def judge_over_time(every, history=None):
             "kernel": ", ".join(sorted({i["kernel"] for i in items if i["kernel"]})),
             "runs": run_ids, "cases": {}}
         for case, case_items in sorted(cases.items()):
-            now = dict.fromkeys(historylib.CLASSES, 0)
+            now = {outcome_class: 0 for outcome_class in historylib.CLASSES}
             for item in case_items:
                 now[CLASS_OF_STATUS[item["status"]]] += 1
             entry["cases"][case] = now
@@ -562,8 +562,9 @@ def render_markdown(matrix):
             out.append("")
 
     section("%s Regressions" % MARK["red"], matrix["regressions"],
-            lambda i: "- %s %s — %s%s; %s%s" % (MARK["red"], md(sentence(i)), md(failure_text(i)),
-                                              times(i), md(i["before"]), env(i)))
+            lambda i: "- %s %s — %s%s; %s%s" % (
+                MARK["red"], md(sentence(i)), md(failure_text(i)), times(i), md(i["before"]),
+                env(i)))
     section("Failures", matrix["failures"],
             lambda i: "- %s — %s%s%s" % (md(sentence(i)), md(failure_text(i)), times(i), env(i)))
     if matrix["flaky"]:
