@@ -235,18 +235,18 @@ def pytest_collection_modifyitems(config, items):
         target = _target_of(item)
         case = item.originalname if hasattr(item, "originalname") else item.name
         case = case[len("test_"):] if case.startswith("test_") else case
-        if runs > 1:
+        number = _run_of(item)
+        if number is not None:
             # The same case name for every run: the report groups them, and
             # known-failures globs match them all.
-            item.user_properties.extend([("run", item.callspec.params["_repeat_run"]),
-                                         ("runs", runs)])
+            item.user_properties.extend([("run", number), ("runs", runs)])
         if target is not None:
             # A case's own parameters stay in its name (stopped with SIGINT
             # or with SIGTERM are two results); the target's make the cell,
-            # the run number the run.
+            # the run number (the id's last part) the run.
             others = item.callspec.id
-            if runs > 1:
-                others = others[:-len(_run_id(item.callspec.params["_repeat_run"]))]
+            if number is not None:
+                others = others[:-len(_run_id(number))]
             others = others.replace(target.name, "", 1).strip("-")
             if others:
                 case = "%s[%s]" % (case, others)
@@ -303,6 +303,12 @@ def pytest_runtest_makereport(item, call):
     if report.failed and isinstance(target, Target) and call.when in ("call", "setup"):
         for title, text in target.diagnostics():
             report.sections.append((title, text))
+
+
+def _run_of(item):
+    """Which run of its case `item` is (--repeat), None without repeats."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("_repeat_run") if callspec else None
 
 
 def _target_of(item):
