@@ -58,9 +58,14 @@ def test_a_case_that_passes_in_some_runs_is_flaky_with_its_rate_not_a_failure(tm
     path = write_run(tmp_path / "r.json",
                      runs_of("overlay-on-xfs", "basic", ["passed", "failed", "passed"])
                      + runs_of("overlay-on-xfs", "usage", ["passed"] * 3))
-    code, out, err = report_of(capsys, path)
+    page = tmp_path / "r.html"
+    code, out, err = report_of(capsys, "--html", str(page), path)
     assert (code, err) == (0, "")
     assert cell_of(out, "overlay") == "🟡 5 pass · 1 flaky"
+    html = page.read_text()
+    assert '<td class="yellow">' in html and "<h2>Flaky cases (1)</h2>" in html
+    assert "<td>basic</td><td>2/3</td>" in html
+    assert "overlay-on-xfs :: basic (run 2/3)" in html  # the details name each run
     assert "each case ran up to 3 times" in out
     assert section(out, "Flaky cases (1)")[-1] == (
         "| overlay-on-xfs @ bookworm | basic | 2/3 | 2/3 | — | boom |")
