@@ -29,11 +29,22 @@ Choose what to run (options, or the environment variables beside them):
                                       conformance/started.py) on each of
                                       --filesystems (default: ext4). Not with
                                       --endpoint.                SNAPLAB_START_COMMAND
+  --repeat N                          run every selected case N times (default 1),
+                                      to see which fail only sometimes  SNAPLAB_REPEAT
 
 Every test that takes `snapshotter`, `work` or `target` runs once per target
 (backend × filesystem), with ids like `overlay-on-xfs`. The filesystems are made
 once per run and removed at its end, also when tests fail; every mount a test
 leaves under its own directory is unmounted after it.
+
+With --repeat N every case runs N times in a row (`test_basic[overlay-on-xfs-run2]`
+is its second run). Each run gets fresh function-scoped fixtures (a fresh
+directory, root and snapshotter), as any two cases do; the session's own (the
+targets, their filesystems, the services started for them) are shared, as
+they are between cases. Each result record says which run it was ("run": 2,
+"runs": 3) under the same case name, so that the report groups the runs of a
+case and known-failures entries match every run. --repeat 1 changes nothing:
+no run suffix in the ids, no run keys in the records.
 """
 
 import functools
@@ -107,9 +118,17 @@ def pytest_addoption(parser):
                          "starts itself, one per root, from CMD: {root} and {socket} in it "
                          "are the root and the unix socket to serve on (the row "
                          "endpoint-PLUGIN on --filesystems; not with --endpoint)")
+    group.addoption("--repeat", type=int, default=int(os.environ.get("SNAPLAB_REPEAT") or 1),
+                    metavar="N",
+                    help="run every selected case N times (fresh function fixtures each "
+                         "time); the report shows each case's pass rate and the flaky ones")
 
 
 def pytest_configure(config):
+    if config.getoption("--repeat") < 1:
+        raise pytest.UsageError("--repeat takes a number of runs, 1 or more")
+    if config.getoption("--repeat") > 1:
+        config.pluginmanager.register(_Repeat(config.getoption("--repeat")), "snaplab-repeat")
     if config.getoption("--results-json"):
         resultlog.register(config, config.getoption("--results-json"))
     config.addinivalue_line("markers", "storage_layout(name): white-box cases of the on-disk "
@@ -173,6 +192,31 @@ def pytest_generate_tests(metafunc):
                              indirect=True, scope="session")
 
 
+def _run_id(run):
+    return "run%d" % run
+
+
+class _Repeat:
+    """--repeat N > 1: as pytest-repeat does, a parameter of its own, so
+    that each run is an item (a result) of its own with fresh function
+    fixtures. Parametrized last, after the target and the case's own
+    parameters, so that the run is the id's last part."""
+
+    def __init__(self, runs):
+        self.runs = runs
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_generate_tests(self, metafunc):
+        metafunc.fixturenames.append("_repeat_run")
+        metafunc.parametrize("_repeat_run", range(1, self.runs + 1), ids=_run_id, indirect=True)
+
+
+@pytest.fixture
+def _repeat_run(request):
+    """Which run of the case this is (1..--repeat)."""
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
     # A white-box case with no target of its layout selected has no
     # target at all (pytest puts a placeholder there): it is not run.
@@ -186,14 +230,24 @@ def pytest_collection_modifyitems(config, items):
     strict = not (config.getoption("--endpoint") or config.getoption("--start-command"))
     run = {"label": os.environ.get("SNAPLAB_RUN_LABEL", ""), "kernel": platform.release(),
            "distro": resultlog.os_release_name()}
+    runs = config.getoption("--repeat")
     for item in items:
         target = _target_of(item)
         case = item.originalname if hasattr(item, "originalname") else item.name
         case = case[len("test_"):] if case.startswith("test_") else case
+        number = _run_of(item)
+        if number is not None:
+            # The same case name for every run: the report groups them, and
+            # known-failures globs match them all.
+            item.user_properties.extend([("run", number), ("runs", runs)])
         if target is not None:
             # A case's own parameters stay in its name (stopped with SIGINT
-            # or with SIGTERM are two results); the target's make the cell.
-            others = item.callspec.id.replace(target.name, "", 1).strip("-")
+            # or with SIGTERM are two results); the target's make the cell,
+            # the run number (the id's last part) the run.
+            others = item.callspec.id
+            if number is not None:
+                others = others[:-len(_run_id(number))]
+            others = others.replace(target.name, "", 1).strip("-")
             if others:
                 case = "%s[%s]" % (case, others)
             item.user_properties.extend([("target", target.name), ("backend", target.backend),
@@ -249,6 +303,12 @@ def pytest_runtest_makereport(item, call):
     if report.failed and isinstance(target, Target) and call.when in ("call", "setup"):
         for title, text in target.diagnostics():
             report.sections.append((title, text))
+
+
+def _run_of(item):
+    """Which run of its case `item` is (--repeat), None without repeats."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("_repeat_run") if callspec else None
 
 
 def _target_of(item):

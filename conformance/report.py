@@ -1,7 +1,8 @@
 """Merge conformance result files into one matrix a person reads at a glance.
 
     python3 -m conformance.report [--markdown OUT.md] [--html OUT.html]
-                                  [--known-failures FILE] RESULT.json...
+                                  [--known-failures FILE]
+                                  [--history FILE [--history-keep K]] RESULT.json...
 
 Rows are backends, columns filesystems; when the runs come from more than one
 distro/kernel every column is "filesystem @ distro/kernel".  Each cell counts
@@ -27,7 +28,25 @@ list does not outlive the bugs in it. An entry with "sometimes: true" (YAML or
 JSON) is for a case that fails only when something lands just so, such as
 where a kill falls: a pass there is a plain pass, and the entry never stale.
 
-Exit status: 0 when no unexpected failure, 1 when there is one, 2 for bad input.
+Repeats and flakiness: when a case ran several times in a cell (the suite's
+--repeat, or several result files of the same target and run label), the
+cell counts every run. A case that passed in some runs and failed in others
+is *flaky*: its failed runs count as "flaky", not "fail", and it is listed
+under "Flaky cases" with its pass rate (passes/runs), not among the failures;
+it does not make the exit status nonzero. A case that failed in every run is
+a failure as before, known or unexpected.
+
+History (``--history FILE``, conformance/history.py; a missing FILE starts
+empty): per cell (target @ run label), each case's outcome in the last K
+reports (``--history-keep K``, default 10), rewritten atomically after the
+report. With it, a case failing unexpectedly in every run now that passed in
+every run of each earlier report that ran it is a *regression*: listed first,
+red, exit status 1. A case that passed and failed across this report and the
+history is flaky, with its pass rate over all of them (9/10). A known failure
+(--known-failures) is never a regression: it is expected to fail.
+
+Exit status: 0 when no unexpected failure or regression, 1 when there is one,
+2 for bad input (a bad history file too: it is then left as it is).
 """
 
 import argparse
@@ -36,6 +55,7 @@ import html
 import json
 import sys
 
+from . import history as historylib
 from .resultlog import REFUSAL_SKIP
 
 FORMAT = "snaplab-conformance/1"
@@ -43,10 +63,15 @@ OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 RESULT_KEYS = ("target", "backend", "filesystem", "case", "nodeid", "outcome", "duration", "reason",
                "traits")
 # Cell counters, in the order they are shown.  "fail" holds only *unexpected*
-# failures and errors; known failures and pytest xfails are "xfail".
-COUNTS = ("pass", "fail", "skip", "xfail", "xpass")
+# failures and errors; known failures and pytest xfails are "xfail"; the
+# failed runs of a case that also passed are "flaky".
+COUNTS = ("pass", "fail", "flaky", "skip", "xfail", "xpass")
 NOT_RUN = "—"
-MARK = {"red": "❌", "green": "✅", "grey": "⚪"}
+MARK = {"red": "❌", "yellow": "🟡", "green": "✅", "grey": "⚪"}
+# What each status is for the history and the pass rates: a run that passed,
+# one that failed (expected or not), or one that did not run.
+CLASS_OF_STATUS = {"pass": "pass", "xpass": "pass", "fail": "fail", "xfail": "fail",
+                   "skip": "skip"}
 
 
 class InputError(Exception):
@@ -104,6 +129,11 @@ def load_results(paths):
                 raise InputError("%s: results[%d] has a non-numeric duration" % (path, i))
             for k in ("target", "backend", "filesystem", "case", "nodeid", "reason", "traits"):
                 item[k] = str(item[k])
+            for k in ("run", "runs"):  # a repeated case's run (the suite's --repeat)
+                try:
+                    item[k] = int(r.get(k) or 1)
+                except (TypeError, ValueError):
+                    raise InputError("%s: results[%d] has a non-numeric %s" % (path, i, k))
             clean.append(item)
         info = {k: str(run.get(k) or "") for k in
                 ("started", "finished", "hostname", "kernel", "distro", "python", "label")}
@@ -249,20 +279,23 @@ def status_of(result, entry):
     return {"xfailed": "xfail", "xpassed": "xpass"}[outcome]
 
 
-def build_matrix(results, known_failures=()):
-    """Merge runs (from load_results) into a matrix dict the renderers draw.
+def build_matrix(results, known_failures=(), history=None):
+    """Merge runs (from load_results) into a matrix dict the renderers draw;
+    `history` (load_history's) tells regressions and flaky cases over time.
 
     Keys: runs, rows, columns, cells[(row, column)] (absent = not run),
-    failures, expected, unexpected_passes, skips, stale, unexpected_failures."""
+    regressions, failures, flaky, expected, unexpected_passes, skips, stale,
+    unexpected_failures, history_entries ({cell: this report's entry})."""
     runs = list(results)
     known_failures = list(known_failures or ())
     environments = {(r["run"]["distro"], r["run"]["kernel"]) for r in runs}
     qualify = len(environments) > 1  # only then does the kernel/distro need saying
 
-    cells, failures, expected, unexpected_passes, skips, every = {}, [], [], [], {}, []
+    every = []
     traits = {}  # row -> the traits its results were checked against
     for run in runs:
-        env = "%s/%s" % (run["run"]["distro"] or "?", run["run"]["kernel"] or "?")
+        info = run["run"]
+        env = "%s/%s" % (info["distro"] or "?", info["kernel"] or "?")
         for result in run["results"]:
             row = result["backend"] or result["target"] or "(no target)"
             column = result["filesystem"] or "(no filesystem)"
@@ -270,50 +303,147 @@ def build_matrix(results, known_failures=()):
                 column = "%s @ %s" % (column, env)
             if result["traits"]:
                 traits.setdefault(row, set()).add(result["traits"])
-            entry = known_entry(result, known_failures, run["run"])
-            status = status_of(result, entry)
-            item = dict(result, status=status, column=column, row=row, env=env,
-                        known=entry, source=run["source"])
-            cell = cells.setdefault((row, column), {"counts": dict.fromkeys(COUNTS, 0), "results": []})
-            cell["counts"][status] += 1
-            cell["results"].append(item)
-            every.append(item)
-            if status == "fail":
-                failures.append(item)
-            elif status == "xfail":
-                expected.append(item)
-            elif status == "xpass":
-                unexpected_passes.append(item)
-            elif status == "skip":
-                skips.setdefault(result["reason"] or "(no reason given)", []).append(item)
+            entry = known_entry(result, known_failures, info)
+            every.append(dict(result, status=status_of(result, entry), column=column, row=row,
+                              env=env, known=entry, source=run["source"],
+                              cell=historylib.cell_key(result["target"] or row,
+                                                       info["label"] or env),
+                              label=info["label"], kernel=info["kernel"],
+                              when=info["finished"] or info["started"],
+                              run_id="%s %s" % (info["hostname"], info["started"])))
+    # Stale: what the known failures' own cases did, before the runs of a
+    # flaky case are counted as flaky.
+    stale = stale_entries(known_failures, every, runs)
+    regressions, flaky, history_entries = judge_over_time(every, history)
 
+    cells, lists = {}, {status: [] for status in COUNTS}
+    for item in every:
+        cell = cells.setdefault((item["row"], item["column"]),
+                                {"counts": dict.fromkeys(COUNTS, 0), "results": []})
+        cell["counts"][item["status"]] += 1
+        cell["results"].append(item)
+        lists[item["status"]].append(item)
     for cell in cells.values():
         c = cell["counts"]
         cell["refused"] = refusal_of(cell)
         # A refusal the suite expects is not a failure, but nothing ran there.
-        cell["color"] = ("red" if c["fail"] else "grey" if cell["refused"]
-                         else "green" if c["pass"] + c["xpass"] else "grey")
-        cell["results"].sort(key=lambda i: (i["target"], i["case"]))
+        cell["color"] = ("red" if c["fail"] else "yellow" if c["flaky"] else
+                         "grey" if cell["refused"] else
+                         "green" if c["pass"] + c["xpass"] else "grey")
+        cell["results"].sort(key=lambda i: (i["target"], i["case"], i["run"]))
 
     def order(i):
         return (i["row"], i["column"], i["target"], i["case"])
 
+    regressed = {(i["cell"], i["case"]) for i in regressions}
+    failures = once_per_case(i for i in lists["fail"] if (i["cell"], i["case"]) not in regressed)
+    skips = {}
+    for item in lists["skip"]:
+        skips.setdefault(item["reason"] or "(no reason given)", []).append(item)
     return {
         "runs": runs,
         "qualified": qualify,
         "rows": sorted({row for row, _column in cells}),
         "columns": sorted({column for _row, column in cells}),
         "cells": cells,
+        "regressions": sorted(regressions, key=order),
         "failures": sorted(failures, key=order),
-        "expected": sorted(expected, key=order),
-        "unexpected_passes": sorted(unexpected_passes, key=order),
+        "flaky": sorted(flaky, key=order),
+        "expected": sorted(once_per_case(lists["xfail"]), key=order),
+        "unexpected_passes": sorted(once_per_case(lists["xpass"]), key=order),
         # Most frequent reason first: that is usually the one to fix in the lab.
         "skips": sorted(((reason, sorted(items, key=order)) for reason, items in skips.items()),
                         key=lambda s: (-len(s[1]), s[0])),
-        "stale": stale_entries(known_failures, every, runs),
+        "stale": stale,
         "traits": {row: "; ".join(sorted(texts)) for row, texts in sorted(traits.items())},
-        "unexpected_failures": len(failures),
+        "unexpected_failures": len(failures) + len(regressions),
+        "repeats": max([i["runs"] for i in every] or [1]),
+        "history_entries": history_entries,
+        "with_history": bool(history and history["cells"]),
     }
+
+
+def once_per_case(items):
+    """The first result of each case of a cell, with how many runs it
+    stands for (`times`): a case that failed in each of 3 runs is one line."""
+    first = {}
+    for item in items:
+        key = (item["cell"], item["column"], item["case"])
+        if key in first:
+            first[key]["times"] += 1
+        else:
+            first[key] = dict(item, times=1)
+    return list(first.values())
+
+
+def judge_over_time(every, history=None):
+    """Group the results by cell (target @ run label) and case, and judge
+    each case over its runs here and in `history`'s earlier reports:
+    returns (regressions, flaky, this report's history entries). The runs
+    of a flaky case change status in place: a failed one is "flaky", a
+    pass of a known failure a plain "pass" (it is listed as flaky)."""
+    history = history or historylib.empty()
+    regressions, flaky, entries = [], [], {}
+    by_cell = {}
+    for item in every:
+        by_cell.setdefault(item["cell"], {}).setdefault(item["case"], []).append(item)
+    for cell, cases in sorted(by_cell.items()):
+        items = [i for case_items in cases.values() for i in case_items]
+        run_ids = sorted({i["run_id"] for i in items})
+        before = historylib.earlier(history, cell, run_ids)
+        entry = entries[cell] = {
+            "when": max(i["when"] for i in items), "label": items[0]["label"],
+            "kernel": ", ".join(sorted({i["kernel"] for i in items if i["kernel"]})),
+            "runs": run_ids, "cases": {}}
+        for case, case_items in sorted(cases.items()):
+            now = {outcome_class: 0 for outcome_class in historylib.CLASSES}
+            for item in case_items:
+                now[CLASS_OF_STATUS[item["status"]]] += 1
+            entry["cases"][case] = now
+            earlier = [(e, e["cases"][case]) for e in before if case in e["cases"]]
+            kind, passes, total = historylib.verdict(now, [counts for _e, counts in earlier])
+            failed = [i for i in case_items if CLASS_OF_STATUS[i["status"]] == "fail"]
+            if kind == "regression":
+                if all(i["status"] == "fail" for i in failed):  # a known failure is expected
+                    last = [e for e, counts in earlier if counts.get("pass")][-1]
+                    regressions.append(dict(failed[0], times=len(failed), before=(
+                        "passed in every run of %d earlier report(s), last %s%s" % (
+                            sum(1 for _e, counts in earlier if counts.get("pass")),
+                            last.get("when", "?"), " on " + last["kernel"]
+                            if last.get("kernel") else ""))))
+                continue
+            if kind != "flaky":
+                continue
+            ran_now = now["pass"] + now["fail"]
+            flaky.append(dict(
+                case_items[0], passes=passes, total=total,
+                now="%d/%d" % (now["pass"], ran_now),
+                earlier="%d/%d" % (passes - now["pass"], total - ran_now) if total > ran_now
+                else "", reason=failed[0]["reason"] if failed else "",
+                known=next((i["known"] for i in case_items if i["known"]), None)))
+            for item in case_items:
+                if item["status"] in ("fail", "xfail"):
+                    item["status"] = "flaky"
+                elif item["status"] == "xpass":
+                    item["status"] = "pass"
+    return regressions, flaky, entries
+
+
+def load_history(path):
+    """The history file's (conformance/history.py) contents; none yet: empty."""
+    try:
+        return historylib.load(path)
+    except historylib.HistoryError as e:
+        raise InputError(str(e)) from None
+
+
+def save_history(path, history, matrix, keep=historylib.DEFAULT_KEEP):
+    """Add this report's entries (`matrix`'s) to `history`, keep the last
+    `keep` a cell, and rewrite `path`."""
+    try:
+        historylib.save(path, historylib.updated(history, matrix["history_entries"], keep))
+    except historylib.HistoryError as e:
+        raise InputError(str(e)) from None
 
 
 def refusal_of(cell):
@@ -349,6 +479,25 @@ def failure_text(item):
     return text
 
 
+def times(item):
+    """How many runs a listed result stands for, when more than one."""
+    return " (%d runs)" % item["times"] if item.get("times", 1) > 1 else ""
+
+
+def flaky_why(item):
+    """What a flaky case's line says beside its rates."""
+    text = item["reason"] or "(failed in an earlier report)"
+    return text + ("; known: " + entry_why(item["known"]) if item["known"] else "")
+
+
+def run_of(item):
+    return " (run %d/%d)" % (item["run"], item["runs"]) if item["runs"] > 1 else ""
+
+
+FLAKY_INTRO = ("Passed in some runs and failed in others (this report's runs%s): not counted "
+               "as failures. pass rate = passed runs / runs that passed or failed.")
+
+
 def entry_why(entry):
     return (entry["reason"] or "listed as a known failure") + (
         " (%s)" % entry["link"] if entry["link"] else "")
@@ -372,7 +521,9 @@ def md(text):
 def render_markdown(matrix):
     out = ["# snaplab conformance report", ""]
     runs = matrix["runs"]
-    out.append("%d run(s), %d result(s)." % (len(runs), sum(len(r["results"]) for r in runs)))
+    out.append("%d run(s), %d result(s)%s." % (
+        len(runs), sum(len(r["results"]) for r in runs),
+        "; each case ran up to %d times" % matrix["repeats"] if matrix["repeats"] > 1 else ""))
     out.append("")
     if runs:
         out += ["| run | host | distro | kernel | started | label |", "|---|---|---|---|---|---|"]
@@ -393,8 +544,9 @@ def render_markdown(matrix):
                 texts.append("%s %s" % (MARK[cell["color"]], cell_text(cell)) if cell else NOT_RUN)
             out.append("| %s | %s |" % (md(row), " | ".join(texts)))
         out.append("")
-        out.append("fail = unexpected failures and errors; xfail = expected failures; "
-                   "xpass = unexpectedly passing; %s = not run." % NOT_RUN)
+        out.append("fail = unexpected failures and errors; flaky = failed runs of a case that "
+                   "also passed; xfail = expected failures; xpass = unexpectedly passing; "
+                   "%s = not run." % NOT_RUN)
     else:
         out.append("No results.")
     out.append("")
@@ -409,12 +561,25 @@ def render_markdown(matrix):
             out.extend(line(i) for i in items)
             out.append("")
 
+    section("%s Regressions" % MARK["red"], matrix["regressions"],
+            lambda i: "- %s %s — %s%s; %s%s" % (
+                MARK["red"], md(sentence(i)), md(failure_text(i)), times(i), md(i["before"]),
+                env(i)))
     section("Failures", matrix["failures"],
-            lambda i: "- %s — %s%s" % (md(sentence(i)), md(failure_text(i)), env(i)))
+            lambda i: "- %s — %s%s%s" % (md(sentence(i)), md(failure_text(i)), times(i), env(i)))
+    if matrix["flaky"]:
+        out += ["## Flaky cases (%d)" % len(matrix["flaky"]), "",
+                FLAKY_INTRO % (" and the history's" if matrix.get("with_history") else ""), "",
+                "| cell | case | pass rate | this report | earlier reports | a failure |",
+                "|---|---|---|---|---|---|"]
+        out.extend("| %s | %s | %d/%d | %s | %s | %s |" % (
+            md(i["cell"]), md(i["case"]), i["passes"], i["total"], i["now"],
+            i["earlier"] or NOT_RUN, md(flaky_why(i))) for i in matrix["flaky"])
+        out.append("")
     section("Unexpectedly passing", matrix["unexpected_passes"],
             lambda i: "- %s — was expected to fail: %s%s" % (md(sentence(i)), md(why(i)), env(i)))
     section("Expected failures", matrix["expected"],
-            lambda i: "- %s — %s%s" % (md(sentence(i)), md(why(i)), env(i)))
+            lambda i: "- %s — %s%s%s" % (md(sentence(i)), md(why(i)), times(i), env(i)))
     section("Known failures that did not fail (stale entries)", matrix["stale"],
             lambda e: "- %s :: %s — %s; listed because: %s" % (
                 md(e["cell"]), md(e["case"]), md(e["now"]), md(entry_why(e))))
@@ -441,9 +606,10 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #bbb; padding: .35em .7em; text-align: left; vertical-align: top; }
 th { background: #eee; }
 td.green { background: #d4f4d4; } td.red { background: #f8c8c8; }
-td.grey { background: #e4e4e4; } td.notrun { color: #888; text-align: center; }
+td.yellow { background: #fbf0b8; } td.grey { background: #e4e4e4; } td.notrun { color: #888; text-align: center; }
 td a { color: inherit; }
 .status-fail { color: #a00; font-weight: bold; } .status-xpass { color: #a60; font-weight: bold; }
+.status-flaky { color: #a60; } .regression { color: #a00; }
 .status-pass { color: #070; } .status-skip, .status-xfail { color: #666; }
 details { margin: .4em 0; } summary { cursor: pointer; font-weight: bold; }
 .small { font-size: 90%; color: #555; }
@@ -485,20 +651,35 @@ def render_html(matrix):
                     tds.append('<td class="notrun" title="not run">%s</td>' % NOT_RUN)
             out.append("<tr><th>%s</th>%s</tr>" % (e(row), "".join(tds)))
         out.append("</table>")
-        out.append('<p class="small">fail = unexpected failures and errors; xfail = expected '
-                   "failures; xpass = unexpectedly passing; %s = not run.</p>" % NOT_RUN)
+        out.append('<p class="small">fail = unexpected failures and errors; flaky = failed '
+                   "runs of a case that also passed; xfail = expected failures; xpass = "
+                   "unexpectedly passing; %s = not run.</p>" % NOT_RUN)
     else:
         out.append("<p>No results.</p>")
 
-    def item_list(title, items, text):
+    def item_list(title, items, text, css=""):
         if items:
-            out.append("<h2>%s (%d)</h2><ul>" % (e(title), len(items)))
+            out.append("<h2%s>%s (%d)</h2><ul%s>" % (css, e(title), len(items), css))
             for i in items:
                 where = " <span class='small'>(%s)</span>" % e(i["env"]) if matrix["qualified"] else ""
                 out.append("<li><b>%s</b> — %s%s</li>" % (e(sentence(i)), e(text(i)), where))
             out.append("</ul>")
 
-    item_list("Failures", matrix["failures"], failure_text)
+    item_list("Regressions", matrix["regressions"],
+              lambda i: "%s%s; %s" % (failure_text(i), times(i), i["before"]),
+              css=' class="regression"')
+    item_list("Failures", matrix["failures"], lambda i: failure_text(i) + times(i))
+    if matrix["flaky"]:
+        out.append("<h2>Flaky cases (%d)</h2><p class='small'>%s</p>" % (
+            len(matrix["flaky"]), e(FLAKY_INTRO % (" and the history's"
+                                                   if matrix.get("with_history") else ""))))
+        out.append("<table><tr><th>cell</th><th>case</th><th>pass rate</th><th>this report</th>"
+                   "<th>earlier reports</th><th>a failure</th></tr>")
+        out.extend("<tr><td>%s</td><td>%s</td><td>%d/%d</td><td>%s</td><td>%s</td><td>%s</td>"
+                   "</tr>" % (e(i["cell"]), e(i["case"]), i["passes"], i["total"], e(i["now"]),
+                              e(i["earlier"] or NOT_RUN), e(flaky_why(i)))
+                   for i in matrix["flaky"])
+        out.append("</table>")
     item_list("Unexpectedly passing", matrix["unexpected_passes"],
               lambda i: "was expected to fail: " + why(i))
     item_list("Expected failures", matrix["expected"], why)
@@ -538,7 +719,8 @@ def render_html(matrix):
                     reason = why(i) if i["status"] in ("xfail", "xpass") else i["reason"]
                     out.append('<tr><td>%s</td><td class="status-%s">%s</td><td>%s</td>'
                                "<td>%.2fs</td><td>%s</td></tr>" % (
-                                   e(sentence(i)), i["status"], i["status"], e(i["outcome"]),
+                                   e(sentence(i) + run_of(i)), i["status"], i["status"],
+                                   e(i["outcome"]),
                                    i["duration"], e(reason)))
                 out.append("</table></details>")
     out.append("</body></html>")
@@ -564,16 +746,26 @@ def main(argv=None):
     parser.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
     parser.add_argument("--known-failures", metavar="FILE",
                         help="expected failures: YAML (.yml), JSON or line format (see above)")
+    parser.add_argument("--history", metavar="FILE",
+                        help="each cell's outcomes in earlier reports (JSON, made when missing, "
+                             "rewritten with this report's): tells regressions and flaky cases")
+    parser.add_argument("--history-keep", metavar="K", type=int, default=historylib.DEFAULT_KEEP,
+                        help="reports the history keeps per cell (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.history_keep < 1:
+        parser.error("--history-keep takes 1 or more")
 
     try:
         known = load_known_failures(args.known_failures) if args.known_failures else []
-        matrix = build_matrix(load_results(args.results), known)
+        history = load_history(args.history) if args.history else None
+        matrix = build_matrix(load_results(args.results), known, history)
         markdown = render_markdown(matrix)
         if args.markdown:
             write_text(args.markdown, markdown)
         if args.html:
             write_text(args.html, render_html(matrix))
+        if args.history:
+            save_history(args.history, history, matrix, args.history_keep)
     except InputError as e:
         print("report: error: %s" % e, file=sys.stderr)
         return 2

@@ -10,7 +10,11 @@ merges into the target x filesystem x kernel/distro matrix::
     {"format": "snaplab-conformance/1",
      "run": {"started", "finished", "hostname", "kernel", "distro", "python", "label"},
      "results": [{"target", "backend", "filesystem", "case", "nodeid",
-                  "outcome", "duration", "reason"}]}
+                  "outcome", "duration", "reason"[, "run", "runs"]}]}
+
+"run" and "runs" (numbers) are there when the suite ran each case several
+times (--repeat): this result is run `run` of `runs` of its case, whose
+"case" is the same for every run.
 
 outcome is one of passed, failed, skipped, error (setup/teardown or collection
 failed), xfailed, xpassed.  Only long-stable pytest hooks are used so Debian's
@@ -27,8 +31,12 @@ import socket
 FORMAT = "snaplab-conformance/1"
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 REASON_MAX = 300
+# How pytest says a strict xfail passed (its report is "failed").
+STRICT_XPASS = "[XPASS(strict)] "
 # The user_properties the conftest attaches to each item; anything else is ignored.
 TARGET_KEYS = ("target", "backend", "filesystem", "case", "traits")
+# ... and the numbers of a repeated case (--repeat): which run, of how many.
+RUN_KEYS = ("run", "runs")
 
 
 def register(config, path):
@@ -134,6 +142,8 @@ class ResultLog:
         for key, value in getattr(report, "user_properties", None) or ():
             if key in TARGET_KEYS:
                 result[key] = str(value)
+            elif key in RUN_KEYS:
+                result[key] = int(value)
         return result
 
     def pytest_sessionstart(self, session):
@@ -159,7 +169,12 @@ class ResultLog:
                 result["reason"] = skip_reason(report.longrepr)
         elif report.failed:
             reason = failure_reason(report.longrepr)
-            if when == "call":
+            if when == "call" and str(report.longrepr).startswith(STRICT_XPASS):
+                # A strict xfail that passed: pytest fails the run, but the
+                # case itself passed (a known failure fixed, or a flaky one).
+                result["outcome"] = "xpassed"
+                result["reason"] = trim(str(report.longrepr)[len(STRICT_XPASS):])
+            elif when == "call":
                 result["outcome"] = "failed"
                 result["reason"] = reason
             else:

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Run the lab matrix and merge its results into one report.
 
-    python3 -m labs.run run [--releases R ...] [--reports DIR] [-k EXPR]
+    python3 -m labs.run run [--releases R ...] [--reports DIR] [-k EXPR] [--repeat N]
                             [--filesystems FS,...] [--known-failures FILE] [--no-build]
-    python3 -m labs.run report DIR [--known-failures FILE]
+                            [--history FILE]
+    python3 -m labs.run report DIR [--known-failures FILE] [--history FILE]
 
 `run` takes each release of labs/matrix.yml through the Molecule scenario
 `lab` (molecule/lab: a Vagrant VM of the release's box, node_storage makes
@@ -16,6 +17,13 @@ release/kernel; failing case names; known failures as expected failures,
 stale entries listed) into DIR/report.{md,html}, the step times into
 DIR/timings.txt, and the host is checked: no lab domain, volume, qemu or
 active libvirt network left.
+
+--repeat N runs each selected case N times in the VM (the suite's --repeat,
+through LAB_REPEAT): the report gives each case's pass rate and lists the
+flaky ones. The merge keeps a history (conformance.report --history), by
+default DIR-history.json beside DIR (a run removes the results under DIR,
+never that file), so that consecutive runs tell a case that newly fails (a
+regression: the exit status is 1) from one that fails only sometimes.
 
 Exit status: 0 when every release ran and nothing failed unexpectedly, 1
 otherwise (a release that could not run counts), 2 for bad arguments.
@@ -155,12 +163,14 @@ def failed_steps(outcomes):
 
 
 def suite_summary(results_path):
-    """(seconds the suite ran in the VM, Counter of outcomes) from results.json."""
+    """(seconds the suite ran in the VM, Counter of outcomes, the run's
+    info, how many times each case ran) from results.json."""
     with open(results_path) as f:
         data = json.load(f)
     run = data["run"]
     seconds = utc_seconds(run["finished"]) - utc_seconds(run["started"])
-    return seconds, collections.Counter(r["outcome"] for r in data["results"]), run
+    repeats = max([r.get("runs", 1) for r in data["results"]] or [1])
+    return seconds, collections.Counter(r["outcome"] for r in data["results"]), run, repeats
 
 
 def run_logged(argv, log_path, env=None, on_line=None, on_tick=None, timeout=None):
@@ -221,9 +231,16 @@ def stop_group(process):
         process.wait()
 
 
-def lab_env(release, reports, k, filesystems):
+def default_history(reports):
+    """Beside the reports directory, whose results.json files a run removes."""
+    reports = os.path.abspath(reports)
+    return os.path.join(os.path.dirname(reports), os.path.basename(reports) + "-history.json")
+
+
+def lab_env(release, reports, k, filesystems, repeat=1):
     venv_bin = os.path.dirname(sys.executable)
-    env = dict(os.environ, LAB_RELEASE=release, LAB_RESULTS_DIR=reports,
+    # molecule/lab/converge.yml gives the suite --repeat LAB_REPEAT when it is over 1.
+    env = dict(os.environ, LAB_RELEASE=release, LAB_RESULTS_DIR=reports, LAB_REPEAT=str(repeat),
                LAB_RUN_DIR=os.environ.get("LAB_RUN_DIR") or os.path.join(REPO, "build", "lab"),
                NO_COLOR="1", COLUMNS="200", PYTHONUNBUFFERED="1",
                PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
@@ -276,16 +293,17 @@ def write_unavailable_results(out_dir, release, data, unavailable, vm_results=No
     return path
 
 
-def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEASE_TIMEOUT_S):
+def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEASE_TIMEOUT_S,
+                repeat=1):
     """One release through the scenario; a dict of what happened."""
     out_dir = os.path.join(reports, release)
     os.makedirs(out_dir, exist_ok=True)
     log = os.path.join(out_dir, "molecule.log")
     with open(log, "w"):
         pass
-    record = {"release": release, "status": "ran", "problem": "", "steps": {}}
+    record = {"release": release, "status": "ran", "problem": "", "steps": {}, "repeat": repeat}
     start = time.monotonic()
-    env = lab_env(release, reports, k, filesystems)
+    env = lab_env(release, reports, k, filesystems, repeat)
     if build_box:
         say("%s: box (labs/boxes.py build, cached by recipe) ..." % release)
         t0 = time.monotonic()
@@ -341,7 +359,7 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
         record.update(status="failed", problem="molecule test failed%s (%s)" % (
             " in " + ", ".join(failed) if failed else " at " + (progress.current or "start"), log))
     if os.path.exists(results):
-        record["suite_s"], record["counts"], run = suite_summary(results)
+        record["suite_s"], record["counts"], run, record["repeat"] = suite_summary(results)
         record["kernel"], record["distro"] = run["kernel"], run["distro"]
     elif record["status"] == "ran":
         record.update(status="failed", problem="no results were fetched (%s)" % log)
@@ -379,6 +397,7 @@ def timings_lines(record):
         counts = ", ".join("%d %s" % (n, o) for o, n in sorted(record["counts"].items()))
         lines.append("  %-38s %7.1f s  (%s)" % ("suite in the VM (part of converge)",
                                                 record["suite_s"], counts))
+        lines.append("  %-38s %7d" % ("runs of each case (--repeat)", record.get("repeat", 1)))
     if record.get("total_s") is not None:
         lines.append("  %-38s %7.1f s" % ("total", record["total_s"]))
     if record.get("load"):
@@ -400,7 +419,8 @@ def runs_markdown(records):
     """The lab's own table: how each release went, with its step times."""
     out = ["## Lab runs", "",
            "| release | kernel | status | VM boot | converge (incl. suite) | suite | idempotence "
-           "| verify | total | results |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| verify | total | runs of each case | results |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def sec(value):
         return "%.0f s" % value if value is not None else "—"
@@ -412,7 +432,8 @@ def runs_markdown(records):
             r["release"], r.get("kernel") or "—", status, sec(r.get("boot_s")),
             sec(r["steps"].get("converge")), sec(r.get("suite_s")),
             sec(r["steps"].get("idempotence")), sec(r["steps"].get("verify")),
-            sec(r.get("total_s")), counts or "—")))
+            sec(r.get("total_s")), r.get("repeat", 1) if r.get("suite_s") is not None else "—",
+            counts or "—")))
     out.append("")
     return "\n".join(out)
 
@@ -445,13 +466,16 @@ def find_results(reports):
     return sorted(glob.glob(os.path.join(reports, "**", "results.json"), recursive=True))
 
 
-def merge(reports, known_failures, records=None):
+def merge(reports, known_failures, records=None, history=None):
     """The merged report of every results.json under `reports`; returns the
-    number of unexpected failures (conformance.report's matrix)."""
+    number of unexpected failures and regressions (conformance.report's
+    matrix) and of result files. With `history` (a file), earlier reports'
+    outcomes tell regressions and flaky cases, and this one is added to it."""
     paths = find_results(reports)
     known = conformance_report.load_known_failures(known_failures) if known_failures else []
+    before = conformance_report.load_history(history) if history else None
     runs = conformance_report.load_results(paths)
-    merged = conformance_report.build_matrix(runs, known)
+    merged = conformance_report.build_matrix(runs, known, before)
     markdown = conformance_report.render_markdown(merged)
     if runs:
         markdown += "\n" + cell_times_markdown(runs)
@@ -463,6 +487,8 @@ def merge(reports, known_failures, records=None):
         page = page.replace("</body>", "<h2>Lab runs</h2><pre>%s</pre></body>" % "\n".join(
             "\n".join(timings_lines(r)) for r in records))
     conformance_report.write_text(os.path.join(reports, "report.html"), page)
+    if history and runs:
+        conformance_report.save_history(history, before, merged)
     print(markdown, flush=True)
     return merged["unexpected_failures"], len(paths)
 
@@ -515,11 +541,13 @@ def terminate(signum, _frame):
     raise Interrupted("signal %d" % signum)
 
 
-def run(releases, reports, k, filesystems, known_failures, build_box=True):
+def run(releases, reports, k, filesystems, known_failures, build_box=True, repeat=1, history=None):
     data = matrix.validate(matrix.load())
     releases = releases or list(data["releases"])
     for name in releases:
         matrix.release(data, name, filesystems)  # unknown release / no such filesystem: say so now
+    if history:
+        conformance_report.load_history(history)  # a corrupt one: say so now, not after the VMs
     reports = os.path.abspath(reports)
     lock = run_lock()
     os.makedirs(reports, exist_ok=True)
@@ -527,15 +555,16 @@ def run(releases, reports, k, filesystems, known_failures, build_box=True):
         os.unlink(old)  # a report of this run only
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
-    say("releases %s; filesystems %s; cases %s; one VM at a time; reports in %s" % (
+    say("releases %s; filesystems %s; cases %s%s; one VM at a time; reports in %s" % (
         ", ".join(releases), ", ".join(filesystems) if filesystems else "all of each release",
-        "-k %r" % k if k else "all", reports))
+        "-k %r" % k if k else "all", ", each %d times" % repeat if repeat > 1 else "", reports))
     records = []
     try:
         stage_collection(os.path.join(reports, "stage.log"))
         for number, release in enumerate(releases, 1):
             say("== %s (%d/%d)" % (release, number, len(releases)))
-            records.append(run_release(release, reports, k, filesystems, build_box))
+            records.append(run_release(release, reports, k, filesystems, build_box,
+                                       repeat=repeat))
     except (KeyboardInterrupt, Interrupted) as err:
         say("interrupted (%s): taking the lab down" % (err or "Ctrl-C"))
         subprocess.run([sys.executable, "-m", "labs.vagrant", "down"], cwd=REPO)
@@ -543,7 +572,7 @@ def run(releases, reports, k, filesystems, known_failures, build_box=True):
             records.append({"release": release, "status": "could not run",
                             "problem": "interrupted (%s)" % (err or "Ctrl-C"), "steps": {}})
     write_timings(os.path.join(reports, "timings.txt"), records)
-    unexpected, merged = merge(reports, known_failures, records)
+    unexpected, merged = merge(reports, known_failures, records, history)
     left = host_leftovers()
     for line in left:
         say("LEFT BEHIND: " + line)
@@ -566,16 +595,26 @@ def main(argv=None):
                    help="comma-separated: only these filesystems of each release (LAB_FILESYSTEMS)")
     p.add_argument("--known-failures", default=KNOWN_FAILURES, help="default: %(default)s")
     p.add_argument("--no-build", action="store_true", help="use the cached boxes, build none")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each case N times (LAB_REPEAT; default 1): pass rates, flaky cases")
+    history_help = ("earlier reports' outcomes, to tell regressions and flaky cases; this "
+                    "report is added (default: DIR-history.json beside the reports; '' for none)")
+    p.add_argument("--history", metavar="FILE", help=history_help)
     p = commands.add_parser("report", help="merge the results.json files under DIR")
     p.add_argument("reports", metavar="DIR")
     p.add_argument("--known-failures", default=KNOWN_FAILURES, help="default: %(default)s")
+    p.add_argument("--history", metavar="FILE", help=history_help)
     args = parser.parse_args(argv)
+    history = default_history(args.reports) if args.history is None else args.history
     try:
         if args.command == "run":
             filesystems = matrix.selected_filesystems({"LAB_FILESYSTEMS": args.filesystems})
+            if args.repeat < 1:
+                raise RunError("--repeat takes 1 or more, not %d" % args.repeat)
             return run(args.releases, args.reports, args.k, filesystems, args.known_failures,
-                       build_box=not args.no_build)
-        unexpected, merged = merge(os.path.abspath(args.reports), args.known_failures)
+                       build_box=not args.no_build, repeat=args.repeat, history=history)
+        unexpected, merged = merge(os.path.abspath(args.reports), args.known_failures,
+                                   history=history)
         if not merged:
             raise RunError("no results.json under %s" % args.reports)
         return 1 if unexpected else 0

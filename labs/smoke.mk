@@ -16,12 +16,14 @@
 #                      zfs backends on a zfs pool on the VM's disk); `make
 #                      test` runs it alongside the host tests (Makefile)
 #   make lab           every release x every filesystem of labs/matrix.yml
+#   ... REPEAT=N       each case N times: pass rates and flaky cases
 #   make lab-report    merge the results already under $(LAB_REPORTS) (CI)
 #
 # Results: <reports>/<release>/{results.json,junit.xml,pytest-output.txt,
-# molecule.log,timings.txt}, <reports>/report.{md,html}, <reports>/timings.txt.
-# Exit status: nonzero if a case failed unexpectedly, a release could not run
-# or the host was not left clean.
+# molecule.log,timings.txt}, <reports>/report.{md,html}, <reports>/timings.txt,
+# <reports>-history.json (the last 10 reports' outcomes per cell).
+# Exit status: nonzero if a case failed unexpectedly or regressed, a release
+# could not run or the host was not left clean.
 
 LAB_SMOKE_RELEASE ?= bookworm
 LAB_SMOKE_FILESYSTEMS ?= zfs
@@ -37,17 +39,23 @@ LAB_K ?= basic or usage or refuses
 LAB_REPORTS ?= $(or $(REPORTS),reports)/lab
 LAB_VENV ?= $(or $(VENV),.venv)
 LAB_KNOWN_FAILURES ?= labs/known-failures.yml
+# make lab REPEAT=3: each case runs 3 times in the VM (the suite's --repeat);
+# the report gives pass rates and lists the flaky cases. Both keep a history
+# beside their reports (<reports>-history.json) that tells a case newly
+# failing (a regression) from one failing sometimes.
+LAB_REPEAT ?= $(or $(REPEAT),1)
 
 .PHONY: lab-smoke lab lab-report
 
 lab-smoke: lab-deps venv
 	$(LAB_VENV)/bin/python -m labs.run run --releases $(LAB_SMOKE_RELEASE) \
-	  --filesystems '$(LAB_SMOKE_FILESYSTEMS)' -k '$(LAB_SMOKE_K)' \
+	  --filesystems '$(LAB_SMOKE_FILESYSTEMS)' -k '$(LAB_SMOKE_K)' --repeat $(LAB_REPEAT) \
 	  --known-failures $(LAB_KNOWN_FAILURES) --reports $(LAB_SMOKE_REPORTS)
 
 lab: lab-deps venv
 	$(LAB_VENV)/bin/python -m labs.run run --releases $(LAB_RELEASES) \
-	  -k '$(LAB_K)' --known-failures $(LAB_KNOWN_FAILURES) --reports $(LAB_REPORTS)
+	  -k '$(LAB_K)' --repeat $(LAB_REPEAT) --known-failures $(LAB_KNOWN_FAILURES) \
+	  --reports $(LAB_REPORTS)
 
 lab-report: venv
 	$(LAB_VENV)/bin/python -m labs.run report $(LAB_REPORTS) --known-failures $(LAB_KNOWN_FAILURES)

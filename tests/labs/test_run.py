@@ -91,11 +91,12 @@ def test_a_silent_step_still_says_where_it_is():
         ": snaplab.snapshots.conformance : Run the suite")
 
 
-def write_results(path, release, kernel, results):
+def write_results(path, release, kernel, results, day=29):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"format": "snaplab-conformance/1",
-                   "run": {"started": "2026-11-29T12:00:00Z", "finished": "2026-11-29T12:04:30Z",
+                   "run": {"started": "2026-11-%02dT12:00:00Z" % day,
+                           "finished": "2026-11-%02dT12:04:30Z" % day,
                            "hostname": "snaplab-" + release, "kernel": kernel,
                            "distro": "Debian " + release, "python": "3", "label": release},
                    "results": [{"target": t, "backend": t.split("-on-")[0],
@@ -109,8 +110,77 @@ def test_suite_summary_reads_time_and_counts(tmp_path):
     path = write_results(tmp_path / "r.json", "bookworm", "6.1.0", [
         ("zfs-on-zfs", "basic", "passed"), ("zfs-on-zfs", "usage", "passed"),
         ("aufs-on-zfs", "basic", "skipped")])
-    seconds, counts, info = run.suite_summary(path)
+    seconds, counts, info, repeats = run.suite_summary(path)
     assert seconds == 270 and counts == {"passed": 2, "skipped": 1} and info["label"] == "bookworm"
+    assert repeats == 1
+
+
+def repeated(target, case, outcomes):
+    """Records of the runs of one case (the suite's --repeat)."""
+    return [{"target": target, "backend": target.split("-on-")[0],
+             "filesystem": target.split("-on-")[1], "case": case, "nodeid": "%s-run%d" % (case, n),
+             "outcome": outcome, "duration": 1, "reason": "why", "run": n, "runs": len(outcomes)}
+            for n, outcome in enumerate(outcomes, 1)]
+
+
+def write_repeated(path, release, results, day):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path.write_text(json.dumps({
+        "format": "snaplab-conformance/1",
+        "run": {"started": "2026-11-%02dT12:00:00Z" % day, "finished": "2026-11-%02dT12:04:30Z" % day,
+                "hostname": "snaplab-" + release, "kernel": "6.1.0", "distro": "Debian " + release,
+                "python": "3", "label": release},
+        "results": results}))
+
+
+def test_repeat_reaches_the_suite_in_the_vm(tmp_path):
+    """labs/run.py exports LAB_REPEAT; molecule/lab/converge.yml's
+    expression gives the suite --repeat from it when it is over 1."""
+    assert run.lab_env("bookworm", str(tmp_path), "", [], repeat=3)["LAB_REPEAT"] == "3"
+    with open(os.path.join(REPO, "molecule", "lab", "converge.yml")) as f:
+        plays = yaml.safe_load(f)
+    (role,) = [r for play in plays for r in play.get("roles", [])
+               if isinstance(r, dict) and r.get("role") == "snaplab.snapshots.conformance"]
+    expression = role["vars"]["conformance_pytest_args"]
+    nativetypes = pytest.importorskip("jinja2.nativetypes")  # as Ansible renders it
+
+    def args(k, repeat):
+        env = {"LAB_REPEAT": repeat}
+        template = nativetypes.NativeEnvironment().from_string(expression)
+        return template.render(lab_pytest_k=k, lookup=lambda _kind, name: env.get(name, ""))
+
+    assert args("basic", "3") == ["-k", "basic", "--repeat", "3"]
+    assert args("", "2") == ["--repeat", "2"]
+    assert args("basic", "1") == ["-k", "basic"] and args("", "") == []
+
+
+def test_consecutive_merges_keep_a_history_beside_the_reports(tmp_path):
+    reports = tmp_path / "lab"
+    history = run.default_history(str(reports))
+    assert history == str(tmp_path / "lab-history.json")  # not under reports: a run clears those
+    results = reports / "bookworm" / "results.json"
+    write_repeated(results, "bookworm", repeated("zfs-on-zfs", "basic", ["passed"] * 3)
+                   + repeated("zfs-on-zfs", "usage", ["passed", "failed", "passed"]), day=1)
+    record = {"release": "bookworm", "status": "ran", "problem": "", "kernel": "6.1.0",
+              "steps": {}, "suite_s": 270.0, "counts": {"passed": 5, "failed": 1}, "repeat": 3}
+    assert run.merge(str(reports), "", [record], history) == (0, 1)  # usage is flaky, 2/3
+    text = (reports / "report.md").read_text()
+    assert "| zfs-on-zfs @ bookworm | usage | 2/3 | 2/3 | — | why |" in text
+    assert "| 3 | 1 failed, 5 passed |" in text  # the Lab runs table: runs of each case
+    assert "runs of each case (--repeat)" in "\n".join(run.timings_lines(record))
+    # The next run: basic fails in every run, having passed in every run before.
+    write_repeated(results, "bookworm", repeated("zfs-on-zfs", "basic", ["failed"] * 3)
+                   + repeated("zfs-on-zfs", "usage", ["passed"] * 3), day=2)
+    assert run.main(["report", str(reports), "--known-failures", ""]) == 1
+    text = (reports / "report.md").read_text()
+    assert "## ❌ Regressions (1)" in text and "zfs-on-zfs :: basic — why (3 runs)" in text
+    assert "| zfs-on-zfs @ bookworm | usage | 5/6 | 3/3 | 2/3 | why |" not in text  # no reason now
+    assert "| zfs-on-zfs @ bookworm | usage | 5/6 | 3/3 | 2/3 |" in text
+    # The same results again are the same report, not a third one.
+    assert run.main(["report", str(reports), "--known-failures", ""]) == 1
+    with open(history) as f:
+        assert len(json.load(f)["cells"]["zfs-on-zfs @ bookworm"]) == 2
+    assert run.main(["report", str(reports), "--known-failures", "", "--history", ""]) == 1
 
 
 def test_merge_makes_one_report_over_releases_with_known_failures(tmp_path):
@@ -135,7 +205,7 @@ def test_merge_makes_one_report_over_releases_with_known_failures(tmp_path):
     assert "## Failures (1)" in text and "- zfs-on-zfs :: basic — why" in text
     assert "## Expected failures (1)" in text
     assert "| bookworm | 6.1.0-50-cloud-amd64 | ran | 40 s | 400 s | 270 s | 100 s | 50 s | 700 s " \
-           "| 1 failed, 1 passed |" in text
+           "| 1 | 1 failed, 1 passed |" in text
     assert "| trixie | — | could not run: the box could not be built |" in text
     # Suite time per cell: each case took 1 s; columns in the order of the runs.
     assert "| target | bookworm | trixie |" in text
@@ -169,6 +239,14 @@ def test_run_logged_stops_a_command_that_overruns(tmp_path):
                         str(log), timeout=1)
     assert rc == -1 and run.time.monotonic() - started < 30
     assert "hi" in log.read_text() and "timed out" in log.read_text()
+
+
+def test_a_corrupt_history_is_refused_before_anything_starts(tmp_path, capsys):
+    (tmp_path / "lab-history.json").write_text("{")
+    assert run.main(["run", "--releases", "bookworm", "--no-build",
+                     "--reports", str(tmp_path / "lab")]) == 2
+    assert "lab-history.json: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "lab").exists()
 
 
 def test_bad_selections_are_refused_before_anything_starts(capsys):

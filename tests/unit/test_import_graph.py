@@ -29,7 +29,8 @@ COLLECTION_CORE = "ansible_collections.snaplab.snapshots.plugins.module_utils._s
 # layer or below, never above. The suite's test modules and conftest sit on
 # top of everything.
 CONFORMANCE_LAYERS = [
-    {"conformance.fstest", "conformance.resultlog", "conformance.report", "conformance.traits"},
+    {"conformance.fstest", "conformance.resultlog", "conformance.report", "conformance.history",
+     "conformance.traits"},
     {"conformance.filesystems", "conformance.leaks"},
     {"conformance.target", "conformance.process"},
     {"conformance.inprocess", "conformance.containerd", "conformance.serve",
