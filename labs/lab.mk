@@ -10,7 +10,7 @@
 # is reused, a changed one rebuilt. See labs/boxes.py.
 
 LAB_PYTHON ?= /usr/bin/python3
-LAB_RELEASES ?= bullseye bookworm trixie
+LAB_RELEASES ?= bullseye bookworm trixie trixie-backports forky
 # Building: debootstrap, sfdisk (fdisk), extlinux (+ its MBR in
 # syslinux-common), qemu-img. Booting: qemu-system-x86, ssh. The Vagrant side (vagrant-libvirt, libvirtd)
 # is for the lab's Vagrantfile; vagrant also ships the insecure key pair the

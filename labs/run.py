@@ -293,6 +293,19 @@ def write_unavailable_results(out_dir, release, data, unavailable, vm_results=No
     return path
 
 
+class BoxProgress:
+    """Relays the box builder's own lines (its steps, and a line a minute
+    inside a long one) from the release's log to the terminal: a first
+    build takes minutes, and `make test` would otherwise say nothing."""
+
+    def __init__(self, release):
+        self.prefix = "[%s] " % release
+
+    def feed(self, line):
+        if line.startswith(self.prefix):
+            say("  box: " + line[len(self.prefix):])
+
+
 def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEASE_TIMEOUT_S,
                 repeat=1):
     """One release through the scenario; a dict of what happened."""
@@ -308,7 +321,8 @@ def run_release(release, reports, k, filesystems, build_box=True, timeout=RELEAS
         say("%s: box (labs/boxes.py build, cached by recipe) ..." % release)
         t0 = time.monotonic()
         python = os.environ.get("LAB_PYTHON", "/usr/bin/python3")
-        rc = run_logged([python, "labs/boxes.py", "build", release], log, env=env)
+        rc = run_logged([python, "labs/boxes.py", "build", release], log, env=env,
+                        on_line=BoxProgress(release).feed)
         record["steps"]["box"] = time.monotonic() - t0
         if rc != 0:
             record.update(status="could not run", problem="the box could not be built (%s)" % log)
@@ -404,6 +418,8 @@ def timings_lines(record):
         lines.append("  %-38s %s (%d cores)" % ("host load at the end (1/5/15 min)",
                                                " / ".join("%.1f" % v for v in record["load"]),
                                                os.cpu_count() or 0))
+    for filesystem in record.get("refused") or []:
+        lines.append("  %-38s %s" % ("not in this box's kernel", filesystem + " (its cells refuse)"))
     lines.append("  %-38s %s" % ("status", record["status"] + (": " + record["problem"]
                                                                 if record["problem"] else "")))
     return lines

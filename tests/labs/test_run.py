@@ -368,3 +368,14 @@ def test_a_box_without_zfs_refuses_the_zfs_cells_with_its_reason(tmp_path, monke
     assert text.count(refused) == 3
     # The VM's own run: one kernel, so the columns need no "@ kernel".
     assert "| backend \\ filesystem | ext4 | zfs |" in text
+
+
+def test_the_box_builders_lines_reach_the_terminal(capsys):
+    progress = run.BoxProgress("forky")
+    for line in ("Debian mirror: http://mirror.example/debian", "[forky] zfs dkms ...",
+                 "I: Retrieving Packages", "[forky] zfs dkms: 60 s so far (build 130 s)",
+                 "[forkyx] not this release's"):
+        progress.feed(line)
+    out = capsys.readouterr().out
+    assert "box: zfs dkms ..." in out and "box: zfs dkms: 60 s so far (build 130 s)" in out
+    assert "Retrieving" not in out and "not this release" not in out and "mirror" not in out
