@@ -268,11 +268,11 @@ def write_unavailable_results(out_dir, release, data, unavailable, vm_results=No
     filesystem (conformance.report shows the cell as "refuses (why)"). Its
     run is the VM's, when the VM ran the release's other filesystems, so the
     cells fall in the same kernel's columns."""
-    run = {"label": release, "kernel": boxes.current_box(release).read_manifest()["kernel"],
-           "distro": "Debian %s" % boxes.RELEASES[release]["suite"]}
+    info = {"label": release, "kernel": boxes.current_box(release).read_manifest()["kernel"],
+            "distro": "Debian %s" % boxes.RELEASES[release]["suite"]}
     if vm_results:
         with open(vm_results) as f:
-            run = dict(json.load(f)["run"])
+            info = dict(json.load(f)["run"])
     results = []
     for filesystem, why in unavailable.items():
         # The report's refusal pattern stops at the first ")".
@@ -287,7 +287,7 @@ def write_unavailable_results(out_dir, release, data, unavailable, vm_results=No
     path = os.path.join(out_dir, "unavailable", "results.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump({"format": conformance_report.FORMAT, "run": run, "results": results}, f, indent=1)
+        json.dump({"format": conformance_report.FORMAT, "run": info, "results": results}, f, indent=1)
         f.write("\n")
     os.replace(path + ".tmp", path)
     return path
