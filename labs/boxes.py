@@ -523,7 +523,9 @@ class Build:
         self.write_in_root("/etc/dpkg/dpkg.cfg.d/snaplab-build", "force-unsafe-io\n")
         suite = self.spec["suite"]
         argv = ["debootstrap", "--variant=minbase", "--components=main",
-                "--include=" + ",".join(packages), suite, self.root, self.mirror]
+                "--include=" + ",".join(packages),
+                "--exclude=" + ",".join(read_list(os.path.join(RECIPE, "debootstrap-exclude.txt"))),
+                suite, self.root, self.mirror]
         if not os.path.exists(os.path.join(DEBOOTSTRAP_SCRIPTS, suite)):
             argv.append(os.path.join(DEBOOTSTRAP_SCRIPTS, "sid"))
         self.run(argv)
