@@ -9,9 +9,12 @@ bookworm box and boots it twice; it runs only with SNAPLAB_LAB=1.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 
@@ -415,3 +418,39 @@ def test_a_long_step_says_where_it_is_while_it_runs(tmp, cache, monkeypatch, cap
     assert "[bookworm] zfs dkms: " in out and " s so far (build " in out
     with open(builder.log_path) as f:
         assert "$ sh -c sleep 1.5; exit 3" in f.read()
+
+
+def test_an_interrupted_command_is_stopped_with_its_children(tmp, cache, monkeypatch):
+    """Ctrl-C or SIGTERM during a step (debootstrap's dpkg, a DKMS compile)
+    stops the whole command, children included, before the build unwinds."""
+    monkeypatch.setenv("SNAPLAB_DEBIAN_MIRROR", "http://mirror.example/debian")
+    work = os.path.join(tmp, "work")
+    os.makedirs(work)
+    builder = boxes.Build(boxes.Box("bookworm", "0" * 12, cache), work)
+    pids = os.path.join(tmp, "pids")
+    script = f"sleep 60 & echo $$ $! > {pids}.tmp && mv {pids}.tmp {pids}; wait"
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    with boxes.signals_raise(), pytest.raises(KeyboardInterrupt):
+        timer.start()
+        try:
+            builder.run(["sh", "-c", script])
+        finally:
+            timer.cancel()
+    with open(pids) as f:
+        for pid in map(int, f.read().split()):
+            assert not running(pid)
+
+
+def running(pid):
+    """Whether `pid` runs (a zombie waiting for its reaper does not)."""
+    deadline = time.monotonic() + 10  # SIGKILL is delivered at once; reaping may lag
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True
