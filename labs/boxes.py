@@ -75,8 +75,8 @@ RELEASES = {
 # host's may predate them): a Debian suite newer than its scripts is made
 # like sid.
 DEBOOTSTRAP_SCRIPTS = "/usr/share/debootstrap/scripts"
-# The kernel meta package of packages.txt: installed from `kernel_suite`
-# after debootstrap when a release has one.
+# The kernel meta package of packages.txt: installed by configure.sh with
+# apt after debootstrap, from `kernel_suite` when a release has one.
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 # Bump to rebuild every box when the cache layout or manifest changes.
 RECIPE_FORMAT = 1
@@ -504,10 +504,13 @@ class Build:
 
     @recipe_step
     def step_debootstrap(self):
-        packages = read_list(os.path.join(RECIPE, "packages.txt"))
-        if self.spec.get("kernel_suite"):
-            # Installed from its own suite by configure.sh.
-            packages = [p for p in packages if p != KERNEL_PACKAGE]
+        # The kernel is installed by configure.sh, with apt: from forky on it
+        # depends on "dracut | initramfs-tools | linux-initramfs-tool", and
+        # debootstrap's resolver takes the first alternative (whatever
+        # --exclude says) and unpacks dracut beside packages.txt's
+        # initramfs-tools, which dpkg refuses; apt sees initramfs-tools is
+        # there. (And a backports kernel comes from its own suite.)
+        packages = [p for p in read_list(os.path.join(RECIPE, "packages.txt")) if p != KERNEL_PACKAGE]
         os.makedirs(self.root)
         # recipe/rootfs/ goes in first, so that package scripts run by
         # debootstrap see it (the kernel's initramfs is made with the box's
@@ -523,9 +526,7 @@ class Build:
         self.write_in_root("/etc/dpkg/dpkg.cfg.d/snaplab-build", "force-unsafe-io\n")
         suite = self.spec["suite"]
         argv = ["debootstrap", "--variant=minbase", "--components=main",
-                "--include=" + ",".join(packages),
-                "--exclude=" + ",".join(read_list(os.path.join(RECIPE, "debootstrap-exclude.txt"))),
-                suite, self.root, self.mirror]
+                "--include=" + ",".join(packages), suite, self.root, self.mirror]
         if not os.path.exists(os.path.join(DEBOOTSTRAP_SCRIPTS, suite)):
             argv.append(os.path.join(DEBOOTSTRAP_SCRIPTS, "sid"))
         self.run(argv)
@@ -538,8 +539,8 @@ class Build:
                 self.copy_in_root(os.path.join(RECIPE, rel), f"{RECIPE_IN_ROOT}/{rel}")
         self.copy_in_root(public_key, f"{RECIPE_IN_ROOT}/vagrant.pub")
         self.chroot("/bin/sh", f"{RECIPE_IN_ROOT}/configure.sh", self.release, self.spec["suite"],
-                    self.mirror, f"{RECIPE_IN_ROOT}/vagrant.pub",
-                    self.spec.get("kernel_suite", ""), KERNEL_PACKAGE)
+                    self.mirror, f"{RECIPE_IN_ROOT}/vagrant.pub", KERNEL_PACKAGE,
+                    self.spec.get("kernel_suite", ""))
         kernel = self.kernel_version()
         series = self.spec["kernel"]
         if not kernel.startswith(series + "."):

@@ -1,16 +1,16 @@
 #!/bin/sh
 # Runs inside the box's root (chroot) after debootstrap (recipe/rootfs/ was
 # laid down before it).
-# Usage: configure.sh RELEASE SUITE MIRROR VAGRANT_PUBKEY [KERNEL_SUITE KERNEL_PACKAGE]
-# (KERNEL_SUITE: where the kernel comes from when not SUITE, e.g. backports;
-# debootstrap then left KERNEL_PACKAGE out and it is installed here.)
+# Usage: configure.sh RELEASE SUITE MIRROR VAGRANT_PUBKEY KERNEL_PACKAGE [KERNEL_SUITE]
+# KERNEL_PACKAGE is installed here, with apt (debootstrap left it out; see
+# boxes.py step_debootstrap), from KERNEL_SUITE when given (backports).
 set -eu
 release=$1
 suite=$2
 mirror=$3
 pubkey=$4
-kernel_suite=${5:-}
-kernel_package=${6:-}
+kernel_package=$5
+kernel_suite=${6:-}
 
 # No daemons start from package scripts in the chroot (zfsutils-linux would
 # try); seal.sh removes this again.
@@ -28,11 +28,9 @@ printf '127.0.0.1 localhost\n127.0.1.1 snaplab-%s\n::1 localhost ip6-localhost i
   echo "deb $mirror $suite main contrib"
   if [ -n "$kernel_suite" ]; then echo "deb $mirror $kernel_suite main contrib"; fi
 } > /etc/apt/sources.list
-if [ -n "$kernel_suite" ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends -t "$kernel_suite" "$kernel_package"
-fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends ${kernel_suite:+-t "$kernel_suite"} "$kernel_package"
 
 systemctl enable systemd-networkd.service snaplab-firstboot.service
 # wait-online would hold boot for the tunnel NIC vagrant-libvirt adds, which
