@@ -15,6 +15,7 @@ and detaches anything still left under its own temp directory, and only there.
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -371,8 +372,18 @@ def conformance_vars(ws, **more):
 
 def test_conformance_results_and_report_land_on_the_controller(conformance_ws):
     ws = conformance_ws
+    # What an older copy of the suite left: a case module this suite no longer
+    # has would still be collected (and fail) if the copy were not replaced.
+    stale = ws.path("node", "conformance", "test_left_by_an_older_suite.py")
+    os.makedirs(os.path.dirname(stale))
+    with open(stale, "w") as f:
+        f.write("def test_left_behind():\n    assert False\n")
     run = ws.play("conformance", conformance_vars(ws, conformance_label="role-test"))
     assert run.rc == 0, run
+    assert not os.path.exists(stale)
+    # the work directory is pytest's rootdir (no ini file above it is read)
+    with open(ws.path("node", "pytest.ini")) as f:
+        assert "[pytest]" in f.read()
 
     with open(ws.path("results", "localhost", "results.json")) as f:
         results = json.load(f)
@@ -402,8 +413,37 @@ def test_conformance_harness_error_fails_the_host_with_pytest_output(conformance
         ws, conformance_filesystems=["no-such-fs"], conformance_install_packages=False))
     assert run.rc != 0 and run.failed == 1, run
     assert "could not run on localhost" in run.output and "no-such-fs" in run.output, run
-    assert os.path.exists(ws.path("results", "localhost", "pytest-output.txt"))
+    with open(ws.path("results", "localhost", "pytest-output.txt")) as f:
+        assert "no-such-fs" in f.read()
     assert not os.path.exists(ws.path("results", "report.md"))
+
+
+def test_conformance_leaves_only_this_runs_results(conformance_ws):
+    """pytest stops on a bad option before it writes results: an earlier run's
+    are not left beside this run's output as if they were its."""
+    ws = conformance_ws
+    os.makedirs(ws.path("results", "localhost"))
+    for name in ("results.json", "junit.xml"):
+        with open(ws.path("results", "localhost", name), "w") as f:
+            f.write("from an earlier run\n")
+    run = ws.play("conformance", conformance_vars(
+        ws, conformance_pytest_args=["--no-such-option"], conformance_install_packages=False))
+    assert run.rc != 0 and run.failed == 1 and "could not run on localhost" in run.output, run
+    assert sorted(os.listdir(ws.path("results", "localhost"))) == ["pytest-output.txt"]
+    with open(ws.path("results", "localhost", "pytest-output.txt")) as f:
+        assert "--no-such-option" in f.read()
+
+
+def test_conformance_says_when_the_suite_is_not_in_the_role(conformance_ws):
+    ws = conformance_ws
+    collections = ws.ansible.env["ANSIBLE_COLLECTIONS_PATH"]
+    files = os.path.join(collections, "ansible_collections", "snaplab", "snapshots", "roles",
+                         "conformance", "files")
+    shutil.rmtree(os.path.join(files, "conformance"))
+    run = ws.play("conformance", conformance_vars(ws, conformance_install_packages=False))
+    assert run.rc != 0 and run.failed == 1, run
+    assert "has no copy of conformance/" in run.output and "collection/stage.py" in run.output, run
+    assert not os.path.exists(ws.path("node"))
 
 
 def test_conformance_runs_nothing_in_check_mode(conformance_ws):
