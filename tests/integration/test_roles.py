@@ -254,29 +254,37 @@ def test_an_fstab_line_of_another_source_is_neither_replaced_nor_removed(ws, dec
             f.write(before)
 
 
-def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
+@pytest.mark.parametrize("by_symlink", [False, True], ids=["by-kernel-name", "by-symlink"])
+def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared, by_symlink):
+    """Also by a symlink, as /dev/disk/by-id/ names are (the lab's disks)."""
     image = ws.path("images", "disk.img")
     with open(image, "wb") as f:
         f.truncate(64 * 1024 * 1024)
     device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True,
                             text=True, check=True).stdout.strip()
+    declared_name = device
+    if by_symlink:
+        declared_name = ws.path("by-id", "virtio-disk")
+        os.makedirs(os.path.dirname(declared_name), exist_ok=True)
+        os.symlink(device, declared_name)
     try:
-        disk = {"name": "disk", "fstype": "ext4", "device": device,
+        disk = {"name": "disk", "fstype": "ext4", "device": declared_name,
                 "mount_point": ws.path("mnt", "disk")}
         variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
                      "node_storage_filesystems": [disk]}
         made = ws.play("node_storage", variables)
         assert made.rc == 0 and made.changed > 0, made
         assert findmnt(ws.path("mnt", "disk"))["source"] == device
-        assert [device, ws.path("mnt", "disk"), "ext4", "defaults"] in [
+        assert [declared_name, ws.path("mnt", "disk"), "ext4", "defaults"] in [
             line[:4] for line in fstab_lines(ws)]
-        assert ws.play("node_storage", variables).changed == 0
+        again = ws.play("node_storage", variables)
+        assert again.rc == 0 and again.changed == 0, again
 
         disk["state"] = "absent"
         removed = ws.play("node_storage", variables)
         assert removed.rc == 0, removed
         assert findmnt(ws.path("mnt", "disk")) is None
-        assert device not in [line[0] for line in fstab_lines(ws)]
+        assert declared_name not in [line[0] for line in fstab_lines(ws)]
         assert blkid_type(device) == "ext4"  # a device's data stays
 
         variables["node_storage_wipe_absent"] = True
@@ -285,6 +293,8 @@ def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
         assert blkid_type(device) == ""
     finally:
         subprocess.run(["losetup", "--detach", device])
+        if by_symlink:
+            os.unlink(declared_name)
 
 
 @pytest.mark.parametrize("entry, message", [
