@@ -20,8 +20,11 @@ import tempfile
 
 
 def run(*argv, cwd=None):
-    done = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+    try:
+        done = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+    except OSError as err:  # a missing tool is an answer (a shell's 127), not a lost report
+        return {"argv": list(argv), "rc": 127, "stdout": "", "stderr": str(err)}
     return {"argv": list(argv), "rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
