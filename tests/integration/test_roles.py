@@ -15,6 +15,7 @@ and detaches anything still left under its own temp directory, and only there.
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
@@ -253,29 +254,37 @@ def test_an_fstab_line_of_another_source_is_neither_replaced_nor_removed(ws, dec
             f.write(before)
 
 
-def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
+@pytest.mark.parametrize("by_symlink", [False, True], ids=["by-kernel-name", "by-symlink"])
+def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared, by_symlink):
+    """Also by a symlink, as /dev/disk/by-id/ names are (the lab's disks)."""
     image = ws.path("images", "disk.img")
     with open(image, "wb") as f:
         f.truncate(64 * 1024 * 1024)
     device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True,
                             text=True, check=True).stdout.strip()
+    declared_name = device
+    if by_symlink:
+        declared_name = ws.path("by-id", "virtio-disk")
+        os.makedirs(os.path.dirname(declared_name), exist_ok=True)
+        os.symlink(device, declared_name)
     try:
-        disk = {"name": "disk", "fstype": "ext4", "device": device,
+        disk = {"name": "disk", "fstype": "ext4", "device": declared_name,
                 "mount_point": ws.path("mnt", "disk")}
         variables = {"node_storage_fstab": ws.fstab, "node_storage_install_packages": False,
                      "node_storage_filesystems": [disk]}
         made = ws.play("node_storage", variables)
         assert made.rc == 0 and made.changed > 0, made
         assert findmnt(ws.path("mnt", "disk"))["source"] == device
-        assert [device, ws.path("mnt", "disk"), "ext4", "defaults"] in [
+        assert [declared_name, ws.path("mnt", "disk"), "ext4", "defaults"] in [
             line[:4] for line in fstab_lines(ws)]
-        assert ws.play("node_storage", variables).changed == 0
+        again = ws.play("node_storage", variables)
+        assert again.rc == 0 and again.changed == 0, again
 
         disk["state"] = "absent"
         removed = ws.play("node_storage", variables)
         assert removed.rc == 0, removed
         assert findmnt(ws.path("mnt", "disk")) is None
-        assert device not in [line[0] for line in fstab_lines(ws)]
+        assert declared_name not in [line[0] for line in fstab_lines(ws)]
         assert blkid_type(device) == "ext4"  # a device's data stays
 
         variables["node_storage_wipe_absent"] = True
@@ -284,6 +293,8 @@ def test_a_block_device_is_formatted_mounted_and_kept_on_absent(ws, declared):
         assert blkid_type(device) == ""
     finally:
         subprocess.run(["losetup", "--detach", device])
+        if by_symlink:
+            os.unlink(declared_name)
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -371,8 +382,18 @@ def conformance_vars(ws, **more):
 
 def test_conformance_results_and_report_land_on_the_controller(conformance_ws):
     ws = conformance_ws
+    # What an older copy of the suite left: a case module this suite no longer
+    # has would still be collected (and fail) if the copy were not replaced.
+    stale = ws.path("node", "conformance", "test_left_by_an_older_suite.py")
+    os.makedirs(os.path.dirname(stale))
+    with open(stale, "w") as f:
+        f.write("def test_left_behind():\n    assert False\n")
     run = ws.play("conformance", conformance_vars(ws, conformance_label="role-test"))
     assert run.rc == 0, run
+    assert not os.path.exists(stale)
+    # the work directory is pytest's rootdir (no ini file above it is read)
+    with open(ws.path("node", "pytest.ini")) as f:
+        assert "[pytest]" in f.read()
 
     with open(ws.path("results", "localhost", "results.json")) as f:
         results = json.load(f)
@@ -402,8 +423,37 @@ def test_conformance_harness_error_fails_the_host_with_pytest_output(conformance
         ws, conformance_filesystems=["no-such-fs"], conformance_install_packages=False))
     assert run.rc != 0 and run.failed == 1, run
     assert "could not run on localhost" in run.output and "no-such-fs" in run.output, run
-    assert os.path.exists(ws.path("results", "localhost", "pytest-output.txt"))
+    with open(ws.path("results", "localhost", "pytest-output.txt")) as f:
+        assert "no-such-fs" in f.read()
     assert not os.path.exists(ws.path("results", "report.md"))
+
+
+def test_conformance_leaves_only_this_runs_results(conformance_ws):
+    """pytest stops on a bad option before it writes results: an earlier run's
+    are not left beside this run's output as if they were its."""
+    ws = conformance_ws
+    os.makedirs(ws.path("results", "localhost"))
+    for name in ("results.json", "junit.xml"):
+        with open(ws.path("results", "localhost", name), "w") as f:
+            f.write("from an earlier run\n")
+    run = ws.play("conformance", conformance_vars(
+        ws, conformance_pytest_args=["--no-such-option"], conformance_install_packages=False))
+    assert run.rc != 0 and run.failed == 1 and "could not run on localhost" in run.output, run
+    assert sorted(os.listdir(ws.path("results", "localhost"))) == ["pytest-output.txt"]
+    with open(ws.path("results", "localhost", "pytest-output.txt")) as f:
+        assert "--no-such-option" in f.read()
+
+
+def test_conformance_says_when_the_suite_is_not_in_the_role(conformance_ws):
+    ws = conformance_ws
+    collections = ws.ansible.env["ANSIBLE_COLLECTIONS_PATH"]
+    files = os.path.join(collections, "ansible_collections", "snaplab", "snapshots", "roles",
+                         "conformance", "files")
+    shutil.rmtree(os.path.join(files, "conformance"))
+    run = ws.play("conformance", conformance_vars(ws, conformance_install_packages=False))
+    assert run.rc != 0 and run.failed == 1, run
+    assert "has no copy of conformance/" in run.output and "collection/stage.py" in run.output, run
+    assert not os.path.exists(ws.path("node"))
 
 
 def test_conformance_runs_nothing_in_check_mode(conformance_ws):

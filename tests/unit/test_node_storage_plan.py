@@ -160,7 +160,8 @@ def test_the_declaration_as_a_whole_is_checked():
 
 def empty_state(**paths):
     state = {"mounts": [], "loops": {}, "fstab_text": "", "paths": {}, "probe": {}, "markers": {},
-             "xfs": {}, "zfs": None, "missing_directories": {}}
+             "xfs": {}, "zfs": None, "missing_directories": {},
+             "kernel_filesystems": ["ext4", "xfs", "btrfs", "overlay"]}
     state["paths"].update(paths)
     return state
 
@@ -187,6 +188,63 @@ def test_a_new_loop_file_gets_made_formatted_mounted_and_a_boot_safe_fstab_line(
                                "x-systemd.requires-mounts-for=/img/new 0 0\n")
     mount = result["filesystems"][0]["actions"][5]["argv"]
     assert mount == ["mount", "--types", "ext4", "--options", "loop", "/img/new/fs.img", "/srv/fs"]
+
+
+# /proc/filesystems of a Debian 12 kernel before `modprobe overlay` (abridged)
+PROC_FILESYSTEMS = """nodev\tsysfs
+nodev\ttmpfs
+nodev\tproc
+\text4
+nodev\tautofs
+\txfs
+\tbtrfs
+"""
+
+
+def test_an_overlay_root_loads_the_overlay_module_first_and_once():
+    """A node prerequisite of overlay roots (as containerd's unit runs modprobe
+    overlay): only while the kernel has no overlayfs, before anything else (a
+    kernel without it then leaves nothing half made), once for all roots."""
+    state = empty_state()
+    state["kernel_filesystems"] = engine.parse_proc_filesystems(PROC_FILESYSTEMS)
+    assert state["kernel_filesystems"] == ["sysfs", "tmpfs", "proc", "ext4", "autofs", "xfs", "btrfs"]
+    result = planned([
+        declare(name="native", loop_file="/img/n.img", mount_point="/srv/n",
+                snapshotter_root={"path": "/srv/n/r", "backend": "native"}),
+        declare(name="o1", loop_file="/img/o1.img", mount_point="/srv/o1", snapshotter_root={"path": "/srv/o1/r"}),
+        declare(name="o2", loop_file="/img/o2.img", mount_point="/srv/o2", snapshotter_root={"path": "/srv/o2/r"}),
+    ], state)
+    assert kinds(result, 0) == ["loop_file", "mkfs", "mkdir", "fstab", "mount", "mkdir"]
+    assert kinds(result, 1) == ["modprobe", "loop_file", "mkfs", "mkdir", "fstab", "mount", "mkdir"]
+    assert result["filesystems"][1]["actions"][0]["argv"] == ["modprobe", "overlay"]
+    assert "modprobe" not in kinds(result, 2)
+    loaded = empty_state()  # overlayfs in the kernel already (built in, or loaded)
+    assert "modprobe" not in kinds(planned([declare(snapshotter_root={"path": "/srv/fs/r"})], loaded))
+
+
+def test_a_kernel_without_overlay_fails_the_plan_before_its_filesystem_is_made(tmp_path):
+    state = empty_state()
+    state["kernel_filesystems"] = ["ext4"]
+    loop_file = str(tmp_path / "fs.img")
+    result = planned([declare(loop_file=loop_file, mount_point=str(tmp_path / "mnt"),
+                              snapshotter_root={"path": str(tmp_path / "mnt" / "r")})], state)
+    ran = []
+
+    def run(argv):
+        ran.append(argv)
+        return (1, "", "modprobe: FATAL: Module overlay not found") if argv[0] == "modprobe" else (0, "", "")
+    with pytest.raises(engine.StepFailed) as failed:
+        engine.apply(result, run, str(tmp_path / "fstab"))
+    assert "load the overlay module" in str(failed.value) and "Module overlay not found" in str(failed.value)
+    assert ran == [["modprobe", "overlay"]]
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_the_kernel_filesystems_are_read_from_proc(tmp_path):
+    state = engine.read_state(run_for_real, [], str(tmp_path / "fstab"), str(tmp_path / "zfs-fuse.pid"))
+    with open("/proc/filesystems") as f:
+        assert state["kernel_filesystems"] == engine.parse_proc_filesystems(f.read())
+    assert state["kernel_filesystems"]
 
 
 def test_the_user_can_keep_a_plain_loop_fstab_line():

@@ -242,6 +242,11 @@ def parse_xfs_info(text):
     return {"ftype": int(ftype.group(1)) if ftype else 0, "reflink": int(reflink.group(1)) if reflink else 0}
 
 
+def parse_proc_filesystems(text):
+    """/proc/filesystems -> the names of the filesystems the kernel has now."""
+    return [line.split()[-1] for line in text.splitlines() if line.split()]
+
+
 def _read_file(path):
     try:
         with open(path, encoding="utf-8") as stream:
@@ -284,6 +289,8 @@ def read_state(run, declared, fstab, zfs_fuse_pidfile, zfs_fuse_options=()):
                                         "TARGET,SOURCE,FSTYPE,OPTIONS"], ok=(0, 1))),
         "loops": parse_losetup(output(["losetup", "--json", "--list", "--output", "NAME,BACK-FILE"])),
         "fstab_text": _read_file(fstab) or "",
+        # overlay roots need overlayfs (snaplab's overlay backend refuses without it)
+        "kernel_filesystems": parse_proc_filesystems(_read_file("/proc/filesystems") or ""),
         "paths": {}, "probe": {}, "markers": {}, "xfs": {}, "zfs": None, "missing_directories": {},
     }
     for decl in declared:
@@ -584,6 +591,14 @@ def _plan_root_directory(decl, state, entry):
     if root and not state["paths"].get(root["path"], {}).get("exists"):
         entry["actions"].append(_action("mkdir", "create the snapshotter root %s" % root["path"],
                                         path=root["path"], mode=0o700))
+    if root and root["backend"] == "overlay" and "overlay" not in state["kernel_filesystems"]:
+        # A node prerequisite of an overlay root, as containerd's unit does
+        # (modprobe overlay) before it starts: snaplab's overlay backend
+        # refuses while overlayfs is not in /proc/filesystems. First, so that
+        # a kernel without it undoes nothing of this filesystem; once a plan.
+        entry["actions"].insert(0, _action("modprobe", "load the overlay module (for the overlay root %s)"
+                                           % root["path"], ["modprobe", "overlay"]))
+        state["kernel_filesystems"] = state["kernel_filesystems"] + ["overlay"]
 
 
 def _plan_absent(decl, current, _state, entry, lines, _allow, wipe_absent):

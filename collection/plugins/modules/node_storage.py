@@ -15,6 +15,8 @@ description:
   - Reads the node's whole storage state in one call (C(findmnt), C(losetup), C(blkid), the fstab,
     C(zpool)/C(zfs)), compares it with the declared filesystems and returns a plan, per filesystem,
     of actions and refusals; then, outside check mode and when nothing is refused, applies it.
+  - Loads the overlay module (C(modprobe overlay)) while the kernel has no overlayfs and an overlay
+    snapshotter root is declared present.
   - Never formats a device or loop file that holds something (another filesystem, a partition table,
     another pool) unless O(allow_format_existing=true); never mounts over another mount.
   - A loop file it made is grown when its declared size grows (C(truncate), C(losetup --set-capacity),
