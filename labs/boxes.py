@@ -524,6 +524,13 @@ class Build:
         # image is written from it afterwards. seal.sh removes the file.
         os.makedirs(self.in_root("/etc/dpkg/dpkg.cfg.d"))
         self.write_in_root("/etc/dpkg/dpkg.cfg.d/snaplab-build", "force-unsafe-io\n")
+        # apt in the build takes the mirror's Release files as they are: a
+        # mirror frozen at a date (a snapshot, a site's pinned mirror) serves
+        # testing's past its Valid-Until (a week), and apt then refuses the
+        # suite ("Release file ... is expired"); debootstrap itself does not
+        # check it. The signatures are still checked. seal.sh removes it.
+        os.makedirs(self.in_root("/etc/apt/apt.conf.d"), exist_ok=True)
+        self.write_in_root("/etc/apt/apt.conf.d/99snaplab-build", 'Acquire::Check-Valid-Until "false";\n')
         suite = self.spec["suite"]
         argv = ["debootstrap", "--variant=minbase", "--components=main",
                 "--include=" + ",".join(packages), suite, self.root, self.mirror]

@@ -3,7 +3,7 @@
 # behind and what must differ between clones (see
 # rootfs/etc/systemd/system/snaplab-firstboot.service for the first boot).
 set -eu
-rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/snaplab-build
+rm -f /usr/sbin/policy-rc.d /etc/dpkg/dpkg.cfg.d/snaplab-build /etc/apt/apt.conf.d/99snaplab-build
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 
