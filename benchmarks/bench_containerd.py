@@ -34,7 +34,6 @@ devices, filesystems) is stopped and removed at the end, also on failure.
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -47,11 +46,15 @@ from conformance.inprocess import InProcessTarget
 from conformance.serve import served_snapshotter
 from snaplab import mount as mountlib
 
+import benchjson
+
 OPERATIONS = ("prepare", "usage", "commit", "stat", "remove")
 VARIANTS = ("in-process", "serve", "containerd")
 PLUGIN_OF = {"overlay": "overlayfs", "native": "native", "btrfs": "btrfs"}
 FILESYSTEM_OF = {"overlay": "ext4", "native": "ext4", "btrfs": "btrfs"}
 NAMESPACE = "snaplab-bench"
+# Issue 17's goal: every operation through serve at most as slow as containerd.
+GOAL = 1.0
 
 
 def percentile(samples, fraction):
@@ -160,13 +163,28 @@ def table(results, ops, base_files, load):
     return "\n".join(lines)
 
 
+def json_rows(results):
+    """benchjson rows: per backend, operation, percentile and snaplab variant,
+    snaplab's time against containerd's."""
+    rows = []
+    for backend, variants in results.items():
+        for op in OPERATIONS:
+            for stat in ("p50", "p99"):
+                peer = variants["containerd"][op][stat + "_ms"]
+                for variant in ("in-process", "serve"):
+                    rows.append(benchjson.row(
+                        "%s %s %s, %s" % (backend, op, stat, variant),
+                        variants[variant][op][stat + "_ms"], peer, "ms", goal=GOAL))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--backends", default="overlay,native,btrfs")
     parser.add_argument("--base-files", type=int, default=16)
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -195,9 +213,7 @@ def main(argv=None):
         with open(args.markdown, "w") as out:
             out.write(text + "\n")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"ops": args.ops, "kernel": platform.release(), "load": load,
-                       "results": results}, out, indent=2)
+        benchjson.write(args.json, "bench_containerd", json_rows(results))
     return 0
 
 

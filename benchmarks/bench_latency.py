@@ -13,7 +13,6 @@ overlay's does not: the ratio column shows what that costs.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,8 @@ import time
 
 from conformance.filesystems import FilesystemPool
 from snaplab import open_snapshotter
+
+import benchjson
 
 OPERATIONS = ("prepare", "commit", "stat", "remove")
 
@@ -75,13 +76,24 @@ def bench_backend(backend, directory, ops, base_files):
                  "count": len(samples)} for op, samples in timings.items()}
 
 
+def json_rows(results, backends):
+    """benchjson rows: each backend against the last one (the reference), per
+    operation: no outside peer here, the ratios catch one backend slowing
+    down against the other."""
+    reference = backends[-1]
+    return [benchjson.row("%s %s %s, vs %s" % (backend, op, stat, reference),
+                          results[backend][op][stat + "_ms"],
+                          results[reference][op][stat + "_ms"], "ms")
+            for backend in backends[:-1] for op in OPERATIONS for stat in ("p50", "p99")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=1000)
     parser.add_argument("--backends", default="native,overlay")
     parser.add_argument("--filesystem", default="ext4")
     parser.add_argument("--base-files", type=int, default=16)
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     pool = FilesystemPool()
@@ -108,9 +120,7 @@ def main(argv=None):
                 line += "   %8.2fx" % (row["p50_ms"] / results[reference][op]["p50_ms"])
             print(line)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"ops": args.ops, "filesystem": args.filesystem,
-                       "kernel": platform.release(), "results": results}, out, indent=2)
+        benchjson.write(args.json, "bench_latency", json_rows(results, backends))
     return 0
 
 

@@ -37,6 +37,8 @@ from conformance.filesystems import FilesystemPool
 from conformance.inprocess import InProcessTarget
 from snaplab import mount as mountlib
 
+import benchjson
+
 MIB = 1024 * 1024
 # Each backend on the filesystem containerd users put it on.
 FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs"}
@@ -163,13 +165,22 @@ def table(results, snapshots, image_mib):
     return "\n".join(lines)
 
 
+def json_rows(results, image_mib):
+    """benchjson rows: what one more snapshot costs on disk against a full
+    copy of the image (the peer: its size as the filesystem counts it)."""
+    return [benchjson.row("%s per added snapshot, vs a copy of the %d MiB image"
+                          % (backend, image_mib), row["per_snapshot_bytes"],
+                          row["image_bytes"], "bytes")
+            for backend, row in results.items()]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshots", type=int, default=100)
     parser.add_argument("--image-mib", type=int, default=100)
     parser.add_argument("--backends", default="native,overlay,btrfs,zfs")
     parser.add_argument("--fs-dir", help="where the loop files go (default: the temp dir)")
-    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -193,9 +204,7 @@ def main(argv=None):
         with open(args.markdown, "w") as out:
             out.write(text + "\n")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"snapshots": args.snapshots, "image_mib": args.image_mib,
-                       "kernel": platform.release(), "results": results}, out, indent=2)
+        benchjson.write(args.json, "bench_storage_cost", json_rows(results, args.image_mib))
     return 0
 
 

@@ -1,0 +1,162 @@
+"""The figures every benchmark writes with --json, and the regression check on them.
+
+One format for all benchmarks, so that `make bench-check` can compare any of
+them with the committed baseline (benchmarks/baseline.json):
+
+    {"benchmark": "bench_containerd", "load": [1 min, 5 min, 15 min],
+     "rows": [{"what": "native stat p50, serve", "snaplab": 0.52, "peer": 0.33,
+               "unit": "ms", "ratio": 1.58, "goal": 1.0, "better": "lower"}]}
+
+`ratio` is snaplab ÷ peer, measured side by side in the same run, so that
+it means the same on a fast or a slow machine; `better` says which way it
+improves ("lower": snaplab should take less than the peer); `goal` is the
+ratio the project aims at (null where none is stated). The baseline keeps
+ratios only, never absolute times.
+
+A ratio regresses when its median over the runs is worse than the
+baseline's by more than the row's tolerance: for "lower", median >
+baseline × (1 + tolerance); for "higher", median < baseline ÷ (1 +
+tolerance). A baseline row that no run produced is a failure too (a renamed
+or vanished row must not pass unnoticed).
+
+Standard library only: the benchmarks import it as a sibling module, the
+unit test (tests/unit/test_bench_check.py) loads it by path.
+"""
+
+import json
+import os
+import statistics
+
+BETTER = ("lower", "higher")
+# p50s and sizes are stable enough for this; a p99 of a few hundred samples
+# on a shared machine is not, hence its own, wider default.
+DEFAULT_TOLERANCE = 0.35
+DEFAULT_P99_TOLERANCE = 1.0
+
+
+def row(what, snaplab, peer, unit, goal=None, better="lower"):
+    """One row of the format; ratio is None where the peer measured 0."""
+    if better not in BETTER:
+        raise ValueError("better must be one of %s, not %r" % (BETTER, better))
+    return {"what": what, "snaplab": snaplab, "peer": peer, "unit": unit,
+            "ratio": snaplab / peer if peer else None, "goal": goal, "better": better}
+
+
+def document(benchmark, rows):
+    return {"benchmark": benchmark, "load": list(os.getloadavg()), "rows": list(rows)}
+
+
+def write(path, benchmark, rows):
+    """Write the rows of `benchmark` as the format above."""
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(document(benchmark, rows), out, indent=2)
+        out.write("\n")
+
+
+def read(path):
+    """A document of the format, checked enough to name what is wrong with it."""
+    with open(path, encoding="utf-8") as source:
+        doc = json.load(source)
+    if not isinstance(doc, dict) or not {"benchmark", "load", "rows"} <= set(doc):
+        raise ValueError("%s: not a benchmark document (benchmark, load, rows)" % path)
+    for entry in doc["rows"]:
+        missing = {"what", "snaplab", "peer", "unit", "ratio", "goal", "better"} - set(entry)
+        if missing:
+            raise ValueError("%s: row %r lacks %s" % (path, entry.get("what"),
+                                                      ", ".join(sorted(missing))))
+    return doc
+
+
+def medians(documents):
+    """{benchmark: {what: {"ratio": median, "better": ..., "runs": n}}} over
+    several runs' documents (rows without a ratio are left out)."""
+    ratios = {}
+    for doc in documents:
+        for entry in doc["rows"]:
+            if entry["ratio"] is None:
+                continue
+            key = (doc["benchmark"], entry["what"])
+            ratios.setdefault(key, (entry["better"], []))[1].append(entry["ratio"])
+    found = {}
+    for (benchmark, what), (better, values) in ratios.items():
+        found.setdefault(benchmark, {})[what] = {
+            "ratio": statistics.median(values), "better": better, "runs": len(values)}
+    return found
+
+
+def default_tolerance(what, tolerance=DEFAULT_TOLERANCE, p99_tolerance=DEFAULT_P99_TOLERANCE):
+    """A p99 row (its name says "p99") gets the wider tolerance."""
+    return p99_tolerance if "p99" in what else tolerance
+
+
+def baseline(found, note, loads, tolerance=DEFAULT_TOLERANCE,
+             p99_tolerance=DEFAULT_P99_TOLERANCE):
+    """A baseline document from medians(): the ratios and each row's tolerance."""
+    return {"note": note, "loads": loads, "benchmarks": {
+        benchmark: {what: {"ratio": round(entry["ratio"], 4), "better": entry["better"],
+                           "tolerance": default_tolerance(what, tolerance, p99_tolerance)}
+                    for what, entry in sorted(rows.items())}
+        for benchmark, rows in sorted(found.items())}}
+
+
+def read_baseline(path):
+    with open(path, encoding="utf-8") as source:
+        base = json.load(source)
+    for benchmark, rows in base["benchmarks"].items():
+        for what, expected in rows.items():
+            if expected.get("better") not in BETTER or not isinstance(
+                    expected.get("ratio"), (int, float)):
+                raise ValueError("%s: %s: %r needs a ratio and better (%s)"
+                                 % (path, benchmark, what, "/".join(BETTER)))
+    return base
+
+
+def write_baseline(path, base):
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(base, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+
+
+def compare(base, found, benchmarks=None):
+    """Findings of medians() against a baseline document, one per baseline row
+    of the benchmarks that ran (`benchmarks`: those names; default: all in
+    `found`): dicts with benchmark, what, baseline, median, limit and verdict
+    ("ok", "improved", "regressed" or "missing")."""
+    ran = set(found) if benchmarks is None else set(benchmarks)
+    findings = []
+    for benchmark, rows in sorted(base["benchmarks"].items()):
+        if benchmark not in ran:
+            continue
+        for what, expected in sorted(rows.items()):
+            measured = found.get(benchmark, {}).get(what)
+            tolerance = expected.get("tolerance", default_tolerance(what))
+            if expected["better"] == "lower":
+                limit = expected["ratio"] * (1 + tolerance)
+            else:
+                limit = expected["ratio"] / (1 + tolerance)
+            finding = {"benchmark": benchmark, "what": what, "baseline": expected["ratio"],
+                       "median": None, "limit": limit, "better": expected["better"]}
+            if measured is None:
+                finding["verdict"] = "missing"
+            else:
+                median = finding["median"] = measured["ratio"]
+                worse = median > limit if expected["better"] == "lower" else median < limit
+                better = (median < expected["ratio"] if expected["better"] == "lower"
+                          else median > expected["ratio"])
+                finding["verdict"] = "regressed" if worse else "improved" if better else "ok"
+            findings.append(finding)
+    return findings
+
+
+def failures(findings):
+    return [f for f in findings if f["verdict"] in ("regressed", "missing")]
+
+
+def describe(finding):
+    """One line per finding, naming the row."""
+    if finding["verdict"] == "missing":
+        return "MISSING   %s: %s (baseline %.3f): no run produced this row" % (
+            finding["benchmark"], finding["what"], finding["baseline"])
+    return "%-9s %s: %s: median %.3f, baseline %.3f, limit %.3f (%s is better)" % (
+        finding["verdict"].upper(), finding["benchmark"], finding["what"], finding["median"],
+        finding["baseline"], finding["limit"], finding["better"])
