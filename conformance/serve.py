@@ -157,9 +157,11 @@ def grpc_missing():
 
 class ProxyPair:
     """A snaplab serve process (its root on a test filesystem) and a private
-    containerd that has it in proxy_plugins as `plugin`."""
+    containerd that has it in proxy_plugins as `plugin`; `plugin_roots` as
+    Containerd's (containerd's own snapshotters beside it, e.g. on `fs`:
+    benchmarks/bench_ctr.py)."""
 
-    def __init__(self, served, fs, plugin):
+    def __init__(self, served, fs, plugin, plugin_roots=None):
         self.plugin = plugin
         self.fs = fs
         self.roots_dir = tempfile.mkdtemp(prefix="snaplab-proxy-", dir=fs.mountpoint)
@@ -170,8 +172,8 @@ class ProxyPair:
             make_snaplab_root(served, fs, self.root)
             self.serve = ServeProcess(self.root, served)
             self.serve.start()
-            self.containerd = Containerd(extra_config={"proxy_plugins": {
-                plugin: {"type": "snapshot", "address": self.serve.socket}}})
+            self.containerd = Containerd(plugin_roots=plugin_roots, extra_config={
+                "proxy_plugins": {plugin: {"type": "snapshot", "address": self.serve.socket}}})
             self.containerd.start()
         except BaseException:
             problems = self.stop()
