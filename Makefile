@@ -18,7 +18,7 @@ CONTRIB_PACKAGES := $(ZFS_PACKAGE)
 # zfs-fuse) takes about 1 min.
 PYTEST_TIMEOUT ?= 900
 
-.PHONY: all deps apt venv test test-host pytest sanity lint units molecule collection demo bench clean leaks \
+.PHONY: all deps apt venv test test-host pytest sanity lint units molecule collection demo bench bench-check clean leaks \
 	torture staged-collections
 
 all: test
@@ -170,16 +170,34 @@ demo: deps staged-collections
 
 ## make bench: latency of the core operations, btrfs ioctls against
 ## btrfs-progs, the storage cost of 100 snapshots per backend, apply-layer
-## against tar -x and Usage against du, and snaplab (in-process and served)
-## against containerd's own snapshotters over gRPC (not tests).
+## against tar -x and Usage against du, snaplab (in-process and served)
+## against containerd's own snapshotters over gRPC, and the container-start
+## path (ctr and containerd's API, snaplab as proxy plugin against
+## overlayfs). Each also writes its figures as JSON to $(BENCH_JSON)
+## (benchmarks/benchjson.py's format: ratios against the peer of the same
+## run). Not tests.
+BENCH_JSON ?= $(REPORTS)/bench
 bench: deps
-	$(PY) benchmarks/bench_latency.py
-	$(PY) benchmarks/bench_latency.py --backends native,overlay,btrfs --filesystem btrfs --ops 300
-	$(PY) benchmarks/bench_btrfs_ioctl.py
-	$(PY) benchmarks/bench_storage_cost.py
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py
+	mkdir -p $(BENCH_JSON)
+	$(PY) benchmarks/bench_latency.py --json $(BENCH_JSON)/bench_latency.json
+	$(PY) benchmarks/bench_latency.py --backends native,overlay,btrfs --filesystem btrfs --ops 300 \
+	  --json $(BENCH_JSON)/bench_latency-btrfs.json
+	$(PY) benchmarks/bench_btrfs_ioctl.py --json $(BENCH_JSON)/bench_btrfs_ioctl.json
+	$(PY) benchmarks/bench_storage_cost.py --json $(BENCH_JSON)/bench_storage_cost.json
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py \
+	  --json $(BENCH_JSON)/bench_declare.json
 	$(PY) benchmarks/bench_apply_usage.py
-	$(PY) benchmarks/bench_containerd.py
+	$(PY) benchmarks/bench_containerd.py --json $(BENCH_JSON)/bench_containerd.json
+	$(PY) benchmarks/bench_ctr.py --json $(BENCH_JSON)/bench_ctr.json
+
+## make bench-check: the quick benchmarks (small --ops), BENCH_REPEAT times
+## each, interleaved; fails when the median of a ratio regressed against
+## benchmarks/baseline.json by more than that row's tolerance, and names the
+## row (benchmarks/bench_check.py; --write-baseline NOTE writes a new
+## baseline). About 2 minutes with BENCH_REPEAT=3; not part of `make test`.
+BENCH_REPEAT ?= 3
+bench-check: deps
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_check.py --repeat $(BENCH_REPEAT)
 
 ## make torture: crash injection and concurrency (tests/torture/run.py). Each
 ## mutating verb (prepare, view, commit, rm, label, cleanup, apply-layer,

@@ -40,7 +40,7 @@ QUICK = {
     "bench_storage_cost": ["--snapshots", "10", "--image-mib", "8",
                            "--backends", "native,overlay,btrfs"],
     "bench_containerd": ["--ops", "60", "--rounds", "3"],
-    "bench_ctr": ["--ops", "20", "--rounds", "2"],
+    "bench_ctr": ["--ops", "40", "--rounds", "4"],
     "bench_declare": ["--snapshots", "40", "--runs", "2"],
 }
 
@@ -111,6 +111,8 @@ def main(argv=None):
                                            ", ".join(sorted(found))))
         return 0
 
+    if not os.path.exists(args.baseline):
+        raise SystemExit("no baseline at %s: write one with --write-baseline NOTE" % args.baseline)
     findings = benchjson.compare(benchjson.read_baseline(args.baseline), found,
                                  benchmarks=sorted(found))
     for finding in findings:

@@ -25,6 +25,7 @@ unit test (tests/unit/test_bench_check.py) loads it by path.
 
 import json
 import os
+import re
 import statistics
 
 BETTER = ("lower", "higher")
@@ -92,7 +93,8 @@ def default_tolerance(what, tolerance=DEFAULT_TOLERANCE, p99_tolerance=DEFAULT_P
 def baseline(found, note, loads, tolerance=DEFAULT_TOLERANCE,
              p99_tolerance=DEFAULT_P99_TOLERANCE):
     """A baseline document from medians(): the ratios and each row's tolerance."""
-    return {"note": note, "loads": loads, "benchmarks": {
+    return {"note": note, "loads": [[round(x, 2) for x in load] for load in loads],
+            "benchmarks": {
         benchmark: {what: {"ratio": round(entry["ratio"], 4), "better": entry["better"],
                            "tolerance": default_tolerance(what, tolerance, p99_tolerance)}
                     for what, entry in sorted(rows.items())}
@@ -112,9 +114,11 @@ def read_baseline(path):
 
 
 def write_baseline(path, base):
+    text = json.dumps(base, indent=2, ensure_ascii=False)
+    # One line per load average triple: the file is read in diffs.
+    text = re.sub(r"\[\s+([0-9.]+),\s+([0-9.]+),\s+([0-9.]+)\s+\]", r"[\1, \2, \3]", text)
     with open(path, "w", encoding="utf-8") as out:
-        json.dump(base, out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        out.write(text + "\n")
 
 
 def compare(base, found, benchmarks=None):
