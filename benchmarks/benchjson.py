@@ -81,8 +81,16 @@ def medians(documents):
     found = {}
     for (benchmark, what), (better, values) in ratios.items():
         found.setdefault(benchmark, {})[what] = {
-            "ratio": statistics.median(values), "better": better, "runs": len(values)}
+            "ratio": statistics.median(values), "better": better, "runs": len(values),
+            "worst": max(values) if better == "lower" else min(values)}
     return found
+
+
+def spread(entry):
+    """How much worse than the median the worst run was (0.5: 50 % worse)."""
+    if entry["better"] == "lower":
+        return entry["worst"] / entry["ratio"] - 1 if entry["ratio"] else 0.0
+    return entry["ratio"] / entry["worst"] - 1 if entry["worst"] else 0.0
 
 
 def default_tolerance(what, tolerance=DEFAULT_TOLERANCE, p99_tolerance=DEFAULT_P99_TOLERANCE):
@@ -92,13 +100,18 @@ def default_tolerance(what, tolerance=DEFAULT_TOLERANCE, p99_tolerance=DEFAULT_P
 
 def baseline(found, note, loads, tolerance=DEFAULT_TOLERANCE,
              p99_tolerance=DEFAULT_P99_TOLERANCE):
-    """A baseline document from medians(): the ratios and each row's tolerance."""
+    """A baseline document from medians(): the ratios and each row's tolerance:
+    the default, or the spread its runs showed where that is wider (a row
+    that varies that much between runs of the same code cannot tell a
+    smaller regression from noise; on a quiet machine the defaults win)."""
+    def row_tolerance(what, entry):
+        return round(max(default_tolerance(what, tolerance, p99_tolerance), spread(entry)), 2)
     return {"note": note, "loads": [[round(x, 2) for x in load] for load in loads],
             "benchmarks": {
-        benchmark: {what: {"ratio": round(entry["ratio"], 4), "better": entry["better"],
-                           "tolerance": default_tolerance(what, tolerance, p99_tolerance)}
-                    for what, entry in sorted(rows.items())}
-        for benchmark, rows in sorted(found.items())}}
+                benchmark: {what: {"ratio": round(entry["ratio"], 4), "better": entry["better"],
+                                   "tolerance": row_tolerance(what, entry)}
+                            for what, entry in sorted(rows.items())}
+                for benchmark, rows in sorted(found.items())}}
 
 
 def read_baseline(path):

@@ -54,7 +54,7 @@ def test_a_row_is_snaplab_over_peer_and_none_without_a_peer():
 
 def test_the_median_of_the_runs_is_compared_not_one_bad_run():
     found = benchjson.medians([doc("b", stat=1.0), doc("b", stat=9.0), doc("b", stat=1.1)])
-    assert found["b"]["stat"] == {"ratio": 1.1, "better": "lower", "runs": 3}
+    assert found["b"]["stat"] == {"ratio": 1.1, "better": "lower", "runs": 3, "worst": 9.0}
     assert verdicts(benchjson.compare(base(stat=1.0), found)) == {"stat": "ok"}
 
 
@@ -133,3 +133,13 @@ def test_bench_check_names_the_regressed_row_and_exits_1(tmp_path):
     assert failed.returncode == 1
     assert "REGRESSED bench_latency: native prepare p50, vs overlay" in failed.stdout
     assert "native stat p50" not in failed.stdout.split("FAILED")[1]
+
+
+def test_a_row_that_spread_wide_between_runs_gets_that_as_its_tolerance():
+    found = benchjson.medians([doc("b", noisy=1.0, steady=1.0, noisy_up=2.0),
+                               doc("b", noisy=2.0, steady=1.1, noisy_up=1.0),
+                               doc("b", noisy=4.0, steady=1.05, noisy_up=3.0)])
+    rows = benchjson.baseline(found, "note", [], tolerance=0.3)["benchmarks"]["b"]
+    assert rows["noisy"]["tolerance"] == 1.0  # worst 4.0 against the median 2.0
+    assert rows["noisy_up"]["tolerance"] == 1.0  # median 2.0 against the worst 1.0
+    assert rows["steady"]["tolerance"] == 0.3  # spread 0.05: the default
