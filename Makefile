@@ -189,6 +189,7 @@ bench: deps
 	$(PY) benchmarks/bench_apply_usage.py
 	$(PY) benchmarks/bench_containerd.py --json $(BENCH_JSON)/bench_containerd.json
 	$(PY) benchmarks/bench_ctr.py --json $(BENCH_JSON)/bench_ctr.json
+	$(PY) benchmarks/bench_serve_floor.py --json $(BENCH_JSON)/bench_serve_floor.json
 
 ## make bench-check: the quick benchmarks (small --ops), BENCH_REPEAT times
 ## each, interleaved; fails when the median of a ratio regressed against

@@ -41,6 +41,7 @@ QUICK = {
                            "--backends", "native,overlay,btrfs"],
     "bench_containerd": ["--ops", "60", "--rounds", "3"],
     "bench_ctr": ["--ops", "40", "--rounds", "4"],
+    "bench_serve_floor": ["--ops", "300", "--rounds", "6"],
     "bench_declare": ["--snapshots", "40", "--runs", "2"],
 }
 
@@ -99,13 +100,14 @@ def main(argv=None):
     loads = [d["load"] for d in docs]
 
     if args.write_baseline:
-        previous = {}
-        if os.path.exists(args.baseline):
-            previous = benchjson.read_baseline(args.baseline)["benchmarks"]
         written = benchjson.baseline(found, args.write_baseline, loads, args.tolerance,
                                      args.p99_tolerance)
-        # Benchmarks not run this time keep their rows.
-        written["benchmarks"] = dict(previous, **written["benchmarks"])
+        if os.path.exists(args.baseline):
+            # Benchmarks not run this time keep their rows (and their runs' loads).
+            previous = benchjson.read_baseline(args.baseline)
+            if set(previous["benchmarks"]) - set(found):
+                written["loads"] = previous.get("loads", []) + written["loads"]
+            written["benchmarks"] = dict(previous["benchmarks"], **written["benchmarks"])
         benchjson.write_baseline(args.baseline, written)
         print("wrote %s: %d rows of %s" % (args.baseline, sum(map(len, found.values())),
                                            ", ".join(sorted(found))))
@@ -121,8 +123,8 @@ def main(argv=None):
     print("load averages (1, 5, 15 min) of the runs: %s"
           % "; ".join("%.2f %.2f %.2f" % tuple(load) for load in loads))
     if failed:
-        print("bench-check FAILED: %d of %d rows regressed or missing:" % (len(failed),
-                                                                           len(findings)))
+        print("bench-check FAILED: %d of %d rows regressed, missing or without a baseline:"
+              % (len(failed), len(findings)))
         for finding in failed:
             print("  " + benchjson.describe(finding))
         return 1

@@ -137,13 +137,20 @@ def write_baseline(path, base):
 def compare(base, found, benchmarks=None):
     """Findings of medians() against a baseline document, one per baseline row
     of the benchmarks that ran (`benchmarks`: those names; default: all in
-    `found`): dicts with benchmark, what, baseline, median, limit and verdict
-    ("ok", "improved", "regressed" or "missing")."""
+    `found`), and one per row or benchmark the baseline lacks: dicts with
+    benchmark, what, baseline, median, limit and verdict ("ok", "improved",
+    "regressed", "missing", "new" or "unbaselined")."""
     ran = set(found) if benchmarks is None else set(benchmarks)
-    findings = []
+    findings = [{"benchmark": benchmark, "what": "(every row)", "baseline": None, "median": None,
+                 "limit": None, "better": None, "verdict": "unbaselined"}
+                for benchmark in sorted(ran - set(base["benchmarks"]))]
     for benchmark, rows in sorted(base["benchmarks"].items()):
         if benchmark not in ran:
             continue
+        for what in sorted(set(found.get(benchmark, {})) - set(rows)):
+            findings.append({"benchmark": benchmark, "what": what, "baseline": None,
+                             "median": found[benchmark][what]["ratio"], "limit": None,
+                             "better": found[benchmark][what]["better"], "verdict": "new"})
         for what, expected in sorted(rows.items()):
             measured = found.get(benchmark, {}).get(what)
             tolerance = expected.get("tolerance", default_tolerance(what))
@@ -166,11 +173,20 @@ def compare(base, found, benchmarks=None):
 
 
 def failures(findings):
-    return [f for f in findings if f["verdict"] in ("regressed", "missing")]
+    """Regressed rows, rows the baseline has and no run produced, and
+    benchmarks the baseline has no rows of (a new row of a known benchmark
+    only is listed: --write-baseline takes it in)."""
+    return [f for f in findings if f["verdict"] in ("regressed", "missing", "unbaselined")]
 
 
 def describe(finding):
     """One line per finding, naming the row."""
+    if finding["verdict"] == "unbaselined":
+        return "UNBASELINED %s: the baseline has no rows of it (write them with " \
+            "--only %s --write-baseline NOTE)" % (finding["benchmark"], finding["benchmark"])
+    if finding["verdict"] == "new":
+        return "NEW       %s: %s: median %.3f, not in the baseline" % (
+            finding["benchmark"], finding["what"], finding["median"])
     if finding["verdict"] == "missing":
         return "MISSING   %s: %s (baseline %.3f): no run produced this row" % (
             finding["benchmark"], finding["what"], finding["baseline"])

@@ -75,7 +75,7 @@ def test_higher_is_better_regresses_when_it_falls():
 def test_a_baseline_row_no_run_produced_fails_and_other_benchmarks_are_skipped():
     baseline = base(stat=1.0, renamed=1.0)
     baseline["benchmarks"]["not_run"] = {"q": {"ratio": 1.0, "better": "lower"}}
-    found = benchjson.medians([doc("b", stat=1.0, rows_without_peer=1.0)])
+    found = benchjson.medians([doc("b", stat=1.0)])
     findings = benchjson.compare(baseline, found)
     assert verdicts(findings) == {"stat": "ok", "renamed": "missing"}
     assert "renamed" in benchjson.describe(benchjson.failures(findings)[0])
@@ -143,3 +143,11 @@ def test_a_row_that_spread_wide_between_runs_gets_that_as_its_tolerance():
     assert rows["noisy"]["tolerance"] == 1.0  # worst 4.0 against the median 2.0
     assert rows["noisy_up"]["tolerance"] == 1.0  # median 2.0 against the worst 1.0
     assert rows["steady"]["tolerance"] == 0.3  # spread 0.05: the default
+
+
+def test_a_benchmark_without_baseline_rows_fails_a_new_row_is_only_listed():
+    found = benchjson.medians([doc("b", stat=1.0, added=2.0), doc("other", x=1.0)])
+    findings = benchjson.compare(base(stat=1.0), found)
+    assert verdicts(findings) == {"stat": "ok", "added": "new", "(every row)": "unbaselined"}
+    assert [(f["benchmark"], f["verdict"]) for f in benchjson.failures(findings)] == [
+        ("other", "unbaselined")]
