@@ -17,6 +17,16 @@ class InProcessTarget(Target):
         targets run one their own way)."""
         return self.backend
 
+    @functools.cached_property
+    def traits(self):
+        # The files of conformance/traits/ describe the backends as served;
+        # in-process, Remove deletes the data before it returns, unless the
+        # backend's own option leaves it to Cleanup (overlay's async_remove).
+        traits = super().traits
+        if self.options.get("async_remove"):
+            return traits
+        return traits.replace(source="%s (in-process)" % traits.source, removal="immediate")
+
     def opener(self, root):
         return functools.partial(backends.open_snapshotter, root, self.snaplab_backend,
                                  **self.options)

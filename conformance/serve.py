@@ -26,8 +26,7 @@ from snaplab import options as optionlib
 
 from .containerd import Containerd, ContainerdTarget, unavailable_reason
 from .filesystems import SERVE_TEMP_PREFIX
-from .process import START_TIMEOUT_S, STOP_TIMEOUT_S, ServiceFailed, ServiceProcess, \
-    service_environ
+from .process import START_TIMEOUT_S, STOP_TIMEOUT_S, ServiceFailed, ServiceProcess
 from .target import make_snaplab_root, snaplab_refusal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +79,7 @@ class ServeProcess(ServiceProcess):
         return serve_argv(self.python, self.root, self.backend, self.options, self.socket)
 
     def environ(self):
-        env = service_environ()
+        env = dict(super().environ())  # `env` when given (a crash point), else the suite's
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         return env
 

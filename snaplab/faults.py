@@ -13,6 +13,8 @@ lookup. The points, in the order an operation meets them:
     commit.stored       Commit: the data frozen, metadata not committed
     remove.stored       Remove: inside the transaction, metadata not committed
     remove.committed    Remove: metadata committed, data not yet removed
+    remove.background   Remove's data deletion in the background thread
+                        (snaplab serve): before it starts
     cleanup.entry       Cleanup: before each leftover is removed
     copy.file           a full tree copy (native Prepare): before each file
     apply.mounted       apply-layer: the temporary mount made

@@ -268,9 +268,23 @@ class MountInfo:
         return "MountInfo(%s on %s type %s)" % (self.source, self.mountpoint, self.fstype)
 
 
-def mount_table():
+def _mountinfo_text():
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        return [MountInfo(line) for line in table]
+        return table.read()
+
+
+def mount_table(text=None):
+    """[MountInfo] of the mount table (`text`: /proc/self/mountinfo, read already)."""
+    # split("\n"), not splitlines(): a path may hold \x1c or \u2028, which
+    # mountinfo leaves unescaped.
+    return [MountInfo(line) for line in (text or _mountinfo_text()).split("\n") if line]
+
+
+def _escaped(path):
+    """`path` as mountinfo writes it (octal escapes; the backslash first)."""
+    for char in "\\ \t\n":
+        path = path.replace(char, "\\%03o" % ord(char))
+    return path
 
 
 def _is_under(path, directory):
@@ -293,7 +307,14 @@ def lookup(path):
 def mounts_under(directory):
     """Mount points at or below `directory`, latest first (the order to unmount)."""
     directory = os.path.realpath(directory)
-    return [e.mountpoint for e in reversed(mount_table()) if _is_under(e.mountpoint, directory)]
+    text = _mountinfo_text()
+    # Every deletion asks (remove_tree), and nearly always nothing is there:
+    # a mount point at or below `directory` has it in its line, so when the
+    # text does not, the table needs no parsing.
+    if _escaped(directory) not in text:
+        return []
+    return [e.mountpoint for e in reversed(mount_table(text))
+            if _is_under(e.mountpoint, directory)]
 
 
 def mount_on_top(path, table=None):

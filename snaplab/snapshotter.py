@@ -126,6 +126,14 @@ class Snapshotter(abc.ABC):
         by a killed Commit. Safe to run at any time, beside other processes.
         """
 
+    def remove_data_in_background(self):
+        """Let Remove return once the snapshot is gone from the metadata and
+        delete its data afterwards, in a thread of this object; cleanup()
+        and close() wait for those deletions. For a long-lived process
+        (snaplab serve), as containerd's Remove leaves the data to its
+        garbage collector. By default nothing changes: Remove frees the
+        data before it returns."""
+
     def doctor(self):
         """Every inconsistency between metadata, storage, mounts and
         temporary names, as [snaplab.types.Finding]; writes nothing.

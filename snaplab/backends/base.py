@@ -23,6 +23,7 @@ from .. import leases
 from .. import mount as mountlib
 from .. import options as optionlib
 from . import reserve
+from .removal import BackgroundRemoval
 from . import zfs_commands
 from ..metastore import METADATA_FILE, WRITE_PROBE_PREFIX, MetaStore
 from ..snapshotter import Snapshotter
@@ -65,6 +66,7 @@ class StoreSnapshotter(Snapshotter):
     """
 
     name = None  # the backend's name, as given to --backend
+    _background_removal = None  # see remove_data_in_background()
     # Temporary names made in the root for a moment, outside any lock: the
     # d_type probe, the metadata store's write probe, the reserve being made.
     probe_prefixes = (fsutil.D_TYPE_PROBE_PREFIX, WRITE_PROBE_PREFIX,
@@ -202,22 +204,31 @@ class StoreSnapshotter(Snapshotter):
         labelrules.validate_existing_key(key)
         snapshot_id, kind, lease = reserve.freeing_space(
             self.root, lambda: self._remove_metadata(key))
+        faults.point("remove.committed")
+        if self._background_removal is not None and not self.async_remove:
+            self._background_removal.submit(key, snapshot_id, lease)  # it releases the lease
+            return
         with lease:
-            faults.point("remove.committed")
-            # Only this snapshot's data goes now: sweeping every orphan on each
-            # Remove (containerd's overlay does) costs a directory listing per
-            # call; other leftovers wait for cleanup().
-            orphans = [] if self.async_remove else self.storage_entries_of(snapshot_id)
-            # After the commit: the id is gone for good, nobody can want its
-            # data. The removal itself succeeded, so a failure here is only
-            # logged, and what is left stays an orphan for cleanup() (as
-            # containerd does).
-            try:
-                self.remove_storage_entries(orphans)
-            except OSError as err:
-                log.warning("snapshot %r removed, but its data is left for cleanup: %s",
-                            key, err)
+            self._delete_removed_data(key, snapshot_id)
         reserve.refill(self.root)  # given back if the filesystem was full
+
+    def _delete_removed_data(self, key, snapshot_id):
+        """Delete the data of `snapshot_id`, whose Remove has committed (only
+        its own: sweeping every orphan per Remove costs a listing). A failure
+        is only logged: what is left is an orphan for cleanup(), as in containerd."""
+        if self.async_remove:
+            return
+        try:
+            self.remove_storage_entries(self.storage_entries_of(snapshot_id))
+        except OSError as err:
+            log.warning("snapshot %r removed, but its data is left for cleanup: %s",
+                        key, err)
+
+    def remove_data_in_background(self):
+        """Remove returns once its metadata is committed; a BackgroundRemoval
+        thread deletes the data (a kill leaves orphans for Cleanup)."""
+        if self._background_removal is None:
+            self._background_removal = BackgroundRemoval(self.root, self._delete_removed_data)
 
     def _remove_metadata(self, key):
         """The metadata part of Remove; returns (id, kind, lease): the lease
@@ -254,6 +265,8 @@ class StoreSnapshotter(Snapshotter):
         that touch metadata or names run under the write lock (so no
         operation can start on what they change); the deletions they hand
         back run after it, so writers are not held up by a long removal."""
+        if self._background_removal is not None:
+            self._background_removal.wait()  # what Remove left is freed too
         later = reserve.freeing_space(self.root, self._repair)
         for entry in later:
             faults.point("cleanup.entry")
@@ -281,6 +294,8 @@ class StoreSnapshotter(Snapshotter):
         return findings
 
     def close(self):
+        if self._background_removal is not None:
+            self._background_removal.stop()  # finishes the deletions handed over
         self.store.close()
 
     # -- what doctor finds and cleanup repairs -------------------------------

@@ -11,6 +11,7 @@ must exit 0) and every mount undone, also when a test fails.
 """
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -24,8 +25,11 @@ import time
 import pytest
 
 from conformance.containerd import Containerd, ContainerdError, unavailable_reason
+from conformance.process import service_environ
 from conformance.serve import REPO, ServeFailed, ServeProcess
 from snaplab import backends, errors
+from snaplab.backends.removal import PENDING_REMOVALS_LIMIT
+from snaplab.faults import CRASH_ENV
 from snaplab import mount as mountlib
 from snaplab.types import Info, Kind
 
@@ -276,6 +280,60 @@ def test_concurrent_calls(start_serve):
             assert sorted(pool.map(worker, range(8))) == list(range(8))
         assert [info.name for info in sn.list()] == ["base"]
         sn.remove("base")
+
+
+# -- Remove's data deleted in the background ---------------------------------
+
+
+def _native_snapshot_with_data(sn, key):
+    """Prepare native snapshot `key` with a file in it; returns its data
+    directory (the source of its bind mount, written directly)."""
+    source = sn.prepare(key)[0].source
+    write_file(os.path.join(source, "data"), 4096)
+    return source
+
+
+def test_remove_deletes_the_data_in_the_background_and_cleanup_waits_for_it(start_serve):
+    process = start_serve("native")
+    # More removals than may wait at once: the last ones wait for room.
+    keys = ["s%d" % i for i in range(PENDING_REMOVALS_LIMIT + 4)]
+    with client(process) as sn:
+        directories = [_native_snapshot_with_data(sn, key) for key in keys]
+        for key in keys:
+            sn.remove(key)
+        sn.cleanup()
+        assert [path for path in directories if os.path.lexists(path)] == []
+        assert sn.list() == []
+    with backends.open_snapshotter(process.root, "native", create=False,
+                                   read_only=True) as seen:
+        assert seen.doctor() == []
+
+
+def test_serve_killed_before_its_background_deletion_leaves_what_cleanup_deletes(place):
+    process = ServeProcess(os.path.join(place, "root-killed"), "native")
+    process.env = dict(service_environ(), **{CRASH_ENV: "remove.background"})
+    process.start()
+    try:
+        with client(process) as sn:
+            directory = _native_snapshot_with_data(sn, "doomed")
+            # The kill may come before the answer is sent: UNAVAILABLE then.
+            with contextlib.suppress(convert.RemoteError):
+                sn.remove("doomed")
+        process.process.wait(30)
+        assert process.process.returncode == -signal.SIGKILL, process.log()
+    finally:
+        process.kill()
+        process.discard()
+    with backends.open_snapshotter(process.root, "native", create=False) as sn:
+        with pytest.raises(errors.NotFound):
+            sn.stat("doomed")  # the Remove was committed before the kill
+        found = {f.kind: f.subject for f in sn.doctor()}
+        # The data, and the lock file of the lease the killed thread held on it.
+        assert found == {"orphan": directory,
+                         "lease-file": os.path.join(process.root, "leases", "remove-1")}
+        sn.cleanup()
+        assert not os.path.lexists(directory)
+        assert sn.doctor() == []
 
 
 def test_socket_is_private_and_removed_on_sigterm_and_sigint(place, start_serve):

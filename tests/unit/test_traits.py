@@ -74,6 +74,8 @@ def test_the_matrix_declares_what_the_cases_used_to_branch_on():
     # through containerd, data goes at its garbage collection
     assert by_name["containerd-btrfs"].removal == "until-cleanup"
     assert by_name["btrfs"].removal == "immediate"
+    # snaplab serve deletes the data in the background: Cleanup waits for it
+    assert by_name["serve-btrfs"].removal == "until-cleanup"
     # containerd 1.6's Commit has no parent; snaplab's has, but not through containerd
     assert by_name["serve-overlay"].rebase and not by_name["containerd-overlayfs"].rebase
     assert not by_name["containerd-proxy-snaplab-overlay"].rebase
