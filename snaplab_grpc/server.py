@@ -307,6 +307,9 @@ def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
     # root must not kill it half-way (the default action would).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    # A Remove answers once the metadata is committed, as containerd's
+    # does; the data goes in the snapshotter's thread (Cleanup waits for it).
+    snapshotter.remove_data_in_background()
     server = None
     try:
         with socket_path.claimed() as path:
