@@ -25,8 +25,11 @@ machine's load shows in all three alike. Ratios: p50 of snaplab in-process
 ÷ containerd and of serve ÷ containerd (below 1: snaplab is faster).
 
 Note: containerd's Remove deletes its metadata; the plugin removes the data
-at the next garbage collection, outside the timed call. snaplab's Remove
-deletes the data before it returns.
+at the next garbage collection, outside the timed call. snaplab in-process
+deletes the data before Remove returns; `snaplab serve` answers once the
+metadata is committed and deletes the data in a thread of its own right
+after (Cleanup waits for it), so that deletion is outside the timed call
+too, but not outside the run: it competes with the calls that follow.
 
 Everything it starts or makes (serve processes, containerd, mounts, loop
 devices, filesystems) is stopped and removed at the end, also on failure.
