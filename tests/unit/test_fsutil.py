@@ -411,6 +411,30 @@ def test_disk_usage_matches_du_on_the_full_tree(tmp):
     assert usage.inodes == du_inodes(tmp)
 
 
+@needs_root
+def test_disk_usage_counts_the_inodes_of_filesystems_mounted_below_apart(tmp):
+    """Two fresh tmpfs below the root number their inodes alike: each is
+    counted, as continuity's (st_dev, st_ino) set counts them."""
+    mounted = []
+    try:
+        for name in ("m1", "m2"):
+            point = os.path.join(tmp, name)
+            os.mkdir(point)
+            _run("mount", "-t", "tmpfs", "-o", "size=1m", "snaplab-test", point)
+            mounted.append(point)
+            with open(os.path.join(point, "f"), "wb") as f:
+                f.write(os.urandom(4096))
+        numbers = {os.lstat(os.path.join(point, "f")).st_ino for point in mounted}
+        usage = fsutil.disk_usage(tmp)
+        # The root, each tmpfs's root and its file.
+        assert usage.inodes == 5, numbers
+        assert usage.size == sum(os.lstat(p).st_blocks * 512 for p in [tmp] + mounted + [
+            os.path.join(point, "f") for point in mounted])
+    finally:
+        for point in reversed(mounted):
+            _run("umount", point)
+
+
 def test_disk_usage_of_missing_path_raises(tmp):
     with pytest.raises(FileNotFoundError):
         fsutil.disk_usage(os.path.join(tmp, "nope"))
