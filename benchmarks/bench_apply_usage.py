@@ -404,6 +404,17 @@ def usage_table(results, checks):
     return "\n".join(lines), figures, same
 
 
+def usage_rows(figures):
+    """The Usage rows of the benchmarks' common JSON form ("rows"): snaplab's
+    median seconds against du -s's, per cache state measured."""
+    goals = {"warm": 1.2}  # issue 17: warm within 1.2x of du
+    return [{"what": "usage of an active snapshot, %s" % cache if cache != "committed"
+             else "usage of a committed snapshot (stored at Commit)",
+             "snaplab": figures[cache]["snaplab"], "peer": figures[cache]["du -s"],
+             "unit": "s", "ratio": figures[cache]["ratio_du"], "goal": goals.get(cache),
+             "better": "lower"} for cache in figures]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer-mib", type=int, default=200)
@@ -457,7 +468,7 @@ def main(argv=None):
                 checks, results = bench_usage(sn, work, args.files, args.rounds, drop)
                 table, figures, same = usage_table(results, checks)
                 report["usage"] = {"files": args.files, "median_s": figures,
-                                   "same_result": same}
+                                   "same_result": same, "rows": usage_rows(figures)}
                 text += ["Usage of an overlay snapshot holding %d files (snaplab: "
                          "size and inodes in one walk; du needs two runs), on %s, median of "
                          "%d rounds" % (args.files, where, args.rounds), "", table, ""]
