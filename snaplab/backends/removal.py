@@ -19,6 +19,8 @@ log = logging.getLogger("snaplab")
 # lease's lock file open, so a burst of Removes beyond this waits for room
 # instead of running out of file descriptors.
 PENDING_REMOVALS_LIMIT = 64
+# How long no Remove must come before the thread deletes what is pending.
+QUIET_SECONDS = 0.05
 
 
 class BackgroundRemoval:
@@ -58,21 +60,35 @@ class BackgroundRemoval:
             self._thread.join()
 
     def _run(self):
-        while True:
-            item = self._pending.get()
-            try:
+        stopping = False
+        while not stopping:
+            batch = [self._pending.get()]
+            # Removes come in bursts (containerd's garbage collection, an
+            # image removed layer by layer): deleting while the burst goes on
+            # would compete with its calls (the CPU, the journal commit each
+            # metadata transaction waits for), so the thread waits for a quiet
+            # moment, or until as many as may wait are waiting.
+            while batch[-1] is not None and len(batch) < PENDING_REMOVALS_LIMIT:
+                try:
+                    batch.append(self._pending.get(timeout=QUIET_SECONDS))
+                except queue.Empty:
+                    break
+            for item in batch:
                 if item is None:
-                    return
-                key, snapshot_id, lease = item
-                with lease:
-                    faults.point("remove.background")
-                    self._delete(key, snapshot_id)
-                reserve.refill(self._root)  # given back if the filesystem was full
-            except Exception:  # noqa: BLE001 - the thread must outlive any failure
-                # The lease is released: what is left is an orphan for cleanup().
-                log.exception("deleting the data of removed snapshot %r", item[0])
-            finally:
+                    stopping = True
+                else:
+                    self._delete_one(*item)
                 self._pending.task_done()
+
+    def _delete_one(self, key, snapshot_id, lease):
+        try:
+            with lease:
+                faults.point("remove.background")
+                self._delete(key, snapshot_id)
+            reserve.refill(self._root)  # given back if the filesystem was full
+        except Exception:  # noqa: BLE001 - the thread must outlive any failure
+            # The lease is released: what is left is an orphan for cleanup().
+            log.exception("deleting the data of removed snapshot %r", key)
 
 
 __all__ = ["BackgroundRemoval", "PENDING_REMOVALS_LIMIT"]
