@@ -239,6 +239,11 @@ def assert_only_a_fresh_root_is_left(lab):
     and after `snaplab cleanup` nothing on disk that a fresh root lacks."""
     assert lab.ctr_keys(PROXY) == []
     assert lab.snaplab_keys() == []
+    # serve deletes what Remove left in the background; its own Cleanup
+    # waits for that (`snaplab cleanup`, another process, leaves it alone).
+    from snaplab_grpc.client import RemoteSnapshotter  # grpc: checked by pytestmark
+    with RemoteSnapshotter(lab.serve.socket, PROXY) as served:
+        served.cleanup()
     lab.cli.run("cleanup")
     left = layout_of(lab.root)
     # snaplab makes leases/ at its first Remove (a lock file per removal in
