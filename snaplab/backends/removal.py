@@ -2,8 +2,8 @@
 
 containerd's Remove deletes metadata only and leaves the data to its garbage
 collector; snaplab serve's Remove likewise answers once the metadata is
-committed, and this thread deletes the data right after
-(StoreSnapshotter.remove_data_in_background).
+committed, and this thread deletes the data once Removes have been quiet
+for a moment (StoreSnapshotter.remove_data_in_background).
 """
 
 import logging
@@ -15,9 +15,10 @@ from . import reserve
 
 log = logging.getLogger("snaplab")
 
-# Removed snapshots whose data may wait for the thread: each holds its
-# lease's lock file open, so a burst of Removes beyond this waits for room
-# instead of running out of file descriptors.
+# Removed snapshots whose data may wait in the queue (and as many again in
+# the batch the thread has taken): each holds its lease's lock file open, so
+# a burst of Removes beyond that waits for room instead of running out of
+# file descriptors.
 PENDING_REMOVALS_LIMIT = 64
 # How long no Remove must come before the thread deletes what is pending.
 QUIET_SECONDS = 0.05
@@ -28,8 +29,9 @@ class BackgroundRemoval:
     they were removed (StoreSnapshotter.remove_data_in_background).
 
     Each deletion comes with the lease (base.REMOVAL_LEASE) its Remove
-    took inside the metadata transaction, released once the data is gone: a Cleanup (in any process) leaves pending data alone, and doctor
-    does not report it; a kill releases every lease, and the data becomes
+    took inside the metadata transaction, released once the data is gone:
+    a Cleanup (in any process) leaves pending data alone, and doctor does
+    not report it; a kill releases every lease, and the data becomes
     orphans that the next Cleanup deletes.
     """
 

@@ -153,3 +153,21 @@ def test_temporary_mount_unmounts_and_removes_its_directory_also_on_error(bind_d
                                       parent=str(tmp_path)):
             pytest.fail("the block must not run when the mount fails")
     assert sorted(os.listdir(tmp_path)) == ["new", "source", "target"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_mounts_under_finds_a_mount_below_a_path_mountinfo_escapes(tmp_path):
+    """mountinfo writes space, tab, newline and backslash as octal escapes:
+    the quick look for the path in its text must look for them so."""
+    outer = tmp_path / "a b\\c\td"
+    source, target = outer / "source", outer / "in\nside" / "target"
+    source.mkdir(parents=True)
+    target.mkdir(parents=True)
+    mountlib.mount_all([Mount("bind", str(source), options=["rbind", "ro"])], str(target))
+    try:
+        assert mountlib.mounts_under(str(outer)) == [str(target)]
+        assert mountlib.mounts_under(str(target)) == [str(target)]
+        assert mountlib.mounts_under(str(source)) == []
+    finally:
+        mountlib.unmount_all(str(target))
+    assert mountlib.mounts_under(str(outer)) == []
