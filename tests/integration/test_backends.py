@@ -36,6 +36,29 @@ def test_cleanup_removes_what_a_crash_leaves_and_keeps_live_data(backend, root):
         assert sn.stat("live").name == "live"
 
 
+def test_data_removed_in_the_background_is_gone_after_close_and_held_until_then(backend, root):
+    """remove_data_in_background: the data stays under its removal lease
+    until the thread deletes it (doctor does not report it meanwhile, a
+    Cleanup elsewhere leaves it alone); close() finishes the deletions."""
+    sn = open_snapshotter(root, backend)
+    try:
+        sn.remove_data_in_background()
+        data = os.path.join(root, "snapshots", "1")
+        sn.prepare("doomed", "")
+        with open(os.path.join(data, "fs" if backend == "overlay" else "", "file"), "wb") as f:
+            f.write(b"x" * 4096)
+        sn.remove("doomed")
+        with open_snapshotter(root, backend, create=False) as elsewhere:
+            elsewhere.cleanup()  # as another process's: the thread's lease keeps it off
+            # Pending or deleted: at no moment is it an orphan or a stale lease.
+            assert elsewhere.doctor() == []
+    finally:
+        sn.close()
+    assert not os.path.exists(data)
+    with open_snapshotter(root, backend, create=False) as again:
+        assert again.doctor() == []
+
+
 def test_failed_copy_leaves_no_snapshot_and_no_directory(root, monkeypatch, tmp_path):
     with open_snapshotter(root, "native") as sn:
         mounts = sn.prepare("base-active", "")
