@@ -2,13 +2,16 @@
 """snaplab in-process and through gRPC against containerd's own snapshotters, p50/p99.
 
     python3 benchmarks/bench_containerd.py [--ops 200] [--rounds 4]
-        [--backends overlay,native,btrfs] [--json OUT] [--markdown OUT]
+        [--backends overlay,native,btrfs] [--in-process-background]
+        [--json OUT] [--markdown OUT]
 
 For each backend, on one loop filesystem of its own (overlay and native on
 ext4, btrfs on btrfs), three snapshotters side by side, each on its own root
 on that same filesystem:
 
 - in-process: snaplab's backend called directly (open_snapshotter);
+- in-process, background (with --in-process-background): the same, with
+  remove_data_in_background() (Remove's data deleted by a thread, as serve does);
 - serve: a `snaplab serve` process of that backend, called through
   containerd's snapshots gRPC API (snaplab_grpc.client.RemoteSnapshotter);
 - containerd: containerd 1.6's own plugin (overlayfs, native, btrfs) in a
@@ -53,6 +56,7 @@ import benchjson
 
 OPERATIONS = ("prepare", "usage", "commit", "stat", "remove")
 VARIANTS = ("in-process", "serve", "containerd")
+BACKGROUND = "in-process, background"  # the optional fourth
 PLUGIN_OF = {"overlay": "overlayfs", "native": "native", "btrfs": "btrfs"}
 FILESYSTEM_OF = {"overlay": "ext4", "native": "ext4", "btrfs": "btrfs"}
 NAMESPACE = "snaplab-bench"
@@ -108,7 +112,7 @@ def stop_containerd(daemon):
         raise RuntimeError("stopping the benchmark's containerd: " + "; ".join(problems))
 
 
-def bench_backend(backend, pool, ops, rounds, base_files):
+def bench_backend(backend, pool, ops, rounds, base_files, variants=VARIANTS):
     target = InProcessTarget(backend, FILESYSTEM_OF[backend])
     target.fs = pool.get(target.filesystem)
     work = tempfile.mkdtemp(prefix="bench-%s-" % backend, dir=target.fs.mountpoint)
@@ -117,6 +121,10 @@ def bench_backend(backend, pool, ops, rounds, base_files):
         snapshotters = {}
         snapshotters["in-process"] = cleanup.enter_context(
             target.open(os.path.join(work, "in-process")))
+        if BACKGROUND in variants:
+            snapshotters[BACKGROUND] = cleanup.enter_context(
+                target.open(os.path.join(work, "in-process-background")))
+            snapshotters[BACKGROUND].remove_data_in_background()
         snapshotters["serve"] = cleanup.enter_context(
             served_snapshotter(os.path.join(work, "serve"), backend))
         daemon = Containerd(plugin_roots={plugin: os.path.join(work, "containerd")})
@@ -129,40 +137,44 @@ def bench_backend(backend, pool, ops, rounds, base_files):
         snapshotters["containerd"] = cleanup.enter_context(
             daemon.snapshotter(plugin, NAMESPACE, lease))
 
-        timings = {variant: {op: [] for op in OPERATIONS} for variant in VARIANTS}
-        for variant in VARIANTS:
+        timings = {variant: {op: [] for op in OPERATIONS} for variant in variants}
+        for variant in variants:
             make_base(snapshotters[variant], work, base_files)
         bounds = [ops * r // rounds for r in range(rounds + 1)]
         for r in range(rounds):
-            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
             for variant in order:
                 run_chunk(snapshotters[variant], bounds[r], bounds[r + 1], timings[variant])
-        for variant in VARIANTS:
+        for variant in variants:
             snapshotters[variant].remove("base")
     return {variant: {op: {"p50_ms": percentile(samples, 0.50) * 1000,
                            "p99_ms": percentile(samples, 0.99) * 1000,
                            "count": len(samples)}
                       for op, samples in timings[variant].items()}
-            for variant in VARIANTS}
+            for variant in variants}
 
 
 def table(results, ops, base_files, load):
+    measured = list(next(iter(results.values())))  # the variants, containerd among them
+    mine = [v for v in measured if v != "containerd"]
+    title = {"serve": "serve (gRPC)", "containerd": "containerd (gRPC)"}
     lines = ["snaplab against containerd 1.6's own snapshotters, %d operations each, "
              "base of %d files; same loop filesystem per backend (overlay, native: ext4; "
              "btrfs: btrfs); kernel %s; load average (1 min) %.2f before, %.2f after"
              % (ops, base_files, platform.release(), load[0], load[1]), "",
-             "| backend | op | in-process p50 / p99 | serve (gRPC) p50 / p99 "
-             "| containerd (gRPC) p50 / p99 | in-process ÷ containerd (goal ≤ 1.0) "
-             "| serve ÷ containerd |",
-             "|---|---|---|---|---|---|---|"]
+             "| backend | op | " + " | ".join("%s p50 / p99" % title.get(v, v) for v in measured)
+             + " | " + " | ".join("%s ÷ containerd%s" % (v, " (goal ≤ 1.0)" if i == 0 else "")
+                                  for i, v in enumerate(mine)) + " |",
+             "|---|---|" + "---|" * (len(measured) + len(mine))]
     for backend, variants in results.items():
         for op in OPERATIONS:
-            row = {v: variants[v][op] for v in VARIANTS}
+            row = {v: variants[v][op] for v in measured}
             ref = row["containerd"]["p50_ms"]
-            lines.append("| %s | %s | %s | %s | %s | %.2f× | %.2f× |" % (
+            lines.append("| %s | %s | %s | %s |" % (
                 backend, op,
-                *("%.3f / %.3f ms" % (row[v]["p50_ms"], row[v]["p99_ms"]) for v in VARIANTS),
-                row["in-process"]["p50_ms"] / ref, row["serve"]["p50_ms"] / ref))
+                " | ".join("%.3f / %.3f ms" % (row[v]["p50_ms"], row[v]["p99_ms"])
+                           for v in measured),
+                " | ".join("%.2f×" % (row[v]["p50_ms"] / ref) for v in mine)))
     return "\n".join(lines)
 
 
@@ -174,7 +186,9 @@ def json_rows(results):
         for op in OPERATIONS:
             for stat in ("p50", "p99"):
                 peer = variants["containerd"][op][stat + "_ms"]
-                for variant in ("in-process", "serve"):
+                for variant in variants:
+                    if variant == "containerd":
+                        continue
                     rows.append(benchjson.row(
                         "%s %s %s, %s" % (backend, op, stat, variant),
                         variants[variant][op][stat + "_ms"], peer, "ms", goal=GOAL))
@@ -187,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--backends", default="overlay,native,btrfs")
     parser.add_argument("--base-files", type=int, default=16)
+    parser.add_argument("--in-process-background", action="store_true",
+                        help="also snaplab in-process with Remove's data deleted in the "
+                             "background (remove_data_in_background(), as serve)")
     parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
@@ -204,9 +221,10 @@ def main(argv=None):
     results = {}
     try:
         for backend in backends:
-            print("%s: %d operations x 3..." % (backend, args.ops), flush=True)
-            results[backend] = bench_backend(backend, pool, args.ops, args.rounds,
-                                             args.base_files)
+            print("%s: %d operations per variant..." % (backend, args.ops), flush=True)
+            results[backend] = bench_backend(
+                backend, pool, args.ops, args.rounds, args.base_files,
+                VARIANTS + ((BACKGROUND,) if args.in_process_background else ()))
     finally:
         pool.destroy()
     load = (load_before, os.getloadavg()[0])
