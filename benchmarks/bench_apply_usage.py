@@ -55,6 +55,8 @@ import time
 from conformance.filesystems import FilesystemPool
 from snaplab import open_snapshotter, layers
 
+import benchjson
+
 MIB = 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -405,14 +407,13 @@ def usage_table(results, checks):
 
 
 def usage_rows(figures):
-    """The Usage rows of the benchmarks' common JSON form ("rows"): snaplab's
-    median seconds against du -s's, per cache state measured."""
+    """The Usage rows in benchjson's form: snaplab's median seconds against
+    du -s's, per cache state measured."""
     goals = {"warm": 1.2}  # issue 17: warm within 1.2x of du
-    return [{"what": "usage of an active snapshot, %s" % cache if cache != "committed"
-             else "usage of a committed snapshot (stored at Commit)",
-             "snaplab": figures[cache]["snaplab"], "peer": figures[cache]["du -s"],
-             "unit": "s", "ratio": figures[cache]["ratio_du"], "goal": goals.get(cache),
-             "better": "lower"} for cache in figures]
+    return [benchjson.row("usage of an active snapshot, %s" % cache if cache != "committed"
+                          else "usage of a committed snapshot (stored at Commit)",
+                          figures[cache]["snaplab"], figures[cache]["du -s"], "s",
+                          goal=goals.get(cache)) for cache in figures]
 
 
 def main(argv=None):
