@@ -137,16 +137,19 @@ def pytest_configure(config):
         _targets(config)  # a bad command is a usage error now, not one per test module
 
 
-_TARGETS = pytest.StashKey()
+# Where the run's targets are kept on pytest's config. An attribute of our
+# own, not config.stash: the suite runs on Debian's python3-pytest, and
+# bullseye's (6.0) has no stash (pytest 7.0).
+_TARGETS = "_snaplab_targets"
 
 
 def _targets(config):
     """The run's targets, made once: every test function gets the very same
     objects, so that each is set up once (an endpoint probed once) and
     pytest groups the cases of one target together."""
-    if _TARGETS not in config.stash:
-        config.stash[_TARGETS] = _make_targets(config)
-    return config.stash[_TARGETS]
+    if getattr(config, _TARGETS, None) is None:
+        setattr(config, _TARGETS, _make_targets(config))
+    return getattr(config, _TARGETS)
 
 
 def _make_targets(config):

@@ -493,3 +493,22 @@ def test_an_online_ext4_growth_refused_for_want_of_cap_sys_resource_says_so(monk
     assert "Permission denied to resize filesystem" in str(failed.value)
     assert ("CAP_SYS_RESOURCE" in str(failed.value)) is not capable
     assert "\n" not in str(failed.value)
+
+
+def test_a_btrfs_mounted_by_its_symlink_name_is_ours():
+    """btrfs keeps the device path it was mounted by as the mount's source
+    (/dev/disk/by-id/...), where ext4 and xfs show the kernel's name
+    (/dev/vdd): a device declared by a symlink is ours either way (the lab's
+    second converge refused its own btrfs mount)."""
+    link = "/dev/disk/by-id/virtio-snaplab-btrfs"
+    for source in (link, "/dev/vdd"):
+        state = empty_state(**{link: {"exists": True, "isblk": True, "size": 1 << 30, "realpath": "/dev/vdd"},
+                               "/srv/b": {"exists": True, "isdir": True, "empty": False}})
+        state["probe"][link] = {"TYPE": "btrfs"}
+        entry = declare(name="b", fstype="btrfs", loop_file=None, device=link, mount_point="/srv/b")
+        del entry["loop_file"], entry["size"]
+        state["mounts"].append({"target": "/srv/b", "source": source, "fstype": "btrfs", "options": "rw"})
+        state["fstab_text"] = engine.fstab_line(engine.declarations([entry])[0][0]) + "\n"
+        result = planned([entry], state)
+        assert result["filesystems"][0]["refusals"] == [], source
+        assert kinds(result) == [], source

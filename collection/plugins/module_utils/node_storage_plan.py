@@ -411,7 +411,10 @@ def _current(decl, state, fstab):
         ours_in_fstab = {source}
     else:
         real = facts.get("realpath", source)
-        our_sources = [real]
+        # A mount's source is the kernel's name of the device (/dev/vdd) for
+        # most filesystems, but the path it was mounted by for btrfs, which
+        # keeps the name it scanned (/dev/disk/by-id/...): both are ours.
+        our_sources = [real] + ([decl["device"]] if decl["device"] != real else [])
         ours_in_fstab = {decl["device"], real}
     mount = _mount_at(state, decl["mount_point"])
     line = [entry for entry in fstab if entry["target"] == _strip(decl["mount_point"])]
