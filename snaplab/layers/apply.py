@@ -28,13 +28,13 @@ or a bind source), or an overlay upper directory over its lowers.
 import errno
 import os
 import posixpath
-import shutil
 import stat
 
 from .. import errors
 from .. import faults
 from .. import fsutil
-from .archive import CHUNK, clean_name, entry_kind, inspect_layer, reread_entries, whiteout_of
+from .archive import (check_length, clean_name, copy_data, entry_kind, inspect_layer,
+                      reread_entries, whiteout_of)
 from .tree import OVERLAY_OPAQUE_XATTR, Tree, dry_run, is_overlay_whiteout
 
 
@@ -109,22 +109,57 @@ def _copy_up_directory(lower, upper):
     os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-class _LayerWriter:
-    """Writes the entries of one layer into a Tree."""
+# Descriptors of checked directories kept open at most (a layer may hold
+# many thousands of directories; the process's descriptors are fewer).
+_MAX_DIRECTORY_FDS = 256
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def __init__(self, tree):
+
+class _LayerWriter:
+    """Writes the entries of one layer into a Tree.
+
+    The common entry, a file new in a directory already there, is written
+    through a descriptor of its directory (checked once to be the real
+    directory of that name in the root, as Tree.plain_directory does) and
+    its own descriptor: create, data, owner, xattrs, mode and times
+    without a path lookup each (tar's way). Anything that removes from the
+    tree forgets the directory descriptors, since a directory of the layer
+    may then be replaced by a symlink; everything else takes the path road.
+    """
+
+    def __init__(self, tree, staged=False):
         self.tree = tree
+        self.staged = staged     # a snapshot of our own, removed if the layer fails
         self.written = set()     # absolute paths this layer wrote (an opaque keeps them)
         self.directories = {}    # path -> (atime_ns, mtime_ns), set at the very end
+        self.directory_fds = {}  # cleaned relative directory -> O_PATH descriptor
         self.same_owner = os.geteuid() == 0  # as tar: only root can give files away
 
     def write(self, scan):
         """Write every entry of the scanned layer; return the DiffID. First,
         with nothing written yet: FailedPrecondition if its files do not fit,
         InvalidArgument if the dry run against the tree refuses it.
-        InvalidArgument too if the file changed since it was scanned."""
+        InvalidArgument too if the file changed since it was scanned.
+
+        A staged tree (a snapshot made for this layer alone, removed by the
+        caller if this fails) has no dry run: the write itself refuses what
+        the dry run would have, with the same error class, half-way."""
         _check_free_space(self.tree, scan)
-        dry_run(self.tree, scan)
+        if not self.staged:
+            dry_run(self.tree, scan)
+        try:
+            diff_id = self.write_entries(scan)
+        except OSError as err:
+            if not self.staged or err.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise
+            # What the dry run refuses as InvalidArgument (tree.dry_run).
+            raise errors.InvalidArgument("layer %s: a path under %s cannot be written (%s)"
+                                         % (scan.path, self.tree.root, err)) from None
+        finally:
+            self.forget_directories()
+        return diff_id
+
+    def write_entries(self, scan):
         with reread_entries(scan) as (members, tar, reader, _compression):
             for member in members:
                 faults.point("apply.entry")
@@ -143,6 +178,39 @@ class _LayerWriter:
                 pass  # removed by a later entry of the layer
         return diff_id
 
+    # -- directory descriptors
+
+    def directory_fd(self, directory):
+        """An O_PATH descriptor of the directory `directory` (cleaned,
+        relative) of the root if it is reached through real directories
+        only (Tree.plain_directory's test), else None."""
+        fd = self.directory_fds.get(directory)
+        if fd is not None:
+            return fd
+        path = os.path.join(self.tree.root, directory) if directory else self.tree.root
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None  # missing or not a directory: the path road says more
+        try:
+            plain = os.readlink("/proc/self/fd/%d" % fd) == path
+        except OSError:
+            plain = False  # no /proc: the path road
+        if not plain:
+            os.close(fd)
+            return None
+        if len(self.directory_fds) >= _MAX_DIRECTORY_FDS:
+            self.forget_directories()
+        self.directory_fds[directory] = fd
+        return fd
+
+    def forget_directories(self):
+        """Close the directory descriptors: something was removed, so a
+        directory they name may since have been replaced."""
+        fds, self.directory_fds = self.directory_fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
     def entry(self, tar, member):
         kind = entry_kind(member)
         relative = clean_name(member.name)
@@ -156,6 +224,8 @@ class _LayerWriter:
         directory, base = posixpath.split(relative)
         if not base:
             return  # the root itself: containerd leaves it alone
+        if kind == "file" and self.new_file(directory, relative, tar, member):
+            return
         if self.tree.plain_directory(directory):
             # Nothing to resolve or make, and its real path is itself, as
             # tree.path() would check: one question to the kernel, not a
@@ -167,6 +237,26 @@ class _LayerWriter:
             path = self.tree.path(posixpath.join(parent, base))
         self.replace(path, kind, tar, member)
 
+    def new_file(self, directory, relative, tar, member):
+        """Write a regular file that is new in a plain directory through
+        descriptors; False (nothing done) if it is not that case."""
+        dir_fd = self.directory_fd(directory)
+        if dir_fd is None:
+            return False
+        path = os.path.join(self.tree.root, relative)
+        check_length(path, "entry %r written at" % member.name)  # as the dry run
+        try:
+            fd = os.open(posixpath.basename(relative), _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            return False  # replace() removes what is there first
+        try:
+            copy_data(tar, member, fd)
+            self.set_metadata(fd, "file", member)
+        finally:
+            os.close(fd)
+        self.written.add(path)
+        return True
+
     # -- whiteouts
 
     def whiteout(self, directory, hidden, member):
@@ -176,6 +266,7 @@ class _LayerWriter:
         if self.tree.overlay:
             self.make_parents(resolved)  # the directory may so far be in a lower only
         path = self.tree.path(posixpath.join(resolved, hidden))
+        self.forget_directories()
         fsutil.remove_tree(path)
         self.written.discard(path)
         if self.tree.overlay:  # overlayfs' whiteout: a 0/0 character device
@@ -190,6 +281,7 @@ class _LayerWriter:
         if self.tree.overlay:
             self.make_parents(resolved)
         path = self.tree.path(resolved)
+        self.forget_directories()
         self.remove_unwritten(path)
         if self.tree.overlay:  # the lower directories' entries are hidden by the kernel
             os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
@@ -251,6 +343,8 @@ class _LayerWriter:
             st = None
         merge = st is not None and kind == "directory" and stat.S_ISDIR(st.st_mode)
         if st is not None and not merge:
+            if stat.S_ISDIR(st.st_mode):
+                self.forget_directories()
             fsutil.remove_tree(path)
         self.create(path, kind, tar, member, merge)
         if st is not None and not merge and self.tree.overlay and kind == "directory":
@@ -266,10 +360,11 @@ class _LayerWriter:
             if not merge:
                 os.mkdir(path, 0o700)
         elif kind == "file":
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
+            fd = os.open(path, _NEW_FILE_FLAGS, 0o600)
+            try:
+                copy_data(tar, member, fd)
+            finally:
+                os.close(fd)
         elif kind == "symlink":
             os.symlink(member.linkname, path)
         elif kind == "hardlink":
@@ -301,12 +396,16 @@ class _LayerWriter:
 
     def set_metadata(self, path, kind, member):
         """Owner, xattrs, mode, times, in containerd's order: chown clears
-        setuid bits and capabilities, so mode and xattrs come after it."""
+        setuid bits and capabilities, so mode and xattrs come after it.
+        `path` may be an open descriptor of the entry (not of a directory:
+        their times are set at the end, by path)."""
+        # A descriptor is the entry itself: Python refuses follow_symlinks with one.
+        nofollow = {} if isinstance(path, int) else {"follow_symlinks": False}
         if self.same_owner:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+            os.chown(path, member.uid, member.gid, **nofollow)
         for name, value in _xattrs(member):
             try:
-                os.setxattr(path, name, value, follow_symlinks=False)
+                os.setxattr(path, name, value, **nofollow)
             except OSError as err:
                 tolerated = err.errno == errno.EOPNOTSUPP or (
                     err.errno == errno.EPERM and name.startswith("user.")
@@ -320,14 +419,16 @@ class _LayerWriter:
         if kind == "directory":
             self.directories[path] = (atime, mtime)
         else:
-            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            os.utime(path, ns=(atime, mtime), **nofollow)
 
 
-def write_scanned(scan, root, lowers=None):
+def write_scanned(scan, root, lowers=None, staged=False):
     """Write the layer inspect_layer scanned into the directory `root`, the
     upper directory of an overlay over `lowers` (top first) when they are
-    given; return its DiffID. Errors as _LayerWriter.write."""
-    return _LayerWriter(Tree(root, lowers)).write(scan)
+    given; return its DiffID. `staged`: `root` is a snapshot made for this
+    layer, which the caller removes if this fails (no dry run). Errors as
+    _LayerWriter.write."""
+    return _LayerWriter(Tree(root, lowers), staged).write(scan)
 
 
 def apply_layer_to_directory(tar_path, directory):

@@ -30,14 +30,17 @@ functions (clean_name, entry_kind, whiteout_of) as it writes.
 
 import collections
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
 import posixpath
+import queue
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import zlib
 
 from .. import errors
@@ -131,32 +134,139 @@ def _zstd_program(path):
                                          % (path, code, detail))
 
 
-class _HashingReader:
-    """Reads through a stream, hashing what passes: the DiffID of a layer.
-    InvalidArgument as soon as more than `limit` bytes came through (None:
-    no limit), so that a decompression bomb is stopped, not read to its end."""
+class _ThreadedReader:
+    """Reads a (decompressing) stream on a thread of its own, hashing what
+    passes there: the DiffID of a layer. zlib, zstd's pipe and hashlib
+    release the GIL, so decompression and hashing run beside the parsing
+    and writing of the entries. InvalidArgument as soon as more than `limit`
+    bytes came through (None: no limit), so that a decompression bomb is
+    stopped, not read to its end; what the stream raises (a damaged gzip)
+    is raised where the data is read."""
 
-    def __init__(self, stream, limit=None, over_limit="more than %d bytes"):
+    _AHEAD = 8  # chunks decompressed ahead of the reader at most
+
+    def __init__(self, stream, limit=None, over_limit="more than %d bytes", hashing=True):
         self.stream = stream
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if hashing else None
         self.size = 0
         self.limit = limit
         self.over_limit = over_limit
+        self.chunks = queue.Queue(self._AHEAD)
+        self.stopping = threading.Event()
+        self.buffer = b""
+        self.position = 0
+        self.ended = False
+        self.thread = threading.Thread(target=self._produce, name="layer-reader", daemon=True)
+        self.thread.start()
+
+    def _produce(self):
+        try:
+            while not self.stopping.is_set():
+                data = self.stream.read(CHUNK)
+                if self.sha256 is not None:
+                    self.sha256.update(data)
+                self.size += len(data)
+                if self.limit is not None and self.size > self.limit:
+                    raise errors.InvalidArgument(self.over_limit % self.limit)
+                self._hand_over(data)
+                if not data:
+                    return
+        except BaseException as err:  # pylint: disable=broad-except
+            self._hand_over(err)
+
+    def _hand_over(self, item):
+        while not self.stopping.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def read(self, size=-1):
-        if self.limit is not None and (size is None or size < 0):
-            size = CHUNK  # never an unbounded read of a stream with a limit
-        data = self.stream.read(size)
-        self.sha256.update(data)
-        self.size += len(data)
-        if self.limit is not None and self.size > self.limit:
-            raise errors.InvalidArgument(self.over_limit % self.limit)
+        if size is None or size < 0:
+            size = CHUNK
+        while self.position >= len(self.buffer):
+            if self.ended:
+                return b""
+            item = self.chunks.get()
+            if isinstance(item, BaseException):
+                self.ended = True
+                raise item
+            if not item:
+                self.ended = True
+                return b""
+            self.buffer, self.position = item, 0
+        data = self.buffer[self.position:self.position + size]
+        self.position += len(data)
         return data
 
     def drain(self):
         """Read to the end: the DiffID covers what follows the tar's end too."""
         while self.read(CHUNK):
             pass
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join()
+
+    @property
+    def digest(self):
+        return "sha256:" + self.sha256.hexdigest()
+
+
+def _identity(st):
+    """What changes when a file is written to or replaced."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _FileHasher:
+    """The DiffID of an uncompressed layer: its file is hashed by a thread
+    of its own (pread, the GIL released) while the tar is parsed from the
+    same file by seeking over the data, which the writer copies in the
+    kernel (copy_file_range). Since what is hashed and what is written are
+    then two reads, the file must be the same at the end as at the start
+    (device, inode, size, mtime, ctime), or it is InvalidArgument."""
+
+    def __init__(self, raw, limit=None, over_limit="more than %d bytes", hashing=True):
+        self.fd = raw.fileno()
+        st = os.fstat(self.fd)
+        self.identity = _identity(st)
+        self.size = st.st_size
+        if limit is not None and self.size > limit:
+            raise errors.InvalidArgument(over_limit % limit)
+        self.sha256 = hashlib.sha256() if hashing else None
+        self.stopping = False
+        self.error = None
+        self.thread = None
+        if hashing:
+            self.thread = threading.Thread(target=self._hash, name="layer-hash", daemon=True)
+            self.thread.start()
+
+    def _hash(self):
+        offset = 0
+        try:
+            while not self.stopping and offset < self.size:
+                data = os.pread(self.fd, CHUNK, offset)
+                if not data:
+                    break
+                self.sha256.update(data)
+                offset += len(data)
+        except OSError as err:
+            self.error = err
+
+    def drain(self):
+        """Wait for the hash; InvalidArgument if the file changed meanwhile."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if _identity(os.fstat(self.fd)) != self.identity:
+            raise errors.InvalidArgument("layer file changed while it was read")
+
+    def close(self):
+        self.stopping = True
+        if self.thread is not None:
+            self.thread.join()
 
     @property
     def digest(self):
@@ -184,31 +294,92 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 @contextlib.contextmanager
-def _layer_entries(path, limit=None, over_limit=None):
-    """(tar members iterator, tar, hashing reader, compression) of the layer
-    at `path`, read as one stream of at most `limit` bytes (None: any). A
-    damaged archive is InvalidArgument."""
+def _layer_entries(path, limit=None, over_limit=None, hashing=True):
+    """(tar members iterator, tar, reader, compression) of the layer at
+    `path`, read as one stream of at most `limit` bytes (None: any); the
+    reader's drain() reads to the end and its digest is then the DiffID
+    (`hashing`=False: no digest). A damaged archive is InvalidArgument.
+
+    An uncompressed layer is parsed from its file, seeking over the file
+    data (tar.fileobj is then that file: copy_data copies in the kernel);
+    a compressed one is decompressed on a thread of its own."""
     if not os.path.isfile(path):
         raise errors.NotFound("layer %s does not exist or is not a file" % path)
     with open_uncompressed(path) as (stream, compression):
-        reader = _HashingReader(stream, limit, over_limit or (
-            "layer %s (%s) expands to more than %%d bytes" % (path, compression)))
+        over_limit = over_limit or (
+            "layer %s (%s) expands to more than %%d bytes" % (path, compression))
         try:
-            with tarfile.open(fileobj=reader, mode="r|", tarinfo=_StrictTarInfo) as tar:
+            if compression == "none":
+                reader = _FileHasher(stream, limit, over_limit, hashing)
+                source, mode = stream, "r:"
+            else:
+                reader = _ThreadedReader(stream, limit, over_limit, hashing)
+                source, mode = reader, "r|"
+            with contextlib.closing(reader), tarfile.open(
+                    fileobj=source, mode=mode, tarinfo=_StrictTarInfo) as tar:
                 yield iter(tar), tar, reader, compression
         except _CORRUPT as err:
             raise errors.InvalidArgument("layer %s (%s) is not a readable tar archive: %s"
                                          % (path, compression, err)) from None
 
 
+def seekable(tar):
+    """Whether the tar is read from its uncompressed file (see _layer_entries)."""
+    return not isinstance(tar.fileobj, tarfile._Stream)  # pylint: disable=protected-access
+
+
+def copy_data(tar, member, fd):
+    """The data of the regular file `member` into the open descriptor `fd`:
+    copied in the kernel from an uncompressed layer's file (copy_file_range,
+    else sendfile), else read through the tar. InvalidArgument if the
+    archive holds less than the member claims."""
+    if seekable(tar) and not member.issparse():
+        source = tar.fileobj.fileno()
+        offset, remaining = member.offset_data, member.size
+        while remaining > 0:
+            copied = _copy_range(source, fd, offset, remaining)
+            if not copied:
+                raise errors.InvalidArgument("the layer is truncated: entry %r claims %d more "
+                                             "bytes than it holds" % (member.name[:64], remaining))
+            offset += copied
+            remaining -= copied
+        return
+    source = tar.extractfile(member)
+    while True:
+        data = source.read(CHUNK)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+_RANGE_COPY = {"copy_file_range": hasattr(os, "copy_file_range")}
+
+
+def _copy_range(source, fd, offset, count):
+    """Copy up to `count` bytes at `offset` of `source` to `fd`'s position;
+    the number copied (0 at the end of `source`). copy_file_range where the
+    kernel takes it between these two files, else sendfile."""
+    count = min(count, 1 << 30)
+    if _RANGE_COPY["copy_file_range"]:
+        try:
+            return os.copy_file_range(source, fd, count, offset)
+        except OSError as err:
+            # Not between these filesystems, or not at all: sendfile does it.
+            if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    return os.sendfile(fd, source, offset, count)
+
+
 _CHANGED = "layer %s changed since it was scanned: it is now more than %%d bytes"
 
 
-def reread_entries(scan):
+def reread_entries(scan, hashing=True):
     """The layer inspect_layer scanned, read again (to plan it, then to
     write it), as _layer_entries: InvalidArgument if it now holds more
     than the scan read."""
-    return _layer_entries(scan.path, scan.size, _CHANGED % scan.path)
+    return _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing)
 
 
 # -- what an entry means, checked in the scan and again when writing -------
@@ -309,8 +480,15 @@ def _read_through(tar, member, path):
     size field the archive does not fill is InvalidArgument here, not
     half-way through writing, and a huge one (base-256 fields reach 2**63)
     ends at the end of the stream, where tarfile's skipping forward would
-    read empty blocks for ever. Sparse members too: their stored data."""
+    read empty blocks for ever. Sparse members too: their stored data.
+    From an uncompressed file nothing is read: its size tells."""
     remaining = tar.offset - member.offset_data
+    if seekable(tar):
+        if tar.offset > os.fstat(tar.fileobj.fileno()).st_size:
+            raise errors.InvalidArgument(
+                "layer %s is truncated: entry %r claims more bytes than the archive holds"
+                % (path, member.name[:64]))
+        return
     while remaining > 0:
         got = len(tar.fileobj.read(min(remaining, CHUNK)))
         if not got:

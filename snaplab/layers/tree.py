@@ -372,7 +372,7 @@ class _PlannedTree(Tree):
 def dry_run(tree, scan):
     """Plan every entry of the scanned layer against `tree` without writing."""
     planned = _PlannedTree(tree)
-    with reread_entries(scan) as (members, _tar, _reader, _compression):
+    with reread_entries(scan, hashing=False) as (members, _tar, _reader, _compression):
         for member in members:
             try:
                 planned.entry(member)
