@@ -84,7 +84,11 @@ def _bind_source(mounts):
     return None if mounts[0].read_only else mounts[0].source
 
 
-def _apply_scanned(snapshotter, key, scan, direct=True):
+def _apply_scanned(snapshotter, key, scan, direct=True, staged=False):
+    """Write the scanned layer into the active snapshot `key`. `staged`:
+    the snapshot was prepared for this layer alone and is removed if this
+    fails, so the layer is written in one pass with no dry run before it
+    (a refusal then comes half-way, and the snapshot goes)."""
     info = snapshotter.stat(key)
     if info.kind != Kind.ACTIVE:
         raise errors.FailedPrecondition("a layer can only be applied to an active snapshot; "
@@ -93,17 +97,17 @@ def _apply_scanned(snapshotter, key, scan, direct=True):
     overlay = _overlay_upper(mounts) if direct else None
     if overlay is not None and not scan.links_outside_layer:
         upper, lowers = overlay
-        return write_scanned(scan, upper, lowers)
+        return write_scanned(scan, upper, lowers, staged)
     source = _bind_source(mounts) if direct else None
     if source is not None:
-        return write_scanned(scan, source)
+        return write_scanned(scan, source, staged=staged)
     # Mounted: a hardlink to a file of a lower layer, or mounts we cannot
     # write directly. The kernel then does the copy-up and the whiteouts.
     # Under the root and a lease: if this process is killed meanwhile, the
     # next Cleanup takes the mount down (a mount in /tmp stayed for good).
     with snapshotter.temporary_mount(mounts) as target:
         faults.point("apply.mounted")
-        return write_scanned(scan, target)
+        return write_scanned(scan, target, staged=staged)
 
 
 def apply_layer(snapshotter, key, tar_path, direct=True, max_expanded_size=None):
@@ -186,7 +190,7 @@ def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels):
         raise errors.AlreadyExists("no free extract key for %s after %d tries"
                                    % (layer.chain_id, _PREPARE_TRIES))
     try:
-        _apply_scanned(snapshotter, key, layer.scan)
+        _apply_scanned(snapshotter, key, layer.scan, staged=True)
         # The committed layer takes `labels`, not the lease's label: it
         # lives on after the unpack.
         snapshotter.commit(layer.chain_id, key, labels=labels)
