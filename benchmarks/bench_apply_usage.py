@@ -37,6 +37,7 @@ stored at Commit (as containerd's), du still walks.
 """
 
 import argparse
+import base64
 import ctypes
 import io
 import json
@@ -124,6 +125,23 @@ def _file_size(rng):
     return rng.randint(131072, 524288)
 
 
+def content_pool(rng, size=8 * MIB):
+    """Bytes that compress about as a distribution's files do (gzip -6 to
+    about half): blocks of random bytes (already compressed data), of text
+    (base64) and of repeated patterns (tables, padding). File data is cut
+    from it, so that the gzip and zstd rows decompress realistic data."""
+    blocks = []
+    for _ in range(size // 4096):
+        pick = rng.random()
+        if pick < 0.3:
+            blocks.append(os.urandom(4096))
+        elif pick < 0.7:
+            blocks.append(base64.b64encode(os.urandom(3072)))
+        else:
+            blocks.append(os.urandom(rng.randint(8, 64)) * 4096)
+    return b"".join(block[:4096] for block in blocks)
+
+
 class LayerBuilder:
     """Writes a PAX tar entry by entry (directories before what they hold)."""
 
@@ -131,6 +149,7 @@ class LayerBuilder:
         self.tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
         self.rng = random.Random(seed)
         self.mtime = 1700000000
+        self.pool = content_pool(self.rng)
 
     def _info(self, name, kind, mode, uid=0):
         info = tarfile.TarInfo(name)
@@ -147,8 +166,15 @@ class LayerBuilder:
     def file(self, name, size, mode=0o644, uid=0):
         info = self._info(name, tarfile.REGTYPE, mode, uid)
         info.size = size
-        self.tar.addfile(info, io.BytesIO(os.urandom(size)))
+        self.tar.addfile(info, io.BytesIO(self.data(size)))
         return size
+
+    def data(self, size):
+        if size > len(self.pool):
+            return b"".join(self.data(min(size - done, len(self.pool)))
+                            for done in range(0, size, len(self.pool)))
+        start = self.rng.randint(0, len(self.pool) - size)
+        return self.pool[start:start + size]
 
     def symlink(self, name, target):
         info = self._info(name, tarfile.SYMTYPE, 0o777)
@@ -246,39 +272,82 @@ def upper_of(sn, key):
     raise RuntimeError("%s is not an overlay snapshot with an upper directory" % key)
 
 
-def bench_apply(sn, work, fs_root, base_tar, top_tar, rounds, drop):
-    samples = {("base", "snaplab"): [], ("base", "tar"): [],
-               ("top", "snaplab"): [], ("top", "tar"): []}
+# How each compression is made from the uncompressed layer, and how tar reads it.
+COMPRESSIONS = {
+    "none": (None, ".tar", []),
+    "gzip": (["gzip", "-6", "-c", "-n"], ".tar.gz", ["-z"]),
+    "zstd": (["zstd", "-3", "-c", "-q"], ".tar.zst", ["--zstd"]),
+}
+# The apply roads measured: containerd's two (an active snapshot of the
+# caller's, and an unpack into a snapshot of its own), and the peer.
+APPLIERS = ("apply_layer", "apply_layers", "tar")
 
-    def run_snaplab(r):
-        key = "apply-%d" % r
+
+def compress_layers(paths, compressions):
+    """{compression: [paths]}: the layers made in each compression asked for."""
+    made = {}
+    for compression in compressions:
+        program, suffix, _tar_options = COMPRESSIONS[compression]
+        made[compression] = []
+        for path in paths:
+            if program is None:
+                made[compression].append(path)
+                continue
+            target = path[:-len(".tar")] + suffix
+            with open(path, "rb") as source, open(target, "wb") as out:
+                subprocess.run(program, stdin=source, stdout=out, check=True)
+            made[compression].append(target)
+    return made
+
+
+def bench_apply(sn, work, fs_root, tars, rounds, drop):
+    """{(compression, layer, applier): [(returned s, on disk s, CPU s)]} for
+    `tars` {compression: (base, top)}. apply_layer: the base to an active
+    snapshot, the top to a child of it committed; apply_layers: the base
+    unpacked into a snapshot of its own, committed (the top is not: its
+    plan would scan the base again); tar -x: both into a plain directory.
+    The order of the appliers turns by round."""
+    samples = {}
+
+    def measure(compression, which, applier, action):
+        settle(drop)
+        samples.setdefault((compression, which, applier), []).append(timed(action, fs_root))
+
+    def run_apply_layer(r, compression, base_tar, top_tar):
+        key = "apply-%d-%s" % (r, compression)
         sn.prepare(key, "")
-        settle(drop)
-        samples[("base", "snaplab")].append(
-            timed(lambda: layers.apply_layer(sn, key, base_tar), fs_root))
-        sn.commit("base-%d" % r, key)
-        sn.prepare(key + "-top", "base-%d" % r)
-        settle(drop)
-        samples[("top", "snaplab")].append(
-            timed(lambda: layers.apply_layer(sn, key + "-top", top_tar), fs_root))
+        measure(compression, "base", "apply_layer", lambda: layers.apply_layer(sn, key, base_tar))
+        sn.commit("base-" + key, key)
+        sn.prepare(key + "-top", "base-" + key)
+        measure(compression, "top", "apply_layer",
+                lambda: layers.apply_layer(sn, key + "-top", top_tar))
         sn.remove(key + "-top")
-        sn.remove("base-%d" % r)
+        sn.remove("base-" + key)
 
-    def run_tar(r):
+    def run_apply_layers(_r, compression, base_tar, _top_tar):
+        applied = []
+        measure(compression, "base", "apply_layers",
+                lambda: applied.extend(layers.apply_layers(sn, [base_tar])))
+        assert applied[0].applied, "the layer was there already: nothing was measured"
+        sn.remove(applied[0].chain_id)
+
+    def run_tar(r, compression, base_tar, top_tar):
         target = tempfile.mkdtemp(prefix="tar-%d-" % r, dir=work)
+        options = COMPRESSIONS[compression][2]
         for which, tar_path in (("base", base_tar), ("top", top_tar)):
-            settle(drop)
-            samples[(which, "tar")].append(timed(lambda: subprocess.run(
-                ["tar", "-x", "-f", tar_path, "-C", target], check=True), fs_root))
+            measure(compression, which, "tar", lambda: subprocess.run(
+                ["tar", "-x"] + options + ["-f", tar_path, "-C", target], check=True))
         shutil.rmtree(target)
 
+    runs = [run_apply_layer, run_apply_layers, run_tar]
     for r in range(rounds):
-        order = (run_snaplab, run_tar) if r % 2 == 0 else (run_tar, run_snaplab)
-        for run in order:
-            run(r)
-        print("  apply round %d: %s" % (r, ", ".join(
-            "%s/%s %.2fs" % (which, tool, times[-1][0])
-            for (which, tool), times in samples.items())), flush=True)
+        for compression, (base_tar, top_tar) in tars.items():
+            for run in runs[r % len(runs):] + runs[:r % len(runs)]:
+                run(r, compression, base_tar, top_tar)
+            print("  apply round %d %s: %s" % (r, compression, ", ".join(
+                "%s/%s %.2fs" % (which, applier, times[-1][0])
+                for (comp, which, applier), times in samples.items() if comp == compression)),
+                flush=True)
     return samples
 
 
@@ -357,28 +426,43 @@ def bench_usage(sn, work, files, rounds, drop):
 # -- report ----------------------------------------------------------------------
 
 
-def apply_table(samples, base_counts, top_counts, drop):
-    lines = ["| layer | until | snaplab MiB/s | tar -x MiB/s | snaplab ÷ tar (goal ≥ 0.9) |",
-             "|---|---|---|---|---|"]
-    cpu_lines = ["", "CPU seconds (user + system, until returned; tar's from its process):", "",
-                 "| layer | snaplab CPU s | tar -x CPU s | tar ÷ snaplab |", "|---|---|---|---|"]
-    figures = {}
-    for which, counts in (("base", base_counts), ("top", top_counts)):
-        mib = counts["bytes"] / MIB
-        for index, until in ((0, "returned"), (1, "on disk (syncfs)")):
-            snaplab = statistics.median(t[index] for t in samples[(which, "snaplab")])
-            tar = statistics.median(t[index] for t in samples[(which, "tar")])
-            figures["%s %s" % (which, until)] = {"snaplab_s": snaplab, "tar_s": tar,
-                                                 "ratio": tar / snaplab}
-            label = "%s %.0f MiB" % (which, mib) if index == 0 else ""
-            lines.append("| %s | %s | %.1f (%.2f s) | %.1f (%.2f s) | %.2f× |" % (
-                label, until, mib / snaplab, snaplab, mib / tar, tar, tar / snaplab))
-        snaplab = statistics.median(t[2] for t in samples[(which, "snaplab")])
-        tar = statistics.median(t[2] for t in samples[(which, "tar")])
-        figures["%s cpu" % which] = {"snaplab_s": snaplab, "tar_s": tar, "ratio": tar / snaplab}
-        cpu_lines.append("| %s %.0f MiB | %.2f | %.2f | %.2f× |" % (which, mib, snaplab, tar,
-                                                                  tar / snaplab))
-    return "\n".join(lines + cpu_lines), figures
+APPLY_GOALS = {"returned": 0.7, "on disk": 0.9}  # throughput, snaplab ÷ tar
+APPLY_CPU_GOAL = 2.0  # CPU seconds, snaplab ÷ tar
+
+
+def apply_rows(samples, sizes):
+    """The rows of the JSON output (ratios: snaplab ÷ tar), from bench_apply's
+    samples and the uncompressed size of each layer {"base": B, "top": B}."""
+    rows = []
+    for (compression, which, applier), times in sorted(samples.items()):
+        if applier == "tar":
+            continue
+        peer = samples[(compression, which, "tar")]
+        mib = sizes[which] / MIB
+        what = "apply %s layer (%s), %s" % (which, compression, applier)
+        for index, until in ((0, "returned"), (1, "on disk")):
+            ours = mib / statistics.median(t[index] for t in times)
+            theirs = mib / statistics.median(t[index] for t in peer)
+            rows.append({"what": "%s, until %s" % (what, until), "snaplab": round(ours, 1),
+                         "peer": round(theirs, 1), "unit": "MiB/s",
+                         "ratio": round(ours / theirs, 3), "goal": APPLY_GOALS[until],
+                         "better": "higher"})
+        ours = statistics.median(t[2] for t in times)
+        theirs = statistics.median(t[2] for t in peer)
+        rows.append({"what": "%s, CPU" % what, "snaplab": round(ours, 3),
+                     "peer": round(theirs, 3), "unit": "s", "ratio": round(ours / theirs, 3),
+                     "goal": APPLY_CPU_GOAL, "better": "lower"})
+    return rows
+
+
+def apply_table(rows):
+    """The apply rows as a Markdown table."""
+    lines = ["| what | snaplab | tar -x | snaplab ÷ tar | goal |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append("| %s | %s %s | %s %s | %.2f× | %s %s× |" % (
+            row["what"], row["snaplab"], row["unit"], row["peer"], row["unit"], row["ratio"],
+            "≥" if row["better"] == "higher" else "≤", row["goal"]))
+    return "\n".join(lines)
 
 
 def usage_table(results, checks):
@@ -423,6 +507,8 @@ def main(argv=None):
     parser.add_argument("--files", type=int, default=100000)
     parser.add_argument("--at", help="an existing directory to work in instead of a loop ext4")
     parser.add_argument("--only", choices=("apply", "usage"))
+    parser.add_argument("--compressions", default="none,gzip,zstd",
+                        help="layers applied in these compressions (none, gzip, zstd)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--markdown", help="also write the tables here")
     args = parser.parse_args(argv)
@@ -439,6 +525,7 @@ def main(argv=None):
     load_before = os.getloadavg()
     text = []
     report = {"kernel": platform.release(), "caches_dropped": drop}
+    json_rows = []  # the rows of --json, in the benchmarks' common format
     try:
         fs = pool.get(fs_name)
         fs_root = fs.mountpoint
@@ -450,20 +537,26 @@ def main(argv=None):
                 print("making the layers (%d MiB)..." % args.layer_mib, flush=True)
                 base_tar, base_counts, top_tar, top_counts = make_layers(work, args.layer_mib)
                 print("  base: %s; top: %s" % (base_counts, top_counts), flush=True)
-                samples = bench_apply(sn, work, fs_root, base_tar, top_tar, args.rounds, drop)
-                table, figures = apply_table(samples, base_counts, top_counts, drop)
-                report["apply"] = {"base": base_counts, "top": top_counts, "median": figures,
-                                   "samples": {"%s/%s" % k: v for k, v in samples.items()}}
-                text += ["Apply-layer throughput, snaplab (layers.apply_layer to an overlay "
-                         "snapshot) against GNU tar -x, on %s, median of %d rounds, caches %s "
-                         "before each" % (where, args.rounds,
-                                          "dropped" if drop else "NOT dropped (not root)"),
+                tars = compress_layers([base_tar, top_tar], args.compressions.split(","))
+                samples = bench_apply(sn, work, fs_root, tars, args.rounds, drop)
+                rows = apply_rows(samples, {"base": base_counts["bytes"],
+                                            "top": top_counts["bytes"]})
+                json_rows += rows
+                report["apply"] = {"base": base_counts, "top": top_counts,
+                                   "samples": {"/".join(k): v for k, v in samples.items()}}
+                text += ["Apply-layer throughput and CPU, snaplab (layers.apply_layer to an "
+                         "active overlay snapshot; layers.apply_layers, the base unpacked into "
+                         "a snapshot of its own) against GNU tar -x, on %s, median of %d "
+                         "rounds, caches %s before each" % (
+                             where, args.rounds,
+                             "dropped" if drop else "NOT dropped (not root)"),
                          "",
                          "Base layer: %(files)d files (4 big), %(dirs)d directories, "
                          "%(symlinks)d symlinks, %(hardlinks)d hardlinks. " % base_counts
                          + "Top layer: %(replaced files)d replaced files, %(whiteouts)d "
                          "whiteouts, %(opaque dirs)d opaque directory (tar writes the .wh. "
-                         "files as plain files)." % top_counts, "", table, ""]
+                         "files as plain files). MiB/s of the uncompressed layer." % top_counts,
+                         "", apply_table(rows), ""]
             if args.only in (None, "usage"):
                 print("usage of %d files..." % args.files, flush=True)
                 checks, results = bench_usage(sn, work, args.files, args.rounds, drop)
@@ -485,7 +578,8 @@ def main(argv=None):
             out.write("\n".join(text) + "\n")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
+            json.dump({"benchmark": "apply_usage", "load": list(os.getloadavg()),
+                       "rows": json_rows}, out, indent=2)
     return 0
 
 

@@ -2,8 +2,11 @@
 
 A layer is a tar of the changes one image layer makes, with whiteouts for
 what it deletes; its DiffID is the sha256 of the uncompressed tar. A layer
-never writes outside the snapshot, and a layer that is refused is refused
-before its first write (docs/hostile-layers.md measures this).
+never writes outside the snapshot, and a layer that is refused leaves
+nothing: apply_layer refuses it before its first write (a scan, then a dry
+run against the snapshot), apply_layers writes it in one pass into the
+snapshot it made for it and removes that snapshot at the refusal
+(docs/hostile-layers.md measures this).
 
     apply_layers(snapshotter, [tar, ...])   unpack a chain, one committed
                                             snapshot per layer named by its

@@ -22,7 +22,13 @@ or a bind source), or an overlay upper directory over its lowers.
   the free space of the receiving filesystem, or whose entries outnumber
   its free inodes, is FailedPrecondition; then the dry run (tree.dry_run)
   refuses what the snapshot below makes impossible. A refused layer leaves
-  the directory as it was.
+  the directory as it was. A staged directory (a snapshot made for this
+  layer alone, removed by the caller at a failure: apply_layers) has no dry
+  run: the write refuses the same entries with the same errors, half-way.
+- The layer is read once while written: decompressed and hashed on a
+  thread (archive._ThreadedReader), or, uncompressed, parsed by seeking
+  and its file data copied in the kernel (archive.copy_data); the DiffID
+  must be the scanned one at the end.
 """
 
 import errno

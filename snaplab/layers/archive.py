@@ -87,8 +87,10 @@ def _stdlib_zstd():
 @contextlib.contextmanager
 def open_uncompressed(path):
     """The uncompressed byte stream of the layer at `path`: (stream, compression)."""
-    opened = contextlib.ExitStack()
-    try:
+    # `with`, not close() in a finally: the zstd program's context must see
+    # an error raised while reading, or it takes the SIGPIPE of its closed
+    # pipe for a damaged stream and reports that instead.
+    with contextlib.ExitStack() as opened:
         raw = opened.enter_context(open(path, "rb"))
         compression = detect_compression(raw.read(4))
         raw.seek(0)
@@ -101,8 +103,6 @@ def open_uncompressed(path):
         else:
             stream = raw
         yield stream, compression
-    finally:
-        opened.close()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 
 import pytest
 
@@ -428,8 +429,9 @@ def test_hardlink_to_a_file_of_a_lower_layer(tmp_path, sn):
 @needs_root
 def test_a_layer_failing_half_way_leaves_the_layers_below_and_nothing_else(tmp_path, sn):
     good = write_layer(tmp_path / "good.tar", F("ok", b"ok"))
-    # Scans fine (the target could be in the snapshot below); the dry run against
-    # the snapshot below refuses it, after apply_layers prepared its snapshot.
+    # Scans fine (the target could be in the snapshot below); apply_layers
+    # writes "first" into the snapshot it prepared, refuses "second" there
+    # and removes that snapshot.
     bad = write_layer(tmp_path / "bad.tar", F("first", b"1"), H("second", "no/such/file"))
     with pytest.raises(errors.InvalidArgument, match="not a file of this layer"):
         layers.apply_layers(sn, [good, bad])
@@ -632,3 +634,73 @@ def test_cli_apply_layers_and_apply_layer(tmp_path, backend, capsys):
     hostile = write_layer(tmp_path / "hostile.tar", F("../x", b"x"))
     assert cli.main(common + ["apply-layers", hostile]) == errors.InvalidArgument.exit_code
     assert "climbs out of the snapshot" in capsys.readouterr().err
+
+
+# -- one pass: the DiffID read while writing, the reader threads, the copies -----------
+
+
+@needs_root
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_layer_changed_after_its_scan_commits_nothing(tmp_path, sn, compression):
+    """apply_layers writes a planned layer in one pass into its own snapshot:
+    a layer whose bytes changed since the plan (same size, so every header
+    still reads) has another DiffID, and nothing is committed."""
+    path = tmp_path / "layer.tar"
+    write_layer(path, F("a", b"A" * 5000), F("b", b"B" * 5000), compression=compression)
+    plan = layers.plan_layers(sn, [str(path)])
+    write_layer(path, F("a", b"A" * 5000), F("b", b"C" * 5000), compression=compression)
+    with pytest.raises(errors.InvalidArgument, match="changed"):
+        layers.apply_layers(sn, [str(path)], plan=plan)
+    assert list(sn.list()) == []
+
+
+@needs_root
+@pytest.mark.parametrize("compression", ["gzip", pytest.param("zstd", marks=pytest.mark.skipif(
+    not HAS_ZSTD, reason="no zstd module or program"))])
+def test_a_refused_compressed_layer_stops_its_reader_thread(tmp_path, sn, compression):
+    """The decompressing thread ends with the apply, also when a refusal
+    stops the reading early, far before the end of the stream."""
+    bad = write_layer(tmp_path / "bad.tar", F("first", os.urandom(3 << 20)),
+                      H("second", "no/such/file"), F("big", os.urandom(12 << 20)),
+                      compression=compression)
+    with pytest.raises(errors.InvalidArgument, match="not a file of this layer"):
+        layers.apply_layers(sn, [bad])
+    assert [t.name for t in threading.enumerate() if t.name.startswith("layer-")] == []
+    assert list(sn.list()) == []
+
+
+@needs_root
+def test_uncompressed_file_data_is_copied_without_copy_file_range_too(tmp_path, sn,
+                                                                       monkeypatch):
+    """Where the kernel refuses copy_file_range between the two files,
+    sendfile copies; both give the bytes of the layer, at any size and
+    offset (a file of several chunks among small ones)."""
+    entries = [F("small", b"s" * 700), F("big", os.urandom((1 << 20) * 3 + 12345)),
+               F("empty"), F("last", b"tail")]
+    path = write_layer(tmp_path / "layer.tar", *entries)
+    wanted = {info.name: data for info, data in entries}
+    for use_copy_file_range in (True, False):
+        monkeypatch.setitem(archive._RANGE_COPY, "copy_file_range", use_copy_file_range)
+        (applied,) = layers.apply_layers(sn, [path])
+        tree, _links = view_of(sn, applied.chain_id)
+        assert {name: what[1] for name, what in tree.items()} == wanted
+        sn.remove(applied.chain_id)
+
+
+@needs_root
+def test_many_directories_leave_no_descriptor_open(tmp_path, sn):
+    """The writer keeps directory descriptors (at most a few hundred, all
+    closed at the end): a layer of more directories than that, with a
+    directory replaced by a symlink half-way, is written whole and right."""
+    entries = []
+    for index in range(600):
+        entries += [D("d%03d" % index), F("d%03d/f" % index, b"%d" % index)]
+    entries += [L("d001", "d002"), F("d001/through-link", b"x")]
+    path = write_layer(tmp_path / "layer.tar", *entries)
+    before = sorted(os.listdir("/proc/self/fd"))
+    (applied,) = layers.apply_layers(sn, [path])
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    tree, _links = view_of(sn, applied.chain_id)
+    assert tree["d599/f"][1] == b"599"
+    assert tree["d001"] == ("symlink", "d002")
+    assert tree["d002/through-link"][1] == b"x"
