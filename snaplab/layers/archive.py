@@ -293,6 +293,60 @@ class _StrictTarInfo(tarfile.TarInfo):
         return info
 
 
+class _LayerFile:
+    """An uncompressed layer's file as tarfile reads it in "r:" mode:
+    os.pread through a small read-ahead buffer and a position of its own,
+    so that tarfile's many tell() and seek() calls make no system call
+    (each one would let the hashing thread take the GIL)."""
+
+    _AHEAD = 64 * 1024
+
+    def __init__(self, raw):
+        self.fd = raw.fileno()
+        self.size = os.fstat(self.fd).st_size  # when it was opened: a change shows later
+        self.name = raw.name
+        self.mode = "rb"
+        self.position = 0
+        self.buffer = b""
+        self.buffer_start = 0
+
+    def fileno(self):
+        return self.fd
+
+    def tell(self):
+        return self.position
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        if whence == os.SEEK_CUR:
+            offset += self.position
+        elif whence == os.SEEK_END:
+            offset += os.fstat(self.fd).st_size
+        self.position = offset
+        return offset
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = max(0, os.fstat(self.fd).st_size - self.position)
+        start = self.position - self.buffer_start
+        if 0 <= start and start + size <= len(self.buffer):
+            data = self.buffer[start:start + size]
+        elif size >= self._AHEAD:
+            data = os.pread(self.fd, size, self.position)
+        else:
+            self.buffer = os.pread(self.fd, self._AHEAD, self.position)
+            self.buffer_start = self.position
+            data = self.buffer[:size]
+        self.position += len(data)
+        return data
+
+
+class _ScannedTar:  # pylint: disable=too-few-public-methods
+    """What copy_data needs of a tar whose members the scan kept: the file."""
+
+    def __init__(self, fileobj):
+        self.fileobj = fileobj
+
+
 @contextlib.contextmanager
 def _layer_entries(path, limit=None, over_limit=None, hashing=True):
     """(tar members iterator, tar, reader, compression) of the layer at
@@ -311,7 +365,7 @@ def _layer_entries(path, limit=None, over_limit=None, hashing=True):
         try:
             if compression == "none":
                 reader = _FileHasher(stream, limit, over_limit, hashing)
-                source, mode = stream, "r:"
+                source, mode = _LayerFile(stream), "r:"
             else:
                 reader = _ThreadedReader(stream, limit, over_limit, hashing)
                 source, mode = reader, "r|"
@@ -375,11 +429,31 @@ def _copy_range(source, fd, offset, count):
 _CHANGED = "layer %s changed since it was scanned: it is now more than %%d bytes"
 
 
+@contextlib.contextmanager
 def reread_entries(scan, hashing=True):
     """The layer inspect_layer scanned, read again (to plan it, then to
     write it), as _layer_entries: InvalidArgument if it now holds more
-    than the scan read."""
-    return _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing)
+    than the scan read.
+
+    The headers are not parsed again where the scan kept them: the dry run
+    (`hashing`=False) needs nothing else and reads no file; the write of an
+    uncompressed layer reads only the data (copy_data, from the file, which
+    must be the one scanned: same device, inode, size and times) and hashes
+    it again. The tar is then a stand-in holding that file."""
+    if scan.members is not None and not hashing:
+        yield iter(scan.members), None, None, scan.compression
+        return
+    if scan.members is None or scan.compression != "none":
+        with _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing) as entries:
+            yield entries
+        return
+    with open(scan.path, "rb") as raw:
+        reader = _FileHasher(raw, scan.size, _CHANGED % scan.path)
+        with contextlib.closing(reader):
+            if reader.identity != scan.identity:
+                raise errors.InvalidArgument("layer %s changed since it was scanned"
+                                             % scan.path)
+            yield iter(scan.members), _ScannedTar(_LayerFile(raw)), reader, "none"
 
 
 # -- what an entry means, checked in the scan and again when writing -------
@@ -468,11 +542,16 @@ def whiteout_of(relative):
 
 
 LayerScan = collections.namedtuple(
-    "LayerScan", "path diff_id compression size entries links_outside_layer files_size")
+    "LayerScan", "path diff_id compression size entries links_outside_layer files_size "
+    "members identity", defaults=(None, None))
 LayerScan.__doc__ = """What inspect_layer learned: the DiffID, the compression, the
 uncompressed size, the number of entries, whether a hardlink names a
 target the layer itself does not hold (then the snapshot below must), and
-the bytes of its regular files (what writing it takes on disk, at least)."""
+the bytes of its regular files (what writing it takes on disk, at least).
+`members`: the tar headers read, in order (tarfile keeps them all while
+reading anyway), so that the dry run and the write of an uncompressed
+layer do not parse them again; None for a layer with sparse files, whose
+data only tarfile can read. `identity`: what the file was (_identity)."""
 
 
 def _read_through(tar, member, path):
@@ -484,7 +563,7 @@ def _read_through(tar, member, path):
     From an uncompressed file nothing is read: its size tells."""
     remaining = tar.offset - member.offset_data
     if seekable(tar):
-        if tar.offset > os.fstat(tar.fileobj.fileno()).st_size:
+        if tar.offset > tar.fileobj.size:
             raise errors.InvalidArgument(
                 "layer %s is truncated: entry %r claims more bytes than the archive holds"
                 % (path, member.name[:64]))
@@ -538,5 +617,7 @@ def inspect_layer(path, max_expanded_size=None):
                                                      member.linkname)), PATH_MAX - 1))
             kinds[relative] = kind
         reader.drain()
+        members = None if any(member.issparse() for member in tar.members) else tar.members
+        identity = reader.identity if compression == "none" else None
         return LayerScan(path, reader.digest, compression, reader.size, count, links_outside,
-                         files_size)
+                         files_size, members, identity)
