@@ -86,7 +86,8 @@ def _stdlib_zstd():
 
 @contextlib.contextmanager
 def open_uncompressed(path):
-    """The uncompressed byte stream of the layer at `path`: (stream, compression)."""
+    """The uncompressed byte stream of the layer at `path`: (stream,
+    compression, the layer's file opened)."""
     # `with`, not close() in a finally: the zstd program's context must see
     # an error raised while reading, or it takes the SIGPIPE of its closed
     # pipe for a damaged stream and reports that instead.
@@ -102,7 +103,7 @@ def open_uncompressed(path):
             stream = opened.enter_context(_zstd_program(path))
         else:
             stream = raw
-        yield stream, compression
+        yield stream, compression, raw
 
 
 @contextlib.contextmanager
@@ -145,8 +146,10 @@ class _ThreadedReader:
 
     _AHEAD = 8  # chunks decompressed ahead of the reader at most
 
-    def __init__(self, stream, limit=None, over_limit="more than %d bytes", hashing=True):
+    def __init__(self, stream, raw, limit=None, over_limit="more than %d bytes", hashing=True):
         self.stream = stream
+        self.raw_fd = raw.fileno()
+        self.identity = _identity(os.fstat(self.raw_fd))
         self.sha256 = hashlib.sha256() if hashing else None
         self.size = 0
         self.limit = limit
@@ -201,9 +204,12 @@ class _ThreadedReader:
         return data
 
     def drain(self):
-        """Read to the end: the DiffID covers what follows the tar's end too."""
+        """Read to the end: the DiffID covers what follows the tar's end too.
+        InvalidArgument if the layer's file changed meanwhile."""
         while self.read(CHUNK):
             pass
+        if _identity(os.fstat(self.raw_fd)) != self.identity:
+            raise errors.InvalidArgument("layer file changed while it was read")
 
     def close(self):
         self.stopping.set()
@@ -348,18 +354,19 @@ class _ScannedTar:  # pylint: disable=too-few-public-methods
 
 
 @contextlib.contextmanager
-def _layer_entries(path, limit=None, over_limit=None, hashing=True):
+def _layer_entries(path, limit=None, over_limit=None, hashing=True, identity=None):
     """(tar members iterator, tar, reader, compression) of the layer at
     `path`, read as one stream of at most `limit` bytes (None: any); the
     reader's drain() reads to the end and its digest is then the DiffID
-    (`hashing`=False: no digest). A damaged archive is InvalidArgument.
+    (`hashing`=False: no digest). A damaged archive is InvalidArgument, and
+    so is a file that is not `identity` (when given) or changes meanwhile.
 
     An uncompressed layer is parsed from its file, seeking over the file
     data (tar.fileobj is then that file: copy_data copies in the kernel);
     a compressed one is decompressed on a thread of its own."""
     if not os.path.isfile(path):
         raise errors.NotFound("layer %s does not exist or is not a file" % path)
-    with open_uncompressed(path) as (stream, compression):
+    with open_uncompressed(path) as (stream, compression, raw):
         over_limit = over_limit or (
             "layer %s (%s) expands to more than %%d bytes" % (path, compression))
         try:
@@ -367,11 +374,13 @@ def _layer_entries(path, limit=None, over_limit=None, hashing=True):
                 reader = _FileHasher(stream, limit, over_limit, hashing)
                 source, mode = _LayerFile(stream), "r:"
             else:
-                reader = _ThreadedReader(stream, limit, over_limit, hashing)
+                reader = _ThreadedReader(stream, raw, limit, over_limit, hashing)
                 source, mode = reader, "r|"
-            with contextlib.closing(reader), tarfile.open(
-                    fileobj=source, mode=mode, tarinfo=_StrictTarInfo) as tar:
-                yield iter(tar), tar, reader, compression
+            with contextlib.closing(reader):
+                if identity is not None and reader.identity != identity:
+                    raise errors.InvalidArgument("layer %s changed since it was scanned" % path)
+                with tarfile.open(fileobj=source, mode=mode, tarinfo=_StrictTarInfo) as tar:
+                    yield iter(tar), tar, reader, compression
         except _CORRUPT as err:
             raise errors.InvalidArgument("layer %s (%s) is not a readable tar archive: %s"
                                          % (path, compression, err)) from None
@@ -444,7 +453,8 @@ def reread_entries(scan, hashing=True):
         yield iter(scan.members), None, None, scan.compression
         return
     if scan.members is None or scan.compression != "none":
-        with _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing) as entries:
+        with _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing,
+                            scan.identity) as entries:
             yield entries
         return
     with open(scan.path, "rb") as raw:
@@ -544,8 +554,8 @@ def whiteout_of(relative):
 LayerScan = collections.namedtuple(
     "LayerScan", "path diff_id compression size entries links_outside_layer files_size "
     "members identity", defaults=(None, None))
-LayerScan.__doc__ = """What inspect_layer learned: the DiffID, the compression, the
-uncompressed size, the number of entries, whether a hardlink names a
+LayerScan.__doc__ = """What inspect_layer learned: the DiffID (None if not hashed), the
+compression, the uncompressed size, the number of entries, whether a hardlink names a
 target the layer itself does not hold (then the snapshot below must), and
 the bytes of its regular files (what writing it takes on disk, at least).
 `members`: the tar headers read, in order (tarfile keeps them all while
@@ -577,18 +587,20 @@ def _read_through(tar, member, path):
         remaining -= got
 
 
-def inspect_layer(path, max_expanded_size=None):
+def inspect_layer(path, max_expanded_size=None, hashing=True):
     """Read the layer at `path` once without writing: its DiffID, and every
     entry checked as the write will check it. InvalidArgument (nothing is
     written anywhere) for a layer that would leave the snapshot, cannot be
     written, is damaged or truncated, or expands to more than
     `max_expanded_size` bytes of tar (None: no limit); NotFound if there is
-    no such file."""
+    no such file. `hashing`=False: no DiffID (None), for a caller that
+    learns it from the write (which checks the file is the one scanned)."""
     kinds = {}  # cleaned name -> kind of the latest entry there, for hardlinks
     links_outside = False
     count = 0
     files_size = 0
-    with _layer_entries(path, max_expanded_size) as (members, tar, reader, compression):
+    with _layer_entries(path, max_expanded_size, hashing=hashing) as (
+            members, tar, reader, compression):
         for member in members:
             count += 1
             kind = entry_kind(member)
@@ -618,6 +630,5 @@ def inspect_layer(path, max_expanded_size=None):
             kinds[relative] = kind
         reader.drain()
         members = None if any(member.issparse() for member in tar.members) else tar.members
-        identity = reader.identity if compression == "none" else None
-        return LayerScan(path, reader.digest, compression, reader.size, count, links_outside,
-                         files_size, members, identity)
+        return LayerScan(path, reader.digest if hashing else None, compression, reader.size,
+                         count, links_outside, files_size, members, reader.identity)

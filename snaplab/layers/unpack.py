@@ -119,7 +119,9 @@ def apply_layer(snapshotter, key, tar_path, direct=True, max_expanded_size=None)
     (nothing written) if its files do not fit in the free space (or inodes)
     there;
     `max_expanded_size` as in inspect_layer."""
-    scan = inspect_layer(tar_path, max_expanded_size)
+    # The DiffID is hashed once, by the write; the scan only checks (the
+    # write checks the file is the one scanned).
+    scan = inspect_layer(tar_path, max_expanded_size, hashing=False)
     return _apply_scanned(snapshotter, key, scan, direct)
 
 

@@ -704,3 +704,21 @@ def test_many_directories_leave_no_descriptor_open(tmp_path, sn):
     assert tree["d599/f"][1] == b"599"
     assert tree["d001"] == ("symlink", "d002")
     assert tree["d002/through-link"][1] == b"x"
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_layer_changed_between_scan_and_write_writes_nothing(tmp_path, compression):
+    """apply_layer hashes the layer once, while writing: the write checks
+    first that the file is the one its scan checked, and writes nothing
+    otherwise."""
+    from snaplab.layers.apply import write_scanned
+    path = tmp_path / "layer.tar"
+    write_layer(path, F("a", b"A" * 5000), compression=compression)
+    scan = layers.inspect_layer(str(path), hashing=False)
+    assert scan.diff_id is None
+    write_layer(path, F("a", b"B" * 5000), compression=compression)
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(errors.InvalidArgument, match="changed since it was scanned"):
+        write_scanned(scan, str(target))
+    assert os.listdir(target) == []
