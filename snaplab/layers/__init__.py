@@ -20,6 +20,8 @@ snapshot it made for it and removes that snapshot at the refusal
 
 The modules, each importing only those above it (containerd's lines):
 
+    stream.py    reading a layer's bytes fast: decompressing and hashing on
+                 threads, kernel copies of file data
     archive.py   reading a layer: decompression, tar members, the names and
                  sizes it may hold; the safety scan (inspect_layer)
     tree.py      the directory a layer is written into, symlinks resolved

@@ -26,8 +26,8 @@ or a bind source), or an overlay upper directory over its lowers.
   layer alone, removed by the caller at a failure: apply_layers) has no dry
   run: the write refuses the same entries with the same errors, half-way.
 - The layer is read once while written: decompressed and hashed on a
-  thread (archive._ThreadedReader), or, uncompressed, parsed by seeking
-  and its file data copied in the kernel (archive.copy_data); the DiffID
+  thread (stream.ThreadedReader), or, uncompressed, parsed by seeking
+  and its file data copied in the kernel (stream.copy_data); the DiffID
   must be the scanned one at the end.
 """
 
@@ -39,8 +39,8 @@ import stat
 from .. import errors
 from .. import faults
 from .. import fsutil
-from .archive import (check_length, clean_name, copy_data, entry_kind, inspect_layer,
-                      reread_entries, whiteout_of)
+from .archive import check_length, clean_name, entry_kind, inspect_layer, reread_entries, whiteout_of
+from .stream import copy_data
 from .tree import OVERLAY_OPAQUE_XATTR, Tree, dry_run, is_overlay_whiteout
 
 

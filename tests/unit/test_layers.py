@@ -23,7 +23,7 @@ import threading
 import pytest
 
 from snaplab import errors, layers, open_snapshotter
-from snaplab.layers import archive
+from snaplab.layers import archive, stream
 from snaplab.mount import mount_all, unmount_all
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -680,7 +680,7 @@ def test_uncompressed_file_data_is_copied_without_copy_file_range_too(tmp_path, 
     path = write_layer(tmp_path / "layer.tar", *entries)
     wanted = {info.name: data for info, data in entries}
     for use_copy_file_range in (True, False):
-        monkeypatch.setitem(archive._RANGE_COPY, "copy_file_range", use_copy_file_range)
+        monkeypatch.setitem(stream._RANGE_COPY, "copy_file_range", use_copy_file_range)
         (applied,) = layers.apply_layers(sn, [path])
         tree, _links = view_of(sn, applied.chain_id)
         assert {name: what[1] for name, what in tree.items()} == wanted
