@@ -26,9 +26,10 @@ or a bind source), or an overlay upper directory over its lowers.
   layer alone, removed by the caller at a failure: apply_layers) has no dry
   run: the write refuses the same entries with the same errors, half-way.
 - The layer is read once while written: decompressed and hashed on a
-  thread (stream.ThreadedReader), or, uncompressed, parsed by seeking
-  and its file data copied in the kernel (stream.copy_data); the DiffID
-  must be the scanned one at the end.
+  thread (stream.ThreadedReader), the DiffID the scanned one at the end;
+  or, uncompressed, its data copied in the kernel (stream.copy_data) from
+  the file the scan parsed (and hashed, if it did), which must be the
+  same file, unchanged, from the write's start to its end.
 """
 
 import errno
@@ -171,7 +172,9 @@ class _LayerWriter:
                 faults.point("apply.entry")
                 self.entry(tar, member)
             reader.drain()
-            diff_id = reader.digest
+            # No digest: an uncompressed layer the scan hashed, the same file
+            # (reread_entries); the kernel copied the bytes the scan hashed.
+            diff_id = reader.digest or scan.diff_id
         if scan.diff_id is not None and diff_id != scan.diff_id:
             raise errors.InvalidArgument("layer %s changed while it was applied: DiffID %s, "
                                          "expected %s" % (scan.path, diff_id, scan.diff_id))

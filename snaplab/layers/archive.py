@@ -196,8 +196,10 @@ def reread_entries(scan, hashing=True):
     The headers are not parsed again where the scan kept them: the dry run
     (`hashing`=False) needs nothing else and reads no file; the write of an
     uncompressed layer reads only the data (copy_data, from the file, which
-    must be the one scanned: same device, inode, size and times) and hashes
-    it again. The tar is then a stand-in holding that file."""
+    must be the one scanned: same device, inode, size and times, when the
+    write starts and when it ends) and hashes it only if the scan did not:
+    the kernel copies the bytes the scan hashed. The tar is then a stand-in
+    holding that file."""
     if scan.members is not None and not hashing:
         yield iter(scan.members), None, None, scan.compression
         return
@@ -207,7 +209,7 @@ def reread_entries(scan, hashing=True):
             yield entries
         return
     with open(scan.path, "rb") as raw:
-        reader = FileHasher(raw, scan.size, _CHANGED % scan.path)
+        reader = FileHasher(raw, scan.size, _CHANGED % scan.path, scan.diff_id is None)
         with contextlib.closing(reader):
             if reader.identity != scan.identity:
                 raise errors.InvalidArgument("layer %s changed since it was scanned"

@@ -101,7 +101,8 @@ class ThreadedReader:
 
     @property
     def digest(self):
-        return "sha256:" + self.sha256.hexdigest()
+        """The DiffID, or None if not hashing."""
+        return None if self.sha256 is None else "sha256:" + self.sha256.hexdigest()
 
 
 def file_identity(st):
@@ -160,7 +161,8 @@ class FileHasher:
 
     @property
     def digest(self):
-        return "sha256:" + self.sha256.hexdigest()
+        """The DiffID, or None if not hashing."""
+        return None if self.sha256 is None else "sha256:" + self.sha256.hexdigest()
 
 
 class LayerFile:
