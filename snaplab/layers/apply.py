@@ -40,7 +40,7 @@ import stat
 from .. import errors
 from .. import faults
 from .. import fsutil
-from .archive import check_length, clean_name, entry_kind, inspect_layer, reread_entries, whiteout_of
+from .archive import check_length, checked_entry, clean_name, inspect_layer, reread_entries
 from .stream import copy_data
 from .tree import OVERLAY_OPAQUE_XATTR, Tree, dry_run, is_overlay_whiteout
 
@@ -221,9 +221,7 @@ class _LayerWriter:
             os.close(fd)
 
     def entry(self, tar, member):
-        kind = entry_kind(member)
-        relative = clean_name(member.name)
-        whiteout = whiteout_of(relative)
+        kind, relative, whiteout = checked_entry(member)
         if whiteout is not None:
             if whiteout[0] == "opaque":
                 self.opaque(whiteout[1])

@@ -302,6 +302,18 @@ def whiteout_of(relative):
     return ("whiteout", directory, hidden)
 
 
+def checked_entry(member):
+    """(kind, cleaned name, whiteout) of a member: entry_kind, clean_name
+    and whiteout_of, in that order (so the same error comes first), kept
+    on the member, so that the passes after the scan ask once."""
+    checked = getattr(member, "snaplab_checked", None)
+    if checked is None:
+        kind = entry_kind(member)
+        relative = clean_name(member.name)
+        checked = member.snaplab_checked = (kind, relative, whiteout_of(relative))
+    return checked
+
+
 LayerScan = collections.namedtuple(
     "LayerScan", "path diff_id compression size entries links_outside_layer files_size "
     "members identity", defaults=(None, None))
@@ -358,8 +370,7 @@ def inspect_layer(path, max_expanded_size=None, hashing=True):
             if kind == "file":
                 files_size += member.size
                 _read_through(tar, member, path)
-            relative = clean_name(member.name)
-            whiteout = whiteout_of(relative)
+            _kind, relative, whiteout = checked_entry(member)
             if whiteout is not None:
                 if whiteout[0] == "whiteout":
                     kinds.pop(posixpath.join(whiteout[1], whiteout[2]), None)

@@ -29,7 +29,7 @@ import posixpath
 import stat
 
 from .. import errors
-from .archive import check_length, clean_name, entry_kind, reread_entries, whiteout_of
+from .archive import check_length, checked_entry, clean_name, reread_entries
 
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 # As the kernel's and continuity's limit on symlinks followed for one path.
@@ -306,9 +306,7 @@ class _PlannedTree(Tree):
     def entry(self, member):
         """Plan one member as apply._LayerWriter.entry writes it; InvalidArgument
         where the writer would fail."""
-        kind = entry_kind(member)
-        relative = clean_name(member.name)
-        whiteout = whiteout_of(relative)
+        kind, relative, whiteout = checked_entry(member)
         if whiteout is not None:
             if whiteout[0] == "meta":
                 return
