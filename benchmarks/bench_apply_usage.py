@@ -2,28 +2,37 @@
 """Apply-layer throughput against `tar -x`, and Usage against `du -s`, on one filesystem.
 
     python3 benchmarks/bench_apply_usage.py [--layer-mib 200] [--rounds 5]
-        [--files 100000] [--at DIR] [--only apply|usage] [--json OUT] [--markdown OUT]
+        [--compressions none,gzip,zstd] [--files 100000] [--at DIR] [--only apply|usage]
+        [--json OUT] [--markdown OUT]
 
 Everything happens on one filesystem: a loop-backed ext4 the benchmark makes
 (and removes, also on failure), or a directory given with --at.
 
 Apply. A generated, uncompressed PAX layer of --layer-mib MiB shaped like an
 image layer (thousands of files of mixed sizes, a few big ones, nested
-directories, owners and modes, symlinks, hardlinks), and a small second layer
-on top of it with whiteouts, an opaque directory and replaced files. snaplab
-applies each with layers.apply_layer (what `snaplab apply-layer`/`apply-layers`
-and the Ansible module use: a scan of the whole layer, then the write) to an
-active overlay snapshot (layer 2 to a child of layer 1 committed); `tar -x`
-(GNU tar, as root: owners and modes kept) extracts the same tars into a plain
-directory of the same filesystem. tar does not interpret whiteouts (it writes
-the .wh. files as they are): the layer-2 row compares the cost of the same
-bytes, not the same result. Fairness: before each timed apply, everything is
-synced and the page cache dropped (echo 3 > /proc/sys/vm/drop_caches), so both
-read the tar from disk; the order of the two alternates by round. Two times
-are kept: until the extractor returns, and until syncfs(2) of the filesystem
-returns (data on disk). Throughput is layer bytes / time; the median of the
-rounds is reported, with the CPU seconds (user + system) each spent, which
-the machine's other load does not change much.
+directories, owners and modes, symlinks, hardlinks; file data cut from a
+pool that gzip halves, so that decompression costs what it does on real
+layers), and a small second layer on top of it with whiteouts, an opaque
+directory and replaced files, each also gzip- and zstd-compressed by the
+gzip and zstd programs (--compressions). snaplab applies them two ways:
+layers.apply_layer (`snaplab apply-layer`: a scan, a dry run against the
+snapshot, the write) to an active overlay snapshot (layer 2 to a child of
+layer 1 committed), and layers.apply_layers (`snaplab apply-layers`, the
+Ansible module: a scan, then the write in one pass into a snapshot of its
+own, committed; the base layer only, as the top's plan would scan the base
+again); GNU tar (as root: owners and modes kept; -z, --zstd) extracts the
+same files into a plain directory of the same filesystem. tar does not
+interpret whiteouts (it writes the .wh. files as they are): the layer-2 row
+compares the cost of the same bytes, not the same result. Fairness: before
+each timed apply, everything is synced and the page cache dropped (echo 3 >
+/proc/sys/vm/drop_caches), so both read the layer from disk; the order of
+the appliers turns by round. Two times are kept: until the extractor
+returns, and until syncfs(2) of the filesystem returns (data on disk).
+Throughput is uncompressed layer bytes / time; the median of the rounds is
+reported, with the CPU seconds (user + system, threads and waited-for
+children: gzip, zstd) each spent. --json writes the benchmarks' common form:
+{"benchmark", "load": [1, 5, 15 min], "rows": [{"what", "snaplab", "peer",
+"unit", "ratio" (snaplab / peer), "goal", "better": "higher"|"lower"}]}.
 
 Usage. An active overlay snapshot whose upper directory holds --files files
 (sizes 0-16 KiB and a few larger, 100 per directory, 1% hardlinked, some
