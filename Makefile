@@ -186,7 +186,7 @@ bench: deps
 	$(PY) benchmarks/bench_storage_cost.py --json $(BENCH_JSON)/bench_storage_cost.json
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py \
 	  --json $(BENCH_JSON)/bench_declare.json
-	$(PY) benchmarks/bench_apply_usage.py
+	$(PY) benchmarks/bench_apply_usage.py --json $(BENCH_JSON)/bench_apply_usage.json
 	$(PY) benchmarks/bench_containerd.py --json $(BENCH_JSON)/bench_containerd.json
 	$(PY) benchmarks/bench_ctr.py --json $(BENCH_JSON)/bench_ctr.json
 	$(PY) benchmarks/bench_serve_floor.py --json $(BENCH_JSON)/bench_serve_floor.json

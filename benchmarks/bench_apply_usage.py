@@ -30,9 +30,8 @@ the appliers turns by round. Two times are kept: until the extractor
 returns, and until syncfs(2) of the filesystem returns (data on disk).
 Throughput is uncompressed layer bytes / time; the median of the rounds is
 reported, with the CPU seconds (user + system, threads and waited-for
-children: gzip, zstd) each spent. --json writes the benchmarks' common form:
-{"benchmark", "load": [1, 5, 15 min], "rows": [{"what", "snaplab", "peer",
-"unit", "ratio" (snaplab / peer), "goal", "better": "higher"|"lower"}]}.
+children: gzip, zstd) each spent. --json writes the rows in the benchmarks'
+common form (benchmarks/benchjson.py): ratio is snaplab ÷ tar.
 
 Usage. An active overlay snapshot whose upper directory holds --files files
 (sizes 0-16 KiB and a few larger, 100 per directory, 1% hardlinked, some
@@ -49,7 +48,6 @@ import argparse
 import base64
 import ctypes
 import io
-import json
 import os
 import platform
 import random
@@ -201,9 +199,19 @@ class LayerBuilder:
 
 def make_layers(directory, layer_mib, seed=6):
     """(base layer path, its entry counts, top layer path, its counts)."""
+    builders = []
+    try:
+        return _make_layers(directory, layer_mib, seed, builders)
+    finally:  # an open tar on the loop filesystem would keep it from unmounting
+        for builder in builders:
+            builder.close()
+
+
+def _make_layers(directory, layer_mib, seed, builders):
     rng = random.Random(seed)
     base_path = os.path.join(directory, "layer-base.tar")
     base = LayerBuilder(base_path, seed)
+    builders.append(base)
     budget = layer_mib * MIB
     big_files = 4
     big_size = budget * 2 // 5 // big_files  # 40% in a few big files (libraries, a database)
@@ -246,14 +254,15 @@ def make_layers(directory, layer_mib, seed=6):
 
     top_path = os.path.join(directory, "layer-top.tar")
     top = LayerBuilder(top_path, seed + 1)
+    builders.append(top)
     top_counts = {"replaced files": 0, "whiteouts": 0, "opaque dirs": 1}
     for parent in sorted({os.path.dirname(f) for f in files[:400]}):
         top.directory(parent)
-    for name in rng.sample(files, 200):  # updated files (a package upgrade)
+    for name in rng.sample(files, min(200, len(files))):  # updated files (a package upgrade)
         top.file(name, _file_size(rng))
         top_counts["replaced files"] += 1
     gone = set()
-    for name in rng.sample(files, 40):  # deleted files
+    for name in rng.sample(files, min(40, len(files))):  # deleted files
         if name not in gone:
             top.file(os.path.join(os.path.dirname(name), ".wh." + os.path.basename(name)), 0)
             gone.add(name)
@@ -452,15 +461,11 @@ def apply_rows(samples, sizes):
         for index, until in ((0, "returned"), (1, "on disk")):
             ours = mib / statistics.median(t[index] for t in times)
             theirs = mib / statistics.median(t[index] for t in peer)
-            rows.append({"what": "%s, until %s" % (what, until), "snaplab": round(ours, 1),
-                         "peer": round(theirs, 1), "unit": "MiB/s",
-                         "ratio": round(ours / theirs, 3), "goal": APPLY_GOALS[until],
-                         "better": "higher"})
+            rows.append(benchjson.row("%s, until %s" % (what, until), ours, theirs, "MiB/s",
+                                      APPLY_GOALS[until], "higher"))
         ours = statistics.median(t[2] for t in times)
         theirs = statistics.median(t[2] for t in peer)
-        rows.append({"what": "%s, CPU" % what, "snaplab": round(ours, 3),
-                     "peer": round(theirs, 3), "unit": "s", "ratio": round(ours / theirs, 3),
-                     "goal": APPLY_CPU_GOAL, "better": "lower"})
+        rows.append(benchjson.row("%s, CPU" % what, ours, theirs, "s", APPLY_CPU_GOAL, "lower"))
     return rows
 
 
@@ -468,7 +473,7 @@ def apply_table(rows):
     """The apply rows as a Markdown table."""
     lines = ["| what | snaplab | tar -x | snaplab ÷ tar | goal |", "|---|---|---|---|---|"]
     for row in rows:
-        lines.append("| %s | %s %s | %s %s | %.2f× | %s %s× |" % (
+        lines.append("| %s | %.3g %s | %.3g %s | %.2f× | %s %s× |" % (
             row["what"], row["snaplab"], row["unit"], row["peer"], row["unit"], row["ratio"],
             "≥" if row["better"] == "higher" else "≤", row["goal"]))
     return "\n".join(lines)
@@ -534,7 +539,7 @@ def main(argv=None):
     load_before = os.getloadavg()
     text = []
     report = {"kernel": platform.release(), "caches_dropped": drop}
-    json_rows = []  # the rows of --json, in the benchmarks' common format
+    json_rows = []  # the rows of --json (benchmarks/benchjson.py)
     try:
         fs = pool.get(fs_name)
         fs_root = fs.mountpoint
@@ -586,9 +591,7 @@ def main(argv=None):
         with open(args.markdown, "w") as out:
             out.write("\n".join(text) + "\n")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"benchmark": "apply_usage", "load": list(os.getloadavg()),
-                       "rows": json_rows}, out, indent=2)
+        benchjson.write(args.json, "bench_apply_usage", json_rows)
     return 0
 
 
