@@ -298,6 +298,12 @@ def build_parser():
                "{\"layers\": [{\"path\": TAR, \"diff_id\": D, \"chain_id\": C, \"applied\": "
                "BOOL}, ...], \"chain_id\": TOP_CHAIN_ID}")
     label_flag(sub)
+    sub.add_argument("--diff-id", action="append", dest="diff_ids", metavar="DIFF_ID",
+                     help="the DiffID of each layer, in order, as the image config lists "
+                          "them (sha256:...): nothing is read to plan, each missing layer is "
+                          "written in one read, checked entry by entry as it goes, and "
+                          "committed only if its digest is the one given (a refused layer "
+                          "leaves no snapshot)")
     max_expanded_flag(sub)
     sub.add_argument("tars", metavar="TAR", nargs="+", help="layer tars, bottom layer first")
 

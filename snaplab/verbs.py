@@ -299,7 +299,8 @@ def cmd_apply_layers(opener, args, settings, out):
     labels = parse_labels(args.label)
     with opener(True) as sn:
         results = layerlib.apply_layers(sn, args.tars, labels=labels,
-                                        max_expanded_size=args.max_expanded_size)
+                                        max_expanded_size=args.max_expanded_size,
+                                        diff_ids=args.diff_ids)
     if settings.json:
         out.write(machine_json({
             "layers": [{"path": path, "diff_id": r.diff_id, "chain_id": r.chain_id,

@@ -32,6 +32,7 @@ or a bind source), or an overlay upper directory over its lowers.
   same file, unchanged, from the write's start to its end.
 """
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -40,28 +41,31 @@ import stat
 from .. import errors
 from .. import faults
 from .. import fsutil
-from .archive import check_length, checked_entry, clean_name, inspect_layer, reread_entries
+from .archive import (EntryChecks, check_length, checked_entry, clean_name, inspect_layer,
+                      layer_entries, read_through, reread_entries)
 from .stream import copy_data
 from .tree import OVERLAY_OPAQUE_XATTR, Tree, dry_run, is_overlay_whiteout
 
 
-def _check_free_space(tree, scan):
-    """FailedPrecondition if the layer's files cannot fit in what is free
-    where they are written (sparse files are counted at their full size;
-    free is f_bavail, without the blocks a filesystem keeps for root)."""
-    fs = os.statvfs(tree.root)
+def _check_free_space(tree, path, files_size, entries, fs=None):
+    """FailedPrecondition if the files (`files_size` bytes) and `entries`
+    entries of the layer at `path` cannot fit in what is free where they
+    are written (`fs`: statvfs of it, taken now if None; sparse files are
+    counted at their full size; free is f_bavail, without the blocks a
+    filesystem keeps for root)."""
+    fs = fs or os.statvfs(tree.root)
     free = fs.f_bavail * fs.f_frsize
-    if scan.files_size > free:
+    if files_size > free:
         raise errors.FailedPrecondition(
             "layer %s holds %d bytes of files, more than the %d bytes free on the filesystem "
-            "of %s" % (scan.path, scan.files_size, free, tree.root))
+            "of %s" % (path, files_size, free, tree.root))
     # Each entry takes an inode at most (hardlinks and naive whiteouts none):
     # a layer of many empty files would otherwise stop half-way at ENOSPC.
     # f_files is 0 where inodes are not counted (btrfs).
-    if fs.f_files and scan.entries > fs.f_favail:
+    if fs.f_files and entries > fs.f_favail:
         raise errors.FailedPrecondition(
             "layer %s has %d entries, more than the %d inodes free on the filesystem of %s"
-            % (scan.path, scan.entries, fs.f_favail, tree.root))
+            % (path, entries, fs.f_favail, tree.root))
 
 
 def _time_ns(member, field):
@@ -151,38 +155,83 @@ class _LayerWriter:
         A staged tree (a snapshot made for this layer alone, removed by the
         caller if this fails) has no dry run: the write itself refuses what
         the dry run would have, with the same error class, half-way."""
-        _check_free_space(self.tree, scan)
+        _check_free_space(self.tree, scan.path, scan.files_size, scan.entries)
         if not self.staged:
             dry_run(self.tree, scan)
+        with self.refusing(scan.path):
+            with reread_entries(scan) as (members, tar, reader, _compression):
+                for member in members:
+                    faults.point("apply.entry")
+                    self.entry(tar, member)
+                reader.drain()
+                # No digest: an uncompressed layer the scan hashed, the same file
+                # (reread_entries); the kernel copied the bytes the scan hashed.
+                diff_id = reader.digest or scan.diff_id
+        return self.finish(scan.path, diff_id, scan.diff_id)
+
+    def write_in_one_pass(self, path, expected_diff_id, max_expanded_size=None):
+        """Write the layer at `path`, never scanned, into a staged tree: each
+        entry checked as inspect_layer checks it just before it is written,
+        the DiffID hashed on the way and compared with `expected_diff_id` at
+        the end (InvalidArgument if it differs: the caller removes the
+        staged snapshot, nothing is committed). FailedPrecondition before
+        the file that would take the layer's files or entries past what was
+        free at the start (the scan's check, counted as the layer goes: the
+        filesystem is never filled); NeedsMount (nothing to keep) where a
+        hardlink names a file of a lower layer of an overlay."""
+        checks = EntryChecks()
+        free = os.statvfs(self.tree.root)
+        with self.refusing(path):
+            with layer_entries(path, max_expanded_size) as (members, tar, reader, _compression):
+                for member in members:
+                    faults.point("apply.entry")
+                    kind = checks.check(member)[0]
+                    try:
+                        _check_free_space(self.tree, path, checks.files_size, checks.count,
+                                          free)
+                    except errors.FailedPrecondition:
+                        if kind == "file":  # as in the scan: a size the archive lacks first
+                            read_through(tar, member, path)
+                        raise
+                    if kind == "hardlink" and self.tree.overlay and checks.links_outside:
+                        raise NeedsMount("hardlink %r names a file below the layer"
+                                         % member.name)
+                    self.entry(tar, member)
+                reader.drain()
+                diff_id = reader.digest
+        return self.finish(path, diff_id, expected_diff_id)
+
+    @contextlib.contextmanager
+    def refusing(self, path):
+        """What a staged write meets half-way, as the checks before a write
+        refuse it: a path the dry run would refuse (InvalidArgument), a full
+        filesystem (FailedPrecondition); the directory descriptors closed."""
         try:
-            diff_id = self.write_entries(scan)
+            yield
         except OSError as err:
-            if not self.staged or err.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            if not self.staged:
                 raise
-            # What the dry run refuses as InvalidArgument (tree.dry_run).
-            raise errors.InvalidArgument("layer %s: a path under %s cannot be written (%s)"
-                                         % (scan.path, self.tree.root, err)) from None
+            if err.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise errors.InvalidArgument("layer %s: a path under %s cannot be written (%s)"
+                                             % (path, self.tree.root, err)) from None
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.FailedPrecondition("layer %s does not fit in %s (%s)"
+                                                % (path, self.tree.root, err)) from None
+            raise
         finally:
             self.forget_directories()
-        return diff_id
 
-    def write_entries(self, scan):
-        with reread_entries(scan) as (members, tar, reader, _compression):
-            for member in members:
-                faults.point("apply.entry")
-                self.entry(tar, member)
-            reader.drain()
-            # No digest: an uncompressed layer the scan hashed, the same file
-            # (reread_entries); the kernel copied the bytes the scan hashed.
-            diff_id = reader.digest or scan.diff_id
-        if scan.diff_id is not None and diff_id != scan.diff_id:
+    def finish(self, path, diff_id, expected_diff_id):
+        """InvalidArgument unless the DiffID read is the one expected (None:
+        any); then the directory times, last: writing into a directory
+        changes its mtime. Returns the DiffID."""
+        if expected_diff_id is not None and diff_id != expected_diff_id:
             raise errors.InvalidArgument("layer %s changed while it was applied: DiffID %s, "
-                                         "expected %s" % (scan.path, diff_id, scan.diff_id))
-        # Directory times last: writing into a directory changes its mtime.
-        for path, times in self.directories.items():
+                                         "expected %s" % (path, diff_id, expected_diff_id))
+        for directory, times in self.directories.items():
             try:
-                if stat.S_ISDIR(os.lstat(path).st_mode):
-                    os.utime(path, ns=times, follow_symlinks=False)
+                if stat.S_ISDIR(os.lstat(directory).st_mode):
+                    os.utime(directory, ns=times, follow_symlinks=False)
             except FileNotFoundError:
                 pass  # removed by a later entry of the layer
         return diff_id
@@ -427,6 +476,20 @@ class _LayerWriter:
             self.directories[path] = (atime, mtime)
         else:
             os.utime(path, ns=(atime, mtime), **nofollow)
+
+
+class NeedsMount(Exception):
+    """A one-pass write into an overlay upper directory met a hardlink to a
+    file of a lower layer: only the kernel's copy-up can make it."""
+
+
+def write_in_one_pass(path, diff_id, root, lowers=None, max_expanded_size=None):
+    """Write the layer at `path`, whose DiffID should be `diff_id`, into the
+    staged directory `root` (the upper directory of an overlay over
+    `lowers`, top first, when given) in one read. Errors as
+    _LayerWriter.write_in_one_pass: the caller removes the staged snapshot."""
+    return _LayerWriter(Tree(root, lowers), staged=True).write_in_one_pass(
+        path, diff_id, max_expanded_size)
 
 
 def write_scanned(scan, root, lowers=None, staged=False):

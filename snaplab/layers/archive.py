@@ -152,7 +152,7 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 @contextlib.contextmanager
-def _layer_entries(path, limit=None, over_limit=None, hashing=True, identity=None):
+def layer_entries(path, limit=None, over_limit=None, hashing=True, identity=None):
     """(tar members iterator, tar, reader, compression) of the layer at
     `path`, read as one stream of at most `limit` bytes (None: any); the
     reader's drain() reads to the end and its digest is then the DiffID
@@ -190,7 +190,7 @@ _CHANGED = "layer %s changed since it was scanned: it is now more than %%d bytes
 @contextlib.contextmanager
 def reread_entries(scan, hashing=True):
     """The layer inspect_layer scanned, read again (to plan it, then to
-    write it), as _layer_entries: InvalidArgument if it now holds more
+    write it), as layer_entries: InvalidArgument if it now holds more
     than the scan read.
 
     The headers are not parsed again where the scan kept them: the dry run
@@ -204,7 +204,7 @@ def reread_entries(scan, hashing=True):
         yield iter(scan.members), None, None, scan.compression
         return
     if scan.members is None or scan.compression != "none":
-        with _layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing,
+        with layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing,
                             scan.identity) as entries:
             yield entries
         return
@@ -327,7 +327,7 @@ layer do not parse them again; None for a layer with sparse files, whose
 data only tarfile can read. `identity`: what the file was (file_identity)."""
 
 
-def _read_through(tar, member, path):
+def read_through(tar, member, path):
     """Read a regular file's stored data (up to the next header) now: a
     size field the archive does not fill is InvalidArgument here, not
     half-way through writing, and a huge one (base-256 fields reach 2**63)
@@ -350,6 +350,46 @@ def _read_through(tar, member, path):
         remaining -= got
 
 
+class EntryChecks:
+    """The checks inspect_layer makes of each entry, entry by entry, and
+    what they learn on the way (the one-pass write makes them too, just
+    before each entry is written)."""
+
+    def __init__(self):
+        self.kinds = {}  # cleaned name -> kind of the latest entry there, for hardlinks
+        self.links_outside = False
+        self.count = 0
+        self.files_size = 0
+
+    def check(self, member):
+        """(kind, cleaned name, whiteout) of the member (checked_entry);
+        InvalidArgument if a layer cannot hold it."""
+        self.count += 1
+        kind, relative, whiteout = checked_entry(member)
+        if kind == "file":
+            self.files_size += member.size
+        if whiteout is not None:
+            if whiteout[0] == "whiteout":
+                self.kinds.pop(posixpath.join(whiteout[1], whiteout[2]), None)
+            return kind, relative, whiteout
+        if kind == "hardlink":
+            target = clean_name(member.linkname, "hardlink target of %r" % member.name)
+            if target == "" or self.kinds.get(target) == "directory":
+                raise errors.InvalidArgument("hardlink %r points to a directory (%r)"
+                                             % (member.name, member.linkname))
+            self.links_outside = self.links_outside or target not in self.kinds
+        elif kind == "symlink":  # any target is fine, but not a NUL or too long
+            if "\x00" in member.linkname:
+                raise errors.InvalidArgument("symlink %r has a NUL byte in its target"
+                                             % member.name)
+            if len(os.fsencode(member.linkname)) >= PATH_MAX:
+                raise errors.InvalidArgument("symlink %r has a target of %d bytes: at "
+                                             "most %d" % (member.name, len(os.fsencode(
+                                                 member.linkname)), PATH_MAX - 1))
+        self.kinds[relative] = kind
+        return kind, relative, whiteout
+
+
 def inspect_layer(path, max_expanded_size=None, hashing=True):
     """Read the layer at `path` once without writing: its DiffID, and every
     entry checked as the write will check it. InvalidArgument (nothing is
@@ -358,39 +398,15 @@ def inspect_layer(path, max_expanded_size=None, hashing=True):
     `max_expanded_size` bytes of tar (None: no limit); NotFound if there is
     no such file. `hashing`=False: no DiffID (None), for a caller that
     learns it from the write (which checks the file is the one scanned)."""
-    kinds = {}  # cleaned name -> kind of the latest entry there, for hardlinks
-    links_outside = False
-    count = 0
-    files_size = 0
-    with _layer_entries(path, max_expanded_size, hashing=hashing) as (
+    checks = EntryChecks()
+    with layer_entries(path, max_expanded_size, hashing=hashing) as (
             members, tar, reader, compression):
         for member in members:
-            count += 1
-            kind = entry_kind(member)
-            if kind == "file":
-                files_size += member.size
-                _read_through(tar, member, path)
-            _kind, relative, whiteout = checked_entry(member)
-            if whiteout is not None:
-                if whiteout[0] == "whiteout":
-                    kinds.pop(posixpath.join(whiteout[1], whiteout[2]), None)
-                continue
-            if kind == "hardlink":
-                target = clean_name(member.linkname, "hardlink target of %r" % member.name)
-                if target == "" or kinds.get(target) == "directory":
-                    raise errors.InvalidArgument("hardlink %r points to a directory (%r)"
-                                                 % (member.name, member.linkname))
-                links_outside = links_outside or target not in kinds
-            elif kind == "symlink":  # any target is fine, but not a NUL or too long
-                if "\x00" in member.linkname:
-                    raise errors.InvalidArgument("symlink %r has a NUL byte in its target"
-                                                 % member.name)
-                if len(os.fsencode(member.linkname)) >= PATH_MAX:
-                    raise errors.InvalidArgument("symlink %r has a target of %d bytes: at "
-                                                 "most %d" % (member.name, len(os.fsencode(
-                                                     member.linkname)), PATH_MAX - 1))
-            kinds[relative] = kind
+            if entry_kind(member) == "file":
+                read_through(tar, member, path)
+            checks.check(member)
         reader.drain()
         members = None if any(member.issparse() for member in tar.members) else tar.members
         return LayerScan(path, reader.digest if hashing else None, compression, reader.size,
-                         count, links_outside, files_size, members, reader.identity)
+                         checks.count, checks.links_outside, checks.files_size, members,
+                         reader.identity)

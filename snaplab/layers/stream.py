@@ -220,7 +220,7 @@ class ScannedTar:  # pylint: disable=too-few-public-methods
 
 
 def seekable(tar):
-    """Whether the tar is read from its uncompressed file (see _layer_entries)."""
+    """Whether the tar is read from its uncompressed file (see archive.layer_entries)."""
     return not isinstance(tar.fileobj, tarfile._Stream)  # pylint: disable=protected-access
 
 

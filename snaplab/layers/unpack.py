@@ -34,7 +34,7 @@ from .. import labels as labelrules
 from .. import leases
 from ..kernel import in_user_namespace
 from ..types import Kind
-from .apply import write_scanned
+from .apply import NeedsMount, write_in_one_pass, write_scanned
 from .archive import inspect_layer
 
 # Labels containerd's unpacker puts on each layer's snapshot.
@@ -110,6 +110,23 @@ def _apply_scanned(snapshotter, key, scan, direct=True, staged=False):
         return write_scanned(scan, target, staged=staged)
 
 
+def _apply_in_one_pass(snapshotter, key, layer, max_expanded_size):
+    """Write the never-scanned `layer` (its DiffID given) into the staged
+    snapshot `key` in one read (apply.write_in_one_pass), where
+    _apply_scanned would write it."""
+    mounts = snapshotter.mounts(key)
+    overlay = _overlay_upper(mounts)
+    if overlay is not None:
+        upper, lowers = overlay
+        return write_in_one_pass(layer.path, layer.diff_id, upper, lowers, max_expanded_size)
+    source = _bind_source(mounts)
+    if source is not None:
+        return write_in_one_pass(layer.path, layer.diff_id, source, None, max_expanded_size)
+    with snapshotter.temporary_mount(mounts) as target:
+        faults.point("apply.mounted")
+        return write_in_one_pass(layer.path, layer.diff_id, target, None, max_expanded_size)
+
+
 def apply_layer(snapshotter, key, tar_path, direct=True, max_expanded_size=None):
     """Apply the layer at `tar_path` to the active snapshot `key`; return its
     DiffID. NotFound if `key` or the file is missing, FailedPrecondition if
@@ -165,7 +182,7 @@ def _extract_key(chain_id):
     return "extract-%s %s" % (unique, chain_id)
 
 
-def _unpack(snapshotter, layer, parent, labels):
+def _unpack(snapshotter, layer, parent, labels, max_expanded_size=None):
     """Prepare, apply and commit one layer as containerd's unpacker does.
     Returns False if its chainID turned out to be there already.
 
@@ -173,13 +190,22 @@ def _unpack(snapshotter, layer, parent, labels):
     unpack runs under a lease too): if the process is killed half-way,
     Cleanup removes the half-applied snapshot.
     """
-    with snapshotter.lease("extract") as name:
-        extract_labels = dict(labels)
-        extract_labels[leases.LEASE_LABEL] = name
-        return _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels)
+    try:
+        with snapshotter.lease("extract") as name:
+            extract_labels = dict(labels)
+            extract_labels[leases.LEASE_LABEL] = name
+            return _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels,
+                                    max_expanded_size)
+    except NeedsMount:
+        # Its extract snapshot is gone; scanned, it is written through a mount.
+        scan = inspect_layer(layer.path, max_expanded_size)
+        if scan.diff_id != layer.diff_id:
+            raise errors.InvalidArgument("layer %s has DiffID %s, not the %s given"
+                                         % (layer.path, scan.diff_id, layer.diff_id)) from None
+        return _unpack(snapshotter, layer._replace(scan=scan), parent, labels)
 
 
-def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels):
+def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels, max_expanded_size):
     for _attempt in range(_PREPARE_TRIES):
         key = _extract_key(layer.chain_id)
         try:
@@ -192,7 +218,10 @@ def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels):
         raise errors.AlreadyExists("no free extract key for %s after %d tries"
                                    % (layer.chain_id, _PREPARE_TRIES))
     try:
-        _apply_scanned(snapshotter, key, layer.scan, staged=True)
+        if layer.scan is None:
+            _apply_in_one_pass(snapshotter, key, layer, max_expanded_size)
+        else:
+            _apply_scanned(snapshotter, key, layer.scan, staged=True)
         # The committed layer takes `labels`, not the lease's label: it
         # lives on after the unpack.
         snapshotter.commit(layer.chain_id, key, labels=labels)
@@ -211,7 +240,23 @@ def _unpack_in_lease(snapshotter, layer, parent, labels, extract_labels):
         raise
 
 
-def apply_layers(snapshotter, tar_paths, labels=None, plan=None, max_expanded_size=None):
+def _given_plan(snapshotter, tar_paths, diff_ids):
+    """The plan of layers whose DiffIDs are given (as containerd has them
+    from the image config): nothing is read; scan is None."""
+    if not tar_paths:
+        raise errors.InvalidArgument("no layers given")
+    if len(diff_ids) != len(tar_paths):
+        raise errors.InvalidArgument("%d DiffIDs for %d layers" % (len(diff_ids), len(tar_paths)))
+    for diff_id in diff_ids:
+        algorithm, _colon, digest = diff_id.partition(":")
+        if algorithm != "sha256" or len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise errors.InvalidArgument("%r is not a DiffID (sha256:<64 hex digits>)" % diff_id)
+    return [PlannedLayer(path, diff_id, chain_id, _committed(snapshotter, chain_id), None)
+            for path, diff_id, chain_id in zip(tar_paths, diff_ids, chain_ids(diff_ids))]
+
+
+def apply_layers(snapshotter, tar_paths, labels=None, plan=None, max_expanded_size=None,
+                 diff_ids=None):
     """Unpack a chain of layer tars (bottom first) into committed snapshots
     named by chainID, each on the previous one. A layer whose chainID is
     already committed is skipped, so running it again changes nothing.
@@ -223,8 +268,17 @@ def apply_layers(snapshotter, tar_paths, labels=None, plan=None, max_expanded_si
     Returns [AppliedLayer(diff_id, chain_id, applied)]. A failing layer
     leaves the layers below it committed and nothing of its own.
     `max_expanded_size` bounds each layer as in inspect_layer.
+
+    `diff_ids` (the DiffID of each layer, as an image config lists them):
+    no layer is read to plan; each missing one is written in one read into
+    its extract snapshot, each entry checked just before it is written,
+    the digest hashed on the way, and nothing is committed unless it is the
+    DiffID given (containerd's unpack). A layer refused half-way leaves no
+    snapshot, as always.
     """
     labels = labelrules.validate(labels)
+    if plan is None and diff_ids is not None:
+        plan = _given_plan(snapshotter, tar_paths, diff_ids)
     plan = plan if plan is not None else plan_layers(snapshotter, tar_paths, max_expanded_size)
     results = []
     parent = ""
@@ -236,7 +290,7 @@ def apply_layers(snapshotter, tar_paths, labels=None, plan=None, max_expanded_si
             layer_labels[DIFF_ID_LABEL] = layer.diff_id
             if parent:
                 layer_labels[PARENT_CHAIN_ID_LABEL] = parent
-            applied = _unpack(snapshotter, layer, parent, layer_labels)
+            applied = _unpack(snapshotter, layer, parent, layer_labels, max_expanded_size)
         results.append(AppliedLayer(layer.diff_id, layer.chain_id, applied))
         parent = layer.chain_id
     return results

@@ -634,6 +634,17 @@ def test_cli_apply_layers_and_apply_layer(tmp_path, backend, capsys):
     hostile = write_layer(tmp_path / "hostile.tar", F("../x", b"x"))
     assert cli.main(common + ["apply-layers", hostile]) == errors.InvalidArgument.exit_code
     assert "climbs out of the snapshot" in capsys.readouterr().err
+    for diff_ids in ([], ["--diff-id", "sha256:" + "0" * 64]):  # scanned; one pass
+        assert cli.main(common + ["apply-layers"] + diff_ids + [hostile]) == \
+            errors.InvalidArgument.exit_code
+        assert "climbs out of the snapshot" in capsys.readouterr().err
+
+    given = []
+    for diff_id in given_diff_ids([extra]):
+        given += ["--diff-id", diff_id]
+    out = io.StringIO()
+    assert cli.run(common + ["apply-layers", "--json"] + given + [extra], out=out) == 0
+    assert json.loads(out.getvalue())["layers"][0]["diff_id"] == given[1]
 
 
 # -- one pass: the DiffID read while writing, the reader threads, the copies -----------
@@ -722,3 +733,80 @@ def test_a_layer_changed_between_scan_and_write_writes_nothing(tmp_path, compres
     with pytest.raises(errors.InvalidArgument, match="changed since it was scanned"):
         write_scanned(scan, str(target))
     assert os.listdir(target) == []
+
+
+# -- DiffIDs given: one read per layer, the digest checked before the commit ------------
+
+
+def given_diff_ids(paths):
+    """The DiffIDs as an image config lists them: sha256 of the uncompressed
+    tar, worked out here without snaplab."""
+    ids = []
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.startswith(b"\x1f\x8b"):
+            data = gzip.decompress(data)
+        elif data.startswith(b"\x28\xb5\x2f\xfd"):
+            data = subprocess.run(["zstd", "-d", "-c", "-q"], input=data, check=True,
+                                  stdout=subprocess.PIPE).stdout
+        ids.append("sha256:" + hashlib.sha256(data).hexdigest())
+    return ids
+
+
+@needs_root
+def test_a_chain_with_its_diff_ids_is_the_chain_scanned(tmp_path, backend):
+    """Written in one pass each (DiffIDs given), a chain of plain, gzip and
+    zstd layers with whiteouts, an opaque directory and links is committed
+    under the same chainIDs, with the same contents, as when scanned first."""
+    tars = chain(tmp_path)
+    results = {}
+    for way, diff_ids in (("scanned", None), ("given", given_diff_ids(tars))):
+        with open_snapshotter(str(tmp_path / way), backend) as snapshotter:
+            applied = layers.apply_layers(snapshotter, tars, diff_ids=diff_ids)
+            assert all(layer.applied for layer in applied)
+            results[way] = ([layer.chain_id for layer in applied],
+                            view_of(snapshotter, applied[-1].chain_id))
+    assert results["given"] == results["scanned"]
+
+
+@needs_root
+def test_a_wrong_diff_id_commits_nothing(tmp_path, sn):
+    path = write_layer(tmp_path / "layer.tar", F("a", b"A" * 3000), compression="gzip")
+    (right,) = given_diff_ids([path])
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(errors.InvalidArgument, match="expected " + wrong):
+        layers.apply_layers(sn, [path], diff_ids=[wrong])
+    assert list(sn.list()) == []
+    (applied,) = layers.apply_layers(sn, [path], diff_ids=[right])
+    assert applied.chain_id == right
+
+
+@needs_root
+def test_layers_present_by_diff_id_are_not_read(tmp_path, sn):
+    path = write_layer(tmp_path / "layer.tar", F("a", b"a"))
+    diff_ids = given_diff_ids([path])
+    layers.apply_layers(sn, [path], diff_ids=diff_ids)
+    os.unlink(path)
+    (again,) = layers.apply_layers(sn, [path], diff_ids=diff_ids)
+    assert not again.applied
+
+
+@needs_root
+def test_a_hardlink_to_a_lower_file_in_one_pass_falls_back_to_the_mount(tmp_path, sn):
+    base = write_layer(tmp_path / "a.tar", D("bin"), F("bin/busybox", b"bb", 0o755))
+    links = write_layer(tmp_path / "b.tar", F("bin/new", b"n"), H("bin/sh", "bin/busybox"))
+    results = layers.apply_layers(sn, [base, links], diff_ids=given_diff_ids([base, links]))
+    tree, hardlinks = view_of(sn, results[-1].chain_id)
+    assert tree["bin/sh"] == ("file", b"bb", 0o755, 0, 0)
+    assert tree["bin/new"][1] == b"n"
+    assert hardlinks == [["bin/busybox", "bin/sh"]]
+    assert len(sn.list()) == 2  # the abandoned one-pass snapshot is gone
+
+
+@pytest.mark.parametrize("diff_ids", [["sha256:abc"], ["md5:" + "0" * 64],
+                                      ["sha256:" + "0" * 64] * 2, ["sha256:" + "G" * 64]])
+def test_diff_ids_that_are_not_one_sha256_per_layer_are_refused(tmp_path, diff_ids):
+    with open_snapshotter(str(tmp_path / "root"), "native") as snapshotter:
+        with pytest.raises(errors.InvalidArgument):
+            layers.apply_layers(snapshotter, [str(tmp_path / "x.tar")], diff_ids=diff_ids)
