@@ -19,7 +19,8 @@ layers.apply_layer (`snaplab apply-layer`: a scan, a dry run against the
 snapshot, the write) to an active overlay snapshot (layer 2 to a child of
 layer 1 committed), and layers.apply_layers (`snaplab apply-layers`, the
 Ansible module: a scan, then the write in one pass into a snapshot of its
-own, committed; the base layer only, as the top's plan would scan the base
+own, committed; and with the DiffID given, --diff-id, containerd's case: the
+write alone; the base layer only, as the top's plan would scan the base
 again); GNU tar (as root: owners and modes kept; -z, --zstd) extracts the
 same files into a plain directory of the same filesystem. tar does not
 interpret whiteouts (it writes the .wh. files as they are): the layer-2 row
@@ -296,9 +297,6 @@ COMPRESSIONS = {
     "gzip": (["gzip", "-6", "-c", "-n"], ".tar.gz", ["-z"]),
     "zstd": (["zstd", "-3", "-c", "-q"], ".tar.zst", ["--zstd"]),
 }
-# The apply roads measured: containerd's two (an active snapshot of the
-# caller's, and an unpack into a snapshot of its own), and the peer.
-APPLIERS = ("apply_layer", "apply_layers", "tar")
 
 
 def compress_layers(paths, compressions):
@@ -323,7 +321,9 @@ def bench_apply(sn, work, fs_root, tars, rounds, drop):
     `tars` {compression: (base, top)}. apply_layer: the base to an active
     snapshot, the top to a child of it committed; apply_layers: the base
     unpacked into a snapshot of its own, committed (the top is not: its
-    plan would scan the base again); tar -x: both into a plain directory.
+    plan would scan the base again), scanned first or, its DiffID given
+    as an image config gives it, in one pass; tar -x: both into a plain
+    directory.
     The order of the appliers turns by round."""
     samples = {}
 
@@ -342,12 +342,20 @@ def bench_apply(sn, work, fs_root, tars, rounds, drop):
         sn.remove(key + "-top")
         sn.remove("base-" + key)
 
-    def run_apply_layers(_r, compression, base_tar, _top_tar):
+    def run_apply_layers(_r, compression, base_tar, _top_tar, diff_ids=None):
         applied = []
-        measure(compression, "base", "apply_layers",
-                lambda: applied.extend(layers.apply_layers(sn, [base_tar])))
+        applier = "apply_layers" if diff_ids is None else "apply_layers, DiffID given"
+        measure(compression, "base", applier, lambda: applied.extend(
+            layers.apply_layers(sn, [base_tar], diff_ids=diff_ids)))
         assert applied[0].applied, "the layer was there already: nothing was measured"
         sn.remove(applied[0].chain_id)
+
+    base_diff_ids = {}  # what an image config lists, known before (not timed)
+
+    def run_apply_layers_given(r, compression, base_tar, top_tar):
+        if base_tar not in base_diff_ids:
+            base_diff_ids[base_tar] = [layers.inspect_layer(base_tar).diff_id]
+        run_apply_layers(r, compression, base_tar, top_tar, base_diff_ids[base_tar])
 
     def run_tar(r, compression, base_tar, top_tar):
         target = tempfile.mkdtemp(prefix="tar-%d-" % r, dir=work)
@@ -357,7 +365,7 @@ def bench_apply(sn, work, fs_root, tars, rounds, drop):
                 ["tar", "-x"] + options + ["-f", tar_path, "-C", target], check=True))
         shutil.rmtree(target)
 
-    runs = [run_apply_layer, run_apply_layers, run_tar]
+    runs = [run_apply_layer, run_apply_layers, run_apply_layers_given, run_tar]
     for r in range(rounds):
         for compression, (base_tar, top_tar) in tars.items():
             for run in runs[r % len(runs):] + runs[:r % len(runs)]:

@@ -205,7 +205,7 @@ def reread_entries(scan, hashing=True):
         return
     if scan.members is None or scan.compression != "none":
         with layer_entries(scan.path, scan.size, _CHANGED % scan.path, hashing,
-                            scan.identity) as entries:
+                           scan.identity) as entries:
             yield entries
         return
     with open(scan.path, "rb") as raw:
