@@ -47,6 +47,7 @@ stored at Commit (as containerd's), du still walks.
 
 import argparse
 import base64
+import inspect
 import ctypes
 import io
 import os
@@ -366,6 +367,8 @@ def bench_apply(sn, work, fs_root, tars, rounds, drop):
         shutil.rmtree(target)
 
     runs = [run_apply_layer, run_apply_layers, run_apply_layers_given, run_tar]
+    if "diff_ids" not in inspect.signature(layers.apply_layers).parameters:
+        runs.remove(run_apply_layers_given)  # an older snaplab, measured for comparison
     for r in range(rounds):
         for compression, (base_tar, top_tar) in tars.items():
             for run in runs[r % len(runs):] + runs[:r % len(runs)]:
