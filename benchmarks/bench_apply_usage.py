@@ -346,8 +346,9 @@ def bench_apply(sn, work, fs_root, tars, rounds, drop):
     def run_apply_layers(_r, compression, base_tar, _top_tar, diff_ids=None):
         applied = []
         applier = "apply_layers" if diff_ids is None else "apply_layers, DiffID given"
+        given = {} if diff_ids is None else {"diff_ids": diff_ids}  # an older snaplab has none
         measure(compression, "base", applier, lambda: applied.extend(
-            layers.apply_layers(sn, [base_tar], diff_ids=diff_ids)))
+            layers.apply_layers(sn, [base_tar], **given)))
         assert applied[0].applied, "the layer was there already: nothing was measured"
         sn.remove(applied[0].chain_id)
 
