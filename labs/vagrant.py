@@ -333,8 +333,14 @@ def up(release, instance_config=None, vars_path=None):
             "user": conf["User"], "identity_file": conf["IdentityFile"].strip('"'),
             "become_method": "sudo"}])
     if vars_path:
-        write_json(os.path.abspath(vars_path), dict(matrix.scenario_vars(data, release, only),
-                                                    lab_accel=mode))
+        # The box's facts verify checks the VM against: the Debian suite it
+        # was made from (a backports release is its base suite), and why it
+        # has no zfs, if it has none.
+        manifest = boxes.current_box(release).read_manifest()
+        write_json(os.path.abspath(vars_path), dict(
+            matrix.scenario_vars(data, release, only), lab_accel=mode,
+            lab_suite=boxes.RELEASES[release]["suite"],
+            lab_zfs_unavailable=manifest.get("zfs_unavailable") or ""))
 
 
 def destroy(release):
