@@ -576,6 +576,12 @@ def render_markdown(matrix):
             md(i["cell"]), md(i["case"]), i["passes"], i["total"], i["now"],
             i["earlier"] or NOT_RUN, md(flaky_why(i))) for i in matrix["flaky"])
         out.append("")
+    elif matrix["repeats"] > 1 or matrix.get("with_history"):
+        # Said, not left out: with repeats (or a history) "no flaky case" is a finding.
+        out += ["## Flaky cases (0)", "",
+                "No case both passed and failed across %s: each passed in every run or failed "
+                "in every run." % ("this report's runs and the history's" if matrix.get("with_history")
+                                   else "this report's %d runs" % matrix["repeats"]), ""]
     section("Unexpectedly passing", matrix["unexpected_passes"],
             lambda i: "- %s — was expected to fail: %s%s" % (md(sentence(i)), md(why(i)), env(i)))
     section("Expected failures", matrix["expected"],

@@ -72,6 +72,18 @@ def test_a_case_that_passes_in_some_runs_is_flaky_with_its_rate_not_a_failure(tm
     assert "## Failures" not in out
 
 
+def test_repeated_runs_without_a_flaky_case_say_so(tmp_path, capsys):
+    path = write_run(tmp_path / "r.json", runs_of("overlay-on-xfs", "basic", ["passed"] * 3)
+                     + runs_of("overlay-on-xfs", "usage", ["passed"] * 3))
+    code, out, _ = report_of(capsys, path)
+    assert code == 0
+    assert section(out, "Flaky cases (0)") == [
+        "No case both passed and failed across this report's 3 runs: each passed in every run "
+        "or failed in every run."]
+    once = write_run(tmp_path / "once.json", [result("overlay-on-xfs", "basic")])
+    assert "Flaky cases" not in report_of(capsys, once)[1]  # one run: nothing to say
+
+
 def test_a_case_that_fails_in_every_run_is_one_failure(tmp_path, capsys):
     path = write_run(tmp_path / "r.json",
                      runs_of("overlay-on-xfs", "basic", ["failed", "failed"])
