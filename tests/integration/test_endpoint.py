@@ -150,6 +150,9 @@ def test_the_suite_runs_against_snaplab_serve(scratch_dir):
                     running + "child", running + "committed", "theirs"]
                 for key in ("theirs", running + "child", running + "committed"):
                     theirs.remove(key)
+                # serve deletes a Remove's data in the background (its
+                # traits: removal until-cleanup); Cleanup finishes it.
+                theirs.cleanup()
             assert os.listdir(os.path.join(root, "snapshots")) == []
         finally:
             code = serve.stop()
