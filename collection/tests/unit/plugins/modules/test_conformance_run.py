@@ -2,22 +2,22 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""snaplab.snapshots.conformance_run in-process, and its action plugin's
-packing and keeping, on temp dirs: a stand-in suite and a stand-in run (the
-integration tests run the real suite through the role)."""
+"""snaplab.snapshots.conformance_run in-process, on temp dirs: a stand-in
+suite and a stand-in run (the integration tests run the real suite through
+the role; tests/unit/plugins/action/ has its action plugin's packing and
+keeping, which run on the controller)."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import sys
+import tarfile
 
 import pytest
 
-from ansible.errors import AnsibleActionFail
-
-from ansible_collections.snaplab.snapshots.plugins.action import conformance_run as action
 from ansible_collections.snaplab.snapshots.plugins.modules import conformance_run
 
 # Writes results/results.json in the working directory, says which suite it
@@ -38,9 +38,20 @@ def suite_dir(tmp_path):
     return str(files)
 
 
+def archive_of(suite_dir):
+    """The module's archive of the stand-in suite, as the action plugin makes
+    it (a base64 gzip tar of snaplab/ and conformance/, without caches)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("snaplab", "conformance"):
+            tar.add(os.path.join(suite_dir, name), arcname=name,
+                    filter=lambda info: None if "__pycache__" in info.name else info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def run(run_module, suite_dir, workdir, rc=0):
     return run_module(conformance_run.main, {
-        "workdir": workdir, "fs_dir": os.path.join(workdir, "fs"), "archive": action.pack(suite_dir),
+        "workdir": workdir, "fs_dir": os.path.join(workdir, "fs"), "archive": archive_of(suite_dir),
         "argv": [sys.executable, "-c", RUN, str(rc)], "results": ["results.json", "junit.xml"]})
 
 
@@ -76,23 +87,3 @@ def test_an_archive_that_is_none_fails_before_anything_runs(run_module, tmp_path
         "argv": ["touch", str(tmp_path / "ran")], "results": []})
     assert result["failed"] is True and "copying the suite to %s" % workdir in result["msg"], result
     assert not os.path.exists(str(tmp_path / "ran"))
-
-
-def test_a_role_without_the_suite_is_told_how_to_get_it(tmp_path):
-    (tmp_path / "snaplab").mkdir()
-    (tmp_path / "snaplab" / "__init__.py").write_text("")
-    with pytest.raises(AnsibleActionFail, match=r"has no copy of conformance/\. .*collection/stage\.py"):
-        action.pack(str(tmp_path))
-
-
-def test_kept_results_are_this_runs_only(tmp_path):
-    host_dir = str(tmp_path / "results" / "node-1")
-    os.makedirs(host_dir)
-    for name in ("results.json", "junit.xml", "notes.txt"):
-        (tmp_path / "results" / "node-1" / name).write_text("from an earlier run\n")
-    written = action.keep(host_dir, ["results.json", "junit.xml"],
-                          {"junit.xml": base64.b64encode(b"<testsuites/>").decode()}, "out", "err")
-    assert written == [os.path.join(host_dir, "junit.xml"), os.path.join(host_dir, "pytest-output.txt")]
-    assert sorted(os.listdir(host_dir)) == ["junit.xml", "notes.txt", "pytest-output.txt"]
-    assert (tmp_path / "results" / "node-1" / "junit.xml").read_text() == "<testsuites/>"
-    assert (tmp_path / "results" / "node-1" / "pytest-output.txt").read_text() == "out\nerr\n"
