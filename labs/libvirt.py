@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -129,6 +130,20 @@ def hidden_kvm_argv(argv):
             'mount --bind "$0" /dev/kvm && exec "$@"', NO_KVM_FILE] + list(argv)
 
 
+def leftover_probe_pid():
+    """The pid of a probing libvirtd (one that sees /dev/kvm as the empty
+    file) that a killed run left running, else None: it is in no run's
+    state, and every domain it started would fail."""
+    pid = daemon_pid("libvirtd")
+    if pid is None:
+        return None
+    try:
+        seen = os.stat("/proc/%d/root/dev/kvm" % pid)
+    except OSError:
+        return None
+    return pid if stat.S_ISREG(seen.st_mode) else None
+
+
 def probe_capabilities_without_kvm():
     """libvirt's qemu capabilities cache written by a libvirtd that cannot
     see /dev/kvm (see the module's docstring); that libvirtd is stopped
@@ -174,6 +189,9 @@ def start_daemon(name, tcg=False):
         subprocess.run(["systemctl", "start", name], check=True)
         started = "systemd"
     else:
+        if name == "libvirtd" and leftover_probe_pid() is not None:
+            # A run killed while its probe ran: that libvirtd goes first.
+            stop_daemon(name, leftover_probe_pid())
         if daemon_pid(name) is not None:
             return None
         if shutil.which(name) is None:

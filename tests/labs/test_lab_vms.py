@@ -155,6 +155,27 @@ def test_libvirt_up_for_tcg_keeps_its_capabilities_cache(state_dir, libvirt_idle
     assert (after.st_mode, after.st_rdev, after.st_uid) == (host_kvm.st_mode, host_kvm.st_rdev, host_kvm.st_uid)
 
 
+@needs_libvirt
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm on this host")
+def test_a_probing_libvirtd_a_killed_run_left_is_stopped_by_the_next_up(state_dir, libvirt_idle):
+    # What a SIGKILL between starting the probe and stopping it leaves.
+    try:
+        subprocess.run(libvirt.hidden_kvm_argv(["libvirtd", "-d"]), check=True)
+    finally:
+        os.unlink(libvirt.NO_KVM_FILE)
+    left = libvirt.wait_ready("libvirtd", None)
+    assert libvirt.leftover_probe_pid() == left
+    state = os.path.join(state_dir, "libvirt.json")
+    try:
+        libvirt.up(state, tcg=True)
+        pid = libvirt.daemon_pid("libvirtd")
+        assert pid != left and libvirt.leftover_probe_pid() is None
+        assert stat.S_ISCHR(os.stat("/proc/%d/root/dev/kvm" % pid).st_mode)
+    finally:
+        libvirt.down(state)
+    assert libvirt.daemon_pid("libvirtd") is None
+
+
 def built_image(release="bookworm"):
     box = boxes.current_box(release)
     if not box.is_built():
