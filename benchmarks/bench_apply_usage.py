@@ -598,12 +598,7 @@ def main(argv=None):
     text.append("Load average (1 min) %.2f before, %.2f after; %d CPUs; kernel %s." % (
         load_before[0], load_after[0], os.cpu_count(), platform.release()))
     report["load"] = {"before": load_before, "after": load_after}
-    print("\n".join(text))
-    if args.markdown:
-        with open(args.markdown, "w") as out:
-            out.write("\n".join(text) + "\n")
-    if args.json:
-        benchjson.write(args.json, "bench_apply_usage", json_rows)
+    benchjson.emit("\n".join(text), "bench_apply_usage", json_rows, args.markdown, args.json)
     return 0
 
 

@@ -229,12 +229,7 @@ def main(argv=None):
         pool.destroy()
     load = (load_before, os.getloadavg()[0])
     text = table(results, args.ops, args.base_files, load)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as out:
-            out.write(text + "\n")
-    if args.json:
-        benchjson.write(args.json, "bench_containerd", json_rows(results))
+    benchjson.emit(text, "bench_containerd", json_rows(results), args.markdown, args.json)
     return 0
 
 

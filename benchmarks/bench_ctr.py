@@ -170,12 +170,7 @@ def main(argv=None):
     finally:
         pool.destroy()
     text = table(results, args.backend, args.ops, (load_before, os.getloadavg()[0]))
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as out:
-            out.write(text + "\n")
-    if args.json:
-        benchjson.write(args.json, "bench_ctr", json_rows(results))
+    benchjson.emit(text, "bench_ctr", json_rows(results), args.markdown, args.json)
     return 0
 
 

@@ -199,12 +199,8 @@ def main(argv=None):
     finally:
         pool.destroy()
     text = table(results, args.snapshots, args.image_mib)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as out:
-            out.write(text + "\n")
-    if args.json:
-        benchjson.write(args.json, "bench_storage_cost", json_rows(results, args.image_mib))
+    benchjson.emit(text, "bench_storage_cost", json_rows(results, args.image_mib),
+                   args.markdown, args.json)
     return 0
 
 

@@ -54,6 +54,17 @@ def write(path, benchmark, rows):
         out.write("\n")
 
 
+def emit(text, benchmark, rows, markdown=None, json_path=None):
+    """What a benchmark ends with: its table printed, the same text as Markdown
+    where asked (--markdown), its rows in the format above where asked (--json)."""
+    print(text)
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+    if json_path:
+        write(json_path, benchmark, rows)
+
+
 def read(path):
     """A document of the format, checked enough to name what is wrong with it."""
     with open(path, encoding="utf-8") as source:
