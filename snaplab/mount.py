@@ -15,6 +15,7 @@ import tempfile
 import threading
 
 from . import errors
+from . import loop
 from .types import Mount
 
 MS_RDONLY = 0x1
@@ -132,9 +133,25 @@ def _compact_overlay_data(data):
     return common, data
 
 
+# Options about the loop device of a `loop` mount, not filesystem data.
+LOOP_OPTIONS = ("loop", "direct-io")
+
+
 def mount(m, target):
-    """Mount one Mount at `target` (a directory)."""
+    """Mount one Mount at `target` (a directory).
+
+    With the option `loop` the source is an image file: it is mounted
+    through a loop device that the kernel frees again at the unmount
+    (snaplab/loop.py).
+    """
     flags, data = parse_options(m.options)
+    if "loop" in data:
+        with loop.attached(m.source, read_only=bool(flags & MS_RDONLY),
+                           direct_io="direct-io" in data) as device:
+            rest = [option for option in data if option not in LOOP_OPTIONS]
+            _check_length(",".join(rest))
+            _syscall_mount(device, target, m.type, flags, ",".join(rest) or None)
+        return
     if m.type == "bind" or flags & MS_BIND:
         # A read-only bind needs a second call: MS_BIND ignores MS_RDONLY
         # (containerd #1368), so bind first, then remount read-only.
@@ -159,9 +176,13 @@ def mount(m, target):
                                          "relative lowerdirs)" % len(joined))
         _mount_from(common, m.source, target, m.type, flags, joined)
         return
-    if len(joined) >= page:
-        raise errors.InvalidArgument("mount options are too long (%d bytes)" % len(joined))
+    _check_length(joined)
     _syscall_mount(m.source, target, m.type, flags, joined or None)
+
+
+def _check_length(joined):
+    if len(joined) >= os.sysconf("SC_PAGE_SIZE"):
+        raise errors.InvalidArgument("mount options are too long (%d bytes)" % len(joined))
 
 
 def mount_all(mounts, target):
@@ -361,6 +382,12 @@ def is_mount_of(m, entry):
                 and wanted.get("workdir") == shown.get("workdir")
                 and _same_lowers(wanted.get("lowerdir", "").split(":"),
                                  shown.get("lowerdir", "").split(":")))
+    if "loop" in m.options:
+        # The table shows the loop device; the Mount names its file.
+        backing = loop.backing_file(entry.source)
+        return (entry.fstype == m.type and backing is not None
+                and os.path.realpath(backing) == os.path.realpath(m.source)
+                and ("ro" in entry.options) == m.read_only)
     return entry.fstype == m.type and entry.source == m.source
 
 

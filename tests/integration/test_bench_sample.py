@@ -19,11 +19,10 @@ BENCHMARKS = os.path.join(REPO, "benchmarks")
 
 def load(name):
     # benchmarks/ is a directory of scripts, not a package: loaded by path,
-    # with it on the path for their sibling import of benchjson.
-    if BENCHMARKS not in sys.path:
-        sys.path.insert(0, BENCHMARKS)
+    # and registered by name for bench_check's sibling `import benchjson`.
     spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, name + ".py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
