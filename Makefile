@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPORTS ?= reports
 # golang-go and stargz's sources: the suite builds containerd-stargz-grpc,
 # which Debian's stargz-snapshotter package does not ship (conformance/stargz.py).
-APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd \
+APT_PACKAGES := python3 python3-venv python3-pytest e2fsprogs xfsprogs btrfs-progs util-linux mount attr zstd erofs-utils \
 	containerd golang-go golang-github-containerd-stargz-snapshotter-dev
 # ZFS for the zfs backend: OpenZFS's tools where the kernel has the module,
 # else zfs-fuse (a daemon; the kernel needs only FUSE). Both are in contrib.
