@@ -178,6 +178,12 @@ def table(results, ops, base_files, load):
     return "\n".join(lines)
 
 
+# containerd's Remove returns before its garbage collector deletes the data;
+# a collection that lands inside a timed Remove makes its p99 (2-141 ms in
+# the same quick run, five runs apart), so that ratio says nothing of snaplab.
+GC_PAUSE = "containerd's Remove p99 is its garbage collector's pause, in some runs and not others"
+
+
 def json_rows(results):
     """benchjson rows: per backend, operation, percentile and snaplab variant,
     snaplab's time against containerd's."""
@@ -191,7 +197,8 @@ def json_rows(results):
                         continue
                     rows.append(benchjson.row(
                         "%s %s %s, %s" % (backend, op, stat, variant),
-                        variants[variant][op][stat + "_ms"], peer, "ms", goal=GOAL))
+                        variants[variant][op][stat + "_ms"], peer, "ms", goal=GOAL,
+                        unchecked=GC_PAUSE if (op, stat) == ("remove", "p99") else None))
     return rows
 
 

@@ -10,8 +10,10 @@ them with the committed baseline (benchmarks/baseline.json):
 `ratio` is snaplab ÷ peer, measured side by side in the same run, so that
 it means the same on a fast or a slow machine; `better` says which way it
 improves ("lower": snaplab should take less than the peer); `goal` is the
-ratio the project aims at (null where none is stated). The baseline keeps
-ratios only, never absolute times.
+ratio the project aims at (null where none is stated). A row may also say
+`unchecked` (why it is reported but kept out of the baseline: containerd's
+Remove p99 is its garbage collector's pause, there in one run and not the
+next). The baseline keeps ratios only, never absolute times.
 
 A ratio regresses when its median over the runs is worse than the
 baseline's by more than the row's tolerance: for "lower", median >
@@ -35,12 +37,18 @@ DEFAULT_TOLERANCE = 0.35
 DEFAULT_P99_TOLERANCE = 1.0
 
 
-def row(what, snaplab, peer, unit, goal=None, better="lower"):
-    """One row of the format; ratio is None where the peer measured 0."""
+def row(what, snaplab, peer, unit, goal=None, better="lower", unchecked=None):
+    """One row of the format; ratio is None where the peer measured 0.
+
+    `unchecked`: why the row is reported but never compared with a baseline
+    (its ratio follows the peer's noise, not snaplab's code)."""
     if better not in BETTER:
         raise ValueError("better must be one of %s, not %r" % (BETTER, better))
-    return {"what": what, "snaplab": snaplab, "peer": peer, "unit": unit,
-            "ratio": snaplab / peer if peer else None, "goal": goal, "better": better}
+    entry = {"what": what, "snaplab": snaplab, "peer": peer, "unit": unit,
+             "ratio": snaplab / peer if peer else None, "goal": goal, "better": better}
+    if unchecked:
+        entry["unchecked"] = unchecked
+    return entry
 
 
 def document(benchmark, rows):
@@ -81,11 +89,12 @@ def read(path):
 
 def medians(documents):
     """{benchmark: {what: {"ratio": median, "better": ..., "runs": n}}} over
-    several runs' documents (rows without a ratio are left out)."""
+    several runs' documents (rows without a ratio, and unchecked rows, are
+    left out)."""
     ratios = {}
     for doc in documents:
         for entry in doc["rows"]:
-            if entry["ratio"] is None:
+            if entry["ratio"] is None or entry.get("unchecked"):
                 continue
             key = (doc["benchmark"], entry["what"])
             ratios.setdefault(key, (entry["better"], []))[1].append(entry["ratio"])

@@ -87,6 +87,16 @@ def test_rows_without_a_ratio_are_left_out():
     assert set(benchjson.medians([document])["b"]) == {"stat"}
 
 
+def test_unchecked_rows_are_written_but_never_compared():
+    document = doc("b", stat=1.0)
+    document["rows"].append(benchjson.row("remove p99", 40.0, 1.0, "ms",
+                                          unchecked="the peer's garbage collector"))
+    assert document["rows"][-1]["unchecked"] == "the peer's garbage collector"
+    found = benchjson.medians([document])
+    assert set(found["b"]) == {"stat"}
+    assert set(benchjson.baseline(found, "note", [[1, 1, 1]])["benchmarks"]["b"]) == {"stat"}
+
+
 def test_baseline_tolerances_p99_rows_wider():
     found = benchjson.medians([doc("b", **{"stat p50, serve": 1.0, "stat p99, serve": 2.0})])
     written = benchjson.baseline(found, "note", [[1, 1, 1]], tolerance=0.2, p99_tolerance=0.9)
