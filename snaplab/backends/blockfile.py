@@ -56,7 +56,7 @@ FS_TYPES = ("ext4", "xfs")
 DEFAULT_SCRATCH_MIB = {"ext4": 64, "xfs": 300}
 # mkfs of an empty scratch. ext4: a new sparse file reads as zeros, so the
 # journal need not be written (384 KiB allocated for 64 MiB instead of 4.4 MiB).
-MKFS = {"ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_journal_init=1"],
+MKFS = {"ext4": ["mkfs.ext4", "-q", "-F", "-J", "size=1", "-E", "lazy_journal_init=1"],
         "xfs": ["mkfs.xfs", "-q", "-f"]}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
