@@ -1,6 +1,6 @@
-"""Filesystem helpers the backends share: full tree copy, an image file's
-clone or sparse copy, disk usage (of a tree, or of what one tree changes
-over another), d_type detection and robust tree removal.
+"""Filesystem helpers the backends share: full tree copy, disk usage (of a
+tree, or of what one tree changes over another), d_type detection and
+robust tree removal.
 
 copy_tree, disk_usage and diff_usage follow containerd/continuity
 (fs.CopyDir, fs.DiskUsage and fs.DiffUsage), because the conformance cases
@@ -10,7 +10,6 @@ behaviour. Everything is Linux-only and standard library only.
 
 import ctypes
 import errno
-import fcntl
 import os
 import platform
 import shutil
@@ -157,7 +156,7 @@ def _copy_file(source, target, st):
     try:
         dfd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _copy_data(sfd, dfd, st)
+            copy_data(sfd, dfd, st)
             # Through the descriptors: no further path lookups per file.
             _copy_metadata(sfd, dfd, st)
         finally:
@@ -166,7 +165,9 @@ def _copy_file(source, target, st):
         os.close(sfd)
 
 
-def _copy_data(sfd, dfd, st):
+def copy_data(sfd, dfd, st):
+    """Copy the data of the open file `sfd` (lstat `st`) into `dfd`, its holes
+    kept: only the ranges SEEK_DATA finds are copied (copy_file_range)."""
     size = st.st_size
     if size == 0:
         return
@@ -220,53 +221,6 @@ def _copy_range(sfd, dfd, start, end):
             break
         offset += n
     return offset
-
-
-# FICLONE = _IOW(0x94, 9, int): share every extent of one file with another
-# (reflink) on filesystems that can (btrfs, xfs with reflink=1). powerpc,
-# mips, sparc and alpha encode _IOW with 3 direction bits and 13 size bits.
-if platform.machine().lower().startswith(("ppc", "powerpc", "mips", "sparc", "alpha")):
-    FICLONE = (4 << 29) | (4 << 16) | (0x94 << 8) | 9
-else:
-    FICLONE = (1 << 30) | (4 << 16) | (0x94 << 8) | 9
-# What FICLONE answers when these two files cannot share extents: the
-# filesystem has no reflink (EOPNOTSUPP, ENOTTY, EINVAL), or they are on two
-# filesystems (EXDEV).
-_CLONE_FALLBACK_ERRNOS = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV,
-                          errno.ENOSYS)
-
-
-def clone_or_copy_file(source, target, mode=0o600):
-    """Make the new file `target` a copy of the regular file `source`;
-    returns "clone" or "copy", how it was made.
-
-    A clone (FICLONE) when the filesystem can share the extents, which
-    costs no data blocks until either file is written; otherwise a sparse
-    copy (SEEK_DATA/SEEK_HOLE, copy_file_range): holes stay holes. Either
-    way the copy is fsynced before returning, so once it is renamed into
-    place a crash cannot leave it half written. `target` must not exist.
-    """
-    sfd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(sfd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", source)
-        dfd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            how = "clone"
-            try:
-                fcntl.ioctl(dfd, FICLONE, sfd)
-            except OSError as err:
-                if err.errno not in _CLONE_FALLBACK_ERRNOS:
-                    raise
-                how = "copy"
-                _copy_data(sfd, dfd, st)
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
-    return how
 
 
 def _copy_metadata(source, target, st):

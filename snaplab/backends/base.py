@@ -460,22 +460,6 @@ class StoreSnapshotter(Snapshotter):
             fsutil.remove_tree(staging)
             raise
 
-    @contextlib.contextmanager
-    def staged_file(self, final_path):
-        """staged_directory's counterpart for a file: yields a free `new-*`
-        path next to `final_path` for the block to create; renamed into
-        place after it, removed if it fails. A crash leaves only the
-        `new-*` file, which Cleanup removes."""
-        staging = os.path.join(os.path.dirname(final_path), "new-" + os.urandom(6).hex())
-        try:
-            yield staging
-            faults.point("create.staged")
-            os.rename(staging, final_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staging)
-            raise
-
     # -- hooks -------------------------------------------------------------
 
     async_remove = False

@@ -5,7 +5,7 @@ of parentless snapshots; <root>/metadata.db; <root>/snapshots/<id> is one
 image file per snapshot. Prepare copies the parent's image (the scratch
 without a parent) to snapshots/<id>: a clone sharing every extent where the
 root's filesystem can (FICLONE: xfs with reflink, btrfs), else a sparse copy
-that keeps holes (fsutil.clone_or_copy_file). A View without a parent gets
+that keeps holes (snaplab/imagefile.py). A View without a parent gets
 its own copy of the scratch; a View of a parent has no data of its own and
 mounts the parent's image. Mounts are `<fs_type> <image>` with the option
 `loop` (snaplab.mount binds a loop device that the unmount frees), `ro` for
@@ -36,7 +36,7 @@ import subprocess
 
 from .. import errors
 from .. import faults
-from .. import fsutil
+from .. import imagefile
 from .. import kernel
 from .. import loop
 from .. import mount as mountlib
@@ -71,27 +71,21 @@ def parse_size(text):
     return int(match.group(1)) * (1024 ** ("KMGT".index(unit) + 1) if unit else 1)
 
 
-def image_type(path):
-    """The filesystem an image file holds, read from its superblock: "ext4"
-    (any ext2/3/4), "xfs", or None. OSError if it cannot be read."""
-    with open(path, "rb") as image:
-        head = image.read(4096)
-    if head[:4] == b"XFSB":
-        return "xfs"
-    if len(head) >= 1024 + 0x3A and head[1024 + 0x38:1024 + 0x3A] == b"\x53\xef":
-        return "ext4"
-    return None
-
-
-def image_uuid(path):
-    """The filesystem UUID of an ext4 or xfs image (bytes), or None."""
-    kind = image_type(path)
-    offset = {"ext4": 1024 + 0x68, "xfs": 32}.get(kind)
-    if offset is None:
-        return None
-    with open(path, "rb") as image:
-        image.seek(offset)
-        return image.read(16)
+@contextlib.contextmanager
+def staged_file(final_path, prefix="new-", crash_point="create.staged"):
+    """StoreSnapshotter.staged_directory for a file: yields a free path
+    named `prefix`... next to `final_path` for the block to create; renamed
+    into place after it, removed if it fails. A crash leaves only that
+    file, which Cleanup removes (an orphan new-*, an old scratch staging)."""
+    staging = os.path.join(os.path.dirname(final_path), prefix + os.urandom(6).hex())
+    try:
+        yield staging
+        faults.point(crash_point)
+        os.rename(staging, final_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
 
 
 class BlockfileSnapshotter(StoreSnapshotter):
@@ -140,7 +134,7 @@ class BlockfileSnapshotter(StoreSnapshotter):
         if exists and not self.options["recreate_scratch"]:
             self._check_scratch()
         elif not self.read_only:
-            self._replace_scratch(previous=image_type(self.scratch) if exists else None)
+            self._replace_scratch(imagefile.filesystem_of(self.scratch) if exists else None)
 
     @property
     def snapshots_dir(self):
@@ -164,7 +158,7 @@ class BlockfileSnapshotter(StoreSnapshotter):
         """Refuse a <root>/scratch that is not what the options describe."""
         fs_type = self.options["fs_type"]
         recreate = "open with recreate_scratch=true to replace it"
-        found = image_type(self.scratch)
+        found = imagefile.filesystem_of(self.scratch)
         if found != fs_type:
             raise self._refuse("%s holds %s, not fs_type %s" % (
                 self.scratch, "an %s image" % found if found else "no ext4 or xfs image",
@@ -176,7 +170,8 @@ class BlockfileSnapshotter(StoreSnapshotter):
         given = self.options["scratch_file"]
         if given:
             source = self._checked_scratch_file()
-            if (os.stat(source).st_size, image_uuid(source)) != (size, image_uuid(self.scratch)):
+            if (os.stat(source).st_size, imagefile.uuid_of(source)) != (
+                    size, imagefile.uuid_of(self.scratch)):
                 raise self._refuse("%s is not a copy of scratch_file %s (another size or "
                                    "filesystem UUID)" % (self.scratch, given), recreate)
 
@@ -184,7 +179,7 @@ class BlockfileSnapshotter(StoreSnapshotter):
         given = self.options["scratch_file"]
         fs_type = self.options["fs_type"]
         try:
-            found = image_type(given)
+            found = imagefile.filesystem_of(given)
         except OSError as err:
             raise self._refuse("scratch_file %s cannot be read (%s)" % (
                 given, os.strerror(err.errno)), "give an existing image file") from None
@@ -206,19 +201,12 @@ class BlockfileSnapshotter(StoreSnapshotter):
                         "the snapshots of %s are %s images, fs_type is %s" % (
                             self.root, previous, fs_type),
                         "keep fs_type=%s, or use another root for %s" % (previous, fs_type))
-        staging = os.path.join(self.root, SCRATCH_STAGING_PREFIX + os.urandom(6).hex())
-        try:
+        with staged_file(self.scratch, SCRATCH_STAGING_PREFIX, "blockfile.scratch") as staging:
             if self.options["scratch_file"]:
-                fsutil.clone_or_copy_file(self._checked_scratch_file(), staging)
+                imagefile.clone_or_copy(self._checked_scratch_file(), staging)
             else:
                 self._make_scratch(staging)
             self._probe_mount(staging, made=not self.options["scratch_file"])
-            faults.point("blockfile.scratch")
-            os.rename(staging, self.scratch)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staging)
-            raise
 
     def _make_scratch(self, path):
         fs_type = self.options["fs_type"]
@@ -266,8 +254,8 @@ class BlockfileSnapshotter(StoreSnapshotter):
             raise errors.FailedPrecondition(
                 "blockfile backend: %s is missing; %s" % (source, "run doctor" if snap.parent_ids
                                                           else "reopen the root to remake it"))
-        with self.staged_file(self.path_of(snap.id)) as staging:
-            fsutil.clone_or_copy_file(source, staging)
+        with staged_file(self.path_of(snap.id)) as staging:
+            imagefile.clone_or_copy(source, staging)
 
     def snapshot_mounts(self, snap, info):
         if snap.kind == Kind.VIEW and snap.parent_ids:
