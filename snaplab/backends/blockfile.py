@@ -98,7 +98,7 @@ class BlockfileSnapshotter(StoreSnapshotter):
         Option("scratch_size", "str", "",
                "Size of the scratch snaplab makes (64M, 1G...); default 64 MiB for ext4, "
                "300 MiB for xfs (the smallest xfs mkfs.xfs makes)."),
-        Option("fs_type", "str", "ext4", "The filesystem of the images: ext4 or xfs."),
+        Option("fs_type", "str", "ext4", "The filesystem of the images, ext4 or xfs."),
         Option("mount_options", "list", [],
                "Options of every image mount (loop is always there), e.g. direct-io,sync."),
         Option("recreate_scratch", "bool", False,
