@@ -9,7 +9,9 @@ backing file and read-only flag, EROFS, FIEMAP's shared extents, st_blocks.
 
 import errno
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -239,3 +241,24 @@ def test_cleanup_removes_what_a_crash_left(open_snapshotter, root):
         os.path.basename(_image(root, sn, "live"))]
     assert not os.path.exists(stale_scratch)
     assert sn.stat("live").kind == Kind.ACTIVE
+
+
+def test_a_kill_while_the_scratch_is_made_leaves_a_root_that_opens(open_snapshotter, root):
+    """Killed between mkfs and the rename (crash point blockfile.scratch): no
+    <root>/scratch yet, only its staging name, which the next open ignores
+    and Cleanup removes once it is old."""
+    env = dict(os.environ, SNAPLAB_CRASH_AT="blockfile.scratch")
+    killed = subprocess.run([sys.executable, "-m", "snaplab", "--root", root, "--backend",
+                             "blockfile", "prepare", "layer"], env=env, capture_output=True,
+                            check=False)
+    assert killed.returncode == -signal.SIGKILL, killed
+    assert not os.path.exists(os.path.join(root, "scratch"))
+    staged = [n for n in os.listdir(root) if n.startswith(".snaplab-scratch-")]
+    assert len(staged) == 1
+    assert mountlib.mounts_under(root) == [], "the probe mount was taken down before the kill"
+    sn = open_snapshotter(root)
+    sn.prepare("layer", "")
+    old = time.time() - 3600
+    os.utime(os.path.join(root, staged[0]), (old, old))
+    sn.cleanup()
+    assert not [n for n in os.listdir(root) if n.startswith(".snaplab-scratch-")]
