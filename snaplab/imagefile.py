@@ -49,6 +49,7 @@ FIEMAP_FLAG_SYNC = 0x1
 FIEMAP_EXTENT_LAST = 0x1
 FIEMAP_EXTENT_SHARED = 0x2000
 _EXTENTS_PER_CALL = 256
+_ZEROS = bytes(64 * 1024)
 
 
 def clone_or_copy(source, target, mode=0o600):
@@ -57,7 +58,8 @@ def clone_or_copy(source, target, mode=0o600):
 
     A clone (FICLONE) when the filesystem can share the extents, which
     costs no data blocks until either file is written; otherwise a sparse
-    copy (fsutil.copy_data): holes stay holes. Either way the copy is
+    copy (fsutil.copy_data): holes stay holes; on a filesystem that reports
+    no holes, zeros are not written (copy_skipping_zeros). Either way the copy is
     fsynced before returning, so once it is renamed into place a crash
     cannot leave it half written. `target` must not exist.
     """
@@ -75,13 +77,45 @@ def clone_or_copy(source, target, mode=0o600):
                 if err.errno not in _CLONE_FALLBACK_ERRNOS:
                     raise
                 how = "copy"
-                fsutil.copy_data(sfd, dfd, st)
+                if _hides_holes(sfd, st):
+                    copy_skipping_zeros(sfd, dfd, st.st_size)
+                else:
+                    fsutil.copy_data(sfd, dfd, st)
             os.fsync(dfd)
         finally:
             os.close(dfd)
     finally:
         os.close(sfd)
     return how
+
+
+def _hides_holes(fd, st):
+    """Whether the file is sparse (fewer blocks than its size) while its
+    filesystem reports no hole in it: FUSE without lseek (zfs-fuse) says
+    that every byte is data."""
+    if st.st_blocks * 512 >= st.st_size:
+        return False
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) >= st.st_size
+    except OSError:
+        return True
+
+
+def copy_skipping_zeros(sfd, dfd, size):
+    """Copy `size` bytes of `sfd` into `dfd`, leaving a hole wherever a
+    64 KiB chunk is all zeros: a 64 MiB image holding a few MiB stays a
+    few MiB where holes cannot be found otherwise."""
+    offset = 0
+    while offset < size:
+        chunk = os.pread(sfd, min(len(_ZEROS), size - offset), offset)
+        if not chunk:
+            break
+        if chunk != _ZEROS[:len(chunk)]:
+            written = 0
+            while written < len(chunk):
+                written += os.pwrite(dfd, chunk[written:], offset + written)
+        offset += len(chunk)
+    os.ftruncate(dfd, size)
 
 
 def shared_bytes(path):
@@ -141,4 +175,5 @@ def uuid_of(path):
         return image.read(16)
 
 
-__all__ = ["FICLONE", "clone_or_copy", "filesystem_of", "shared_bytes", "uuid_of"]
+__all__ = ["FICLONE", "clone_or_copy", "copy_skipping_zeros", "filesystem_of", "shared_bytes",
+           "uuid_of"]

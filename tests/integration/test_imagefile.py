@@ -93,3 +93,27 @@ def test_the_superblock_names_the_filesystem_and_its_uuid(tmp_path, fs_type, mkf
     subprocess.run(mkfs + option + [image], check=True, capture_output=True)
     assert imagefile.filesystem_of(image) == fs_type
     assert imagefile.uuid_of(image) == bytes.fromhex(uuid.replace("-", ""))
+
+
+def test_copy_skipping_zeros_leaves_holes_where_zeros_were_written(loop_filesystem):
+    """What a filesystem that reports no holes (zfs-fuse) gets: zeros that were
+    written, not only holes, become holes in the copy."""
+    with loop_filesystem("ext4", "snaplab-test-imagefile-") as fs:
+        source = os.path.join(fs.mountpoint, "source")
+        copy = os.path.join(fs.mountpoint, "copy")
+        data = os.urandom(100 * 1024)
+        with open(source, "wb") as f:
+            f.write(data + bytes(8 * MIB) + data)  # the zeros allocated
+            f.truncate(16 * MIB)
+            os.fsync(f.fileno())
+        assert os.stat(source).st_blocks * 512 >= 8 * MIB
+        sfd = os.open(source, os.O_RDONLY)
+        dfd = os.open(copy, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            imagefile.copy_skipping_zeros(sfd, dfd, os.fstat(sfd).st_size)
+            os.fsync(dfd)
+        finally:
+            os.close(sfd)
+            os.close(dfd)
+        assert _content(copy) == _content(source)
+        assert os.stat(copy).st_blocks * 512 < MIB
