@@ -113,8 +113,8 @@ def test_views_and_committed_mount_read_only(open_snapshotter, root, work):
         assert os.listdir(first) == os.listdir(second) == ["a"]
 
 
-def test_a_child_shares_extents_on_a_reflink_root_or_keeps_holes(open_snapshotter, root,
-                                                                   work, target):
+def test_a_child_shares_extents_on_a_reflink_root_or_keeps_holes(
+        open_snapshotter, root, work, target):
     sn = open_snapshotter(root)
     apply_to_mounts(sn.prepare("layer", ""), work,
                     fstest.create_random_file("/big", 1, 4 * MIB, 0o644))
