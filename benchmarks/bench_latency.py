@@ -9,7 +9,9 @@ default, made and removed by the benchmark). A small committed base layer
 (--base-files files of 4 KiB) is the parent of every prepared snapshot, as
 in a container start: Prepare(key_i, base), Commit(name_i, key_i),
 Stat(name_i), then Remove(name_i) for all. Native's Prepare copies the base,
-overlay's does not: the ratio column shows what that costs.
+overlay's does not: the ratio column shows what that costs. Any backend
+snaplab has can be named (blockfile: its Prepare copies the base's image,
+a clone on --filesystem xfs or btrfs).
 """
 
 import argparse

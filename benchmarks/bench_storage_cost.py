@@ -4,8 +4,9 @@
     python3 benchmarks/bench_storage_cost.py [--snapshots 100] [--image-mib 100]
         [--backends native,overlay,btrfs,zfs] [--json OUT] [--markdown OUT]
 
-For each backend, on its own loop-backed filesystem (native and overlay on
-ext4, btrfs on btrfs, zfs on a zfs pool — kernel OpenZFS or zfs-fuse), the
+For each backend, on its own loop-backed filesystem (native, overlay and
+blockfile on ext4, btrfs on btrfs, zfs on a zfs pool — kernel OpenZFS or
+zfs-fuse; the row blockfile-xfs is blockfile on xfs, with reflink), the
 benchmark commits one image of --image-mib MiB of random (incompressible)
 data, then prepares --snapshots active snapshots on it, as a node starting
 that many containers of one image does. It reports, per added snapshot:
@@ -40,8 +41,12 @@ from snaplab import mount as mountlib
 import benchjson
 
 MIB = 1024 * 1024
-# Each backend on the filesystem containerd users put it on.
-FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs"}
+# Each backend on the filesystem containerd users put it on; blockfile twice:
+# on ext4 its images are sparse copies, on xfs (reflink) clones.
+FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs",
+                 "blockfile": "ext4", "blockfile-xfs": "xfs"}
+# Rows named other than their backend.
+BACKEND_OF_ROW = {"blockfile-xfs": "blockfile"}
 
 
 def filesystem_sizes(image_mib, snapshots):
@@ -49,7 +54,14 @@ def filesystem_sizes(image_mib, snapshots):
     native copies the image for each snapshot."""
     copies = image_mib * (snapshots + 2)
     return {"ext4": copies + copies // 8 + 256, "btrfs": 4 * image_mib + 1024,
-            "zfs": 4 * image_mib + 1024}
+            "zfs": 4 * image_mib + 1024, "xfs": 4 * image_mib + 1024}
+
+
+def backend_options(backend, image_mib):
+    """A blockfile scratch with room for the image (its default is 64 MiB)."""
+    if backend == "blockfile":
+        return {"scratch_size": "%dM" % (image_mib * 3 // 2 + 64)}
+    return {}
 
 
 def flush(mountpoint, fstype):
@@ -103,8 +115,9 @@ def percentile(samples, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def bench_backend(backend, pool, snapshots, image_mib):
-    target = InProcessTarget(backend, FILESYSTEM_OF[backend])
+def bench_backend(row, pool, snapshots, image_mib):
+    backend = BACKEND_OF_ROW.get(row, row)
+    target = InProcessTarget(backend, FILESYSTEM_OF[row], backend_options(backend, image_mib))
     target.fs = pool.get(target.filesystem)
     directory = tempfile.mkdtemp(prefix="bench-%s-" % backend, dir=target.fs.mountpoint)
     fsroot = target.fs.mountpoint

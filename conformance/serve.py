@@ -142,7 +142,7 @@ def served_snapshotter(root, backend, **options):
 
 SERVE_PREFIX = "serve-"
 PROXY_PREFIX = "containerd-proxy-snaplab-"
-SERVED_BACKENDS = ("native", "overlay", "btrfs", "zfs")
+SERVED_BACKENDS = ("native", "overlay", "btrfs", "zfs", "blockfile")
 
 
 def grpc_missing():

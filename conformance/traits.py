@@ -64,7 +64,7 @@ TRAITS = (
     Trait("root_mode", ("0755", "0700", "0711", "0777"),
           "the mode of the root directory of a new parentless snapshot, under umask 0"),
     Trait("storage_layout", (None, "snaplab-native", "snaplab-overlay", "snaplab-btrfs",
-                             "snaplab-zfs"),
+                             "snaplab-zfs", "snaplab-blockfile"),
           "the on-disk layout under the root that white-box cases check (none: the "
           "storage is only seen through the API and the mounts)"),
 )

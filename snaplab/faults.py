@@ -17,6 +17,7 @@ lookup. The points, in the order an operation meets them:
                         (snaplab serve): before it starts
     cleanup.entry       Cleanup: before each leftover is removed
     copy.file           a full tree copy (native Prepare): before each file
+    blockfile.scratch   blockfile's open: a new scratch image made, not yet renamed
     apply.mounted       apply-layer: the temporary mount made
     apply.entry         apply-layer: before each entry of the layer is written
 """

@@ -156,7 +156,7 @@ def _copy_file(source, target, st):
     try:
         dfd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _copy_data(sfd, dfd, st)
+            copy_data(sfd, dfd, st)
             # Through the descriptors: no further path lookups per file.
             _copy_metadata(sfd, dfd, st)
         finally:
@@ -165,7 +165,9 @@ def _copy_file(source, target, st):
         os.close(sfd)
 
 
-def _copy_data(sfd, dfd, st):
+def copy_data(sfd, dfd, st):
+    """Copy the data of the open file `sfd` (lstat `st`) into `dfd`, its holes
+    kept: only the ranges SEEK_DATA finds are copied (copy_file_range)."""
     size = st.st_size
     if size == 0:
         return

@@ -118,7 +118,7 @@ def _bind(file_fd, path, flags, read_only):
         raise errors.FailedPrecondition("no loop devices here (%s: %s); load the loop module"
                                         % (LOOP_CONTROL, os.strerror(err.errno))) from None
     try:
-        for _ in range(BIND_ATTEMPTS):
+        for _attempt in range(BIND_ATTEMPTS):
             number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
             device = "/dev/loop%d" % number
             device_fd = os.open(device, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
@@ -132,7 +132,7 @@ def _bind(file_fd, path, flags, read_only):
                                                 % (device, path, os.strerror(err.errno))) from None
             return device_fd, device
         raise errors.FailedPrecondition("no free loop device for %s after %d attempts"
-                                 % (path, BIND_ATTEMPTS))
+                                        % (path, BIND_ATTEMPTS))
     finally:
         os.close(control)
 

@@ -26,6 +26,11 @@ def _zfs():
     return ZfsSnapshotter
 
 
+def _blockfile():
+    from .blockfile import BlockfileSnapshotter
+    return BlockfileSnapshotter
+
+
 def _aufs():
     from .aufs import AufsSnapshotter
     return AufsSnapshotter
@@ -38,6 +43,7 @@ BACKENDS = {
     "btrfs": _btrfs,
     "zfs": _zfs,
     "aufs": _aufs,
+    "blockfile": _blockfile,
 }
 
 

@@ -29,6 +29,7 @@ BACKENDS = {
     "overlay-async": ("overlay", {"async_remove": True}, "ext4"),
     "btrfs": ("btrfs", {}, "btrfs"),
     "zfs": ("zfs", {}, "zfs"),
+    "blockfile": ("blockfile", {}, "ext4"),
 }
 
 

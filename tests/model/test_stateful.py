@@ -19,7 +19,7 @@ How much to run comes from the environment:
   SNAPLAB_MODEL_STEPS     steps per sequence; default 50, and 20 for zfs
                           (each zfs call spawns a zfs command)
   SNAPLAB_MODEL_BACKENDS  comma-separated subset of native, overlay,
-                          overlay-async (async_remove), btrfs, zfs
+                          overlay-async (async_remove), btrfs, zfs, blockfile
 Failing sequences are kept in .hypothesis/model-<backend>/ and replayed first.
 """
 
@@ -297,7 +297,8 @@ class SnapshotterMachine(RuleBasedStateMachine):
                                     lambda: self.sn.usage(key))
         if kind is None:
             return
-        inode_floor = -1 if self.env.backend == "zfs" else 0  # zfs counts no inodes
+        # zfs and blockfile (inside its images) count no inodes
+        inode_floor = -1 if self.env.backend in ("zfs", "blockfile") else 0
         assert usage.size >= 0 and usage.inodes >= inode_floor, "usage of %r: %r" % (key, usage)
         if kind == Kind.VIEW:
             assert (usage.size, usage.inodes) == (0, 0), "a view uses nothing: %r" % usage

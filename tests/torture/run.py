@@ -1,6 +1,6 @@
 """`make torture`: the crash-injection campaign and the concurrency run on
-native, overlay (loop ext4), btrfs (loop btrfs) and zfs (a zfs-fuse pool,
-or kernel OpenZFS), one process per backend, side by side.
+native, overlay and blockfile (loop ext4), btrfs (loop btrfs) and zfs (a
+zfs-fuse pool, or kernel OpenZFS), one process per backend, side by side.
 
     .venv/bin/python -m tests.torture.run [--kills N] [--backends a,b] [--seed S]
         [--concurrency-ops N] [--workers N] [--report PATH]
@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # zfs-fuse makes every zfs step cost a few hundred ms: it gets a smaller
 # share of the kills so that the four backends, run side by side, end together.
-KILL_SHARES = {"native": 10, "overlay": 10, "btrfs": 10, "zfs": 2}
+KILL_SHARES = {"native": 10, "overlay": 10, "btrfs": 10, "zfs": 2, "blockfile": 10}
 
 
 def split_kills(kills, backends):
@@ -171,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=1000,
                         help="SIGKILLs in all, shared out over the backends (default 1000)")
     parser.add_argument("--backends", default=",".join(labmod.BACKENDS),
-                        help="comma-separated (default: native,overlay,btrfs,zfs)")
+                        help="comma-separated (default: %s)" % ",".join(labmod.BACKENDS))
     parser.add_argument("--seed", default=None, help="random seed (default: the time)")
     parser.add_argument("--concurrency-ops", type=int, default=500,
                         help="operations per concurrency worker (0: no concurrency run)")

@@ -27,7 +27,9 @@ options:
       - The snapshotter backend. V(overlay) and V(native) take a root on any suitable
         filesystem, V(btrfs) a root on btrfs, V(zfs) a root that is the mount point of a ZFS
         dataset (the node_storage role makes one for a C(snapshotter_root) with backend
-        V(zfs)). V(aufs) is not runnable on current kernels and says why.
+        V(zfs)). V(blockfile) keeps each snapshot as an ext4 or xfs image file on any
+        filesystem that loop devices can read (it needs C(/dev/loop-control)). V(aufs) is not
+        runnable on current kernels and says why.
       - A root belongs to the backend that created it; naming another one fails with
         RV(error_class=FailedPrecondition) and the right name.
     type: str
@@ -43,6 +45,17 @@ options:
         every overlay mount (userxattr, index=on...).
       - V(overlay) takes C(upperdir_label) (bool, default V(false)). Stat and Walk report each
         snapshot's upper directory in the label containerd.io/snapshot/overlay.upperdir.
+      - V(blockfile) takes C(scratch_file) (str, default V()). A pre-formatted empty image of
+        fs_type, copied to <root>/scratch as the base of parentless snapshots; without it snaplab
+        makes one with mkfs.
+      - V(blockfile) takes C(scratch_size) (str, default V()). Size of the scratch snaplab makes
+        (64M, 1G...); default 64 MiB for ext4, 300 MiB for xfs (the smallest xfs mkfs.xfs makes).
+      - V(blockfile) takes C(fs_type) (str, default V(ext4)). The filesystem of the images, ext4
+        or xfs.
+      - V(blockfile) takes C(mount_options) (list of strings, default V([])). Options of every
+        image mount (loop is always there), e.g. direct-io,sync.
+      - V(blockfile) takes C(recreate_scratch) (bool, default V(false)). Replace <root>/scratch
+        at open, from scratch_file or with mkfs (existing snapshots keep their images).
       - V(native), V(btrfs), V(zfs) and V(aufs) take no options.
       - An option the backend does not know, or a value of the wrong type, fails with
         RV(error_class=InvalidArgument).
