@@ -90,6 +90,8 @@ def attached(path, read_only=False, direct_io=False):
     The device is bound with autoclear and our descriptor of it is closed
     after the block: whatever mounted it in the block keeps it, and it is
     detached when that is unmounted (or at once, when nothing did).
+    An image that cannot be opened or bound is an OSError with its errno;
+    a machine without loop devices is FailedPrecondition.
     """
     flags = LO_FLAGS_AUTOCLEAR
     if read_only:
@@ -99,8 +101,9 @@ def attached(path, read_only=False, direct_io=False):
     try:
         file_fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     except OSError as err:
-        raise errors.FailedPrecondition("loop device for %s: cannot open the image: %s"
-                                        % (path, os.strerror(err.errno))) from None
+        # An OSError with its errno, as mount(2) of a missing source gives.
+        raise OSError(err.errno, "loop device for %s: cannot open the image: %s"
+                      % (path, os.strerror(err.errno))) from None
     try:
         device_fd, device = _bind(file_fd, path, flags, read_only)
     finally:
@@ -128,8 +131,8 @@ def _bind(file_fd, path, flags, read_only):
                 os.close(device_fd)
                 if err.errno == errno.EBUSY:
                     continue  # another process bound it first
-                raise errors.FailedPrecondition("loop device %s for %s: %s"
-                                                % (device, path, os.strerror(err.errno))) from None
+                raise OSError(err.errno, "loop device %s for %s: %s"
+                              % (device, path, os.strerror(err.errno))) from None
             return device_fd, device
         raise errors.FailedPrecondition("no free loop device for %s after %d attempts"
                                         % (path, BIND_ATTEMPTS))

@@ -146,11 +146,17 @@ def mount(m, target):
     """
     flags, data = parse_options(m.options)
     if "loop" in data:
-        with loop.attached(m.source, read_only=bool(flags & MS_RDONLY),
-                           direct_io="direct-io" in data) as device:
-            rest = [option for option in data if option not in LOOP_OPTIONS]
-            _check_length(",".join(rest))
-            _syscall_mount(device, target, m.type, flags, ",".join(rest) or None)
+        rest = [option for option in data if option not in LOOP_OPTIONS]
+        _check_length(",".join(rest))
+        try:
+            with loop.attached(m.source, read_only=bool(flags & MS_RDONLY),
+                               direct_io="direct-io" in data) as device:
+                _syscall_mount(device, target, m.type, flags, ",".join(rest) or None)
+        except MountError:
+            raise
+        except OSError as err:  # the image could not be opened or bound
+            raise MountError(err.errno, "mount %s on %s (type %s): %s"
+                             % (m.source, target, m.type, err.strerror)) from None
         return
     if m.type == "bind" or flags & MS_BIND:
         # A read-only bind needs a second call: MS_BIND ignores MS_RDONLY

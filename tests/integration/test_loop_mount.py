@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from snaplab import errors, loop
+from snaplab import loop
 from snaplab import mount as mountlib
 from snaplab.types import Mount
 
@@ -92,6 +92,8 @@ def test_a_failed_loop_mount_leaves_no_device(image, tmp_path):
     assert wait_detached(image) == []
 
 
-def test_a_missing_image_is_a_clear_error(tmp_path):
-    with pytest.raises(errors.FailedPrecondition, match="cannot open the image"):
+def test_a_missing_image_fails_as_a_missing_mount_source_does(tmp_path):
+    # A MountError with ENOENT, as mount(2) of a missing device gives.
+    with pytest.raises(mountlib.MountError, match="cannot open the image") as failed:
         mountlib.mount(Mount("ext4", str(tmp_path / "absent"), options=["loop"]), str(tmp_path))
+    assert failed.value.errno == errno.ENOENT
