@@ -264,6 +264,34 @@ def idmapped_bind(source, target, userns_fd, recursive=False, read_only=False):
 _CAPABILITY_XATTR = "security.capability"
 
 
+_VFS_CAP_REVISION_MASK = 0xFF000000
+_VFS_CAP_REVISION_2 = 0x02000000
+_VFS_CAP_REVISION_3 = 0x03000000
+_VFS_CAP_V2_SIZE = 20
+
+
+def _remapped_capability(value, mapping, path):
+    """A security.capability value as an idmapped mount shows it: version 3,
+    its root id (0 for version 2, which has none) shifted like a uid. So a
+    capability applies to the container's root, as the kernel has it."""
+    magic = int.from_bytes(value[:4], "little")
+    revision = magic & _VFS_CAP_REVISION_MASK
+    if revision == _VFS_CAP_REVISION_2 and len(value) == _VFS_CAP_V2_SIZE:
+        root_id = 0
+    elif revision == _VFS_CAP_REVISION_3 and len(value) == _VFS_CAP_V2_SIZE + 4:
+        root_id = int.from_bytes(value[_VFS_CAP_V2_SIZE:], "little")
+    else:
+        return value  # version 1 has no root to shift
+    host_root = mapping.uids.to_host(root_id)
+    if host_root is None:
+        raise errors.FailedPrecondition(
+            "%s has a file capability for root id %d, which the uidmapping %s does not map"
+            % (path, root_id, mapping.uids.text))
+    new_magic = (magic & ~_VFS_CAP_REVISION_MASK) | _VFS_CAP_REVISION_3
+    return (new_magic.to_bytes(4, "little") + value[4:_VFS_CAP_V2_SIZE]
+            + host_root.to_bytes(4, "little"))
+
+
 def remap_tree(top, mapping):
     """lchown every entry under `top` (itself included) from container ids
     to host ids. chown clears setuid/setgid and file capabilities: both
@@ -296,7 +324,8 @@ def remap_tree(top, mapping):
         if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             os.chmod(path, stat.S_IMODE(st.st_mode))
         if capability is not None:
-            os.setxattr(path, _CAPABILITY_XATTR, capability, follow_symlinks=False)
+            os.setxattr(path, _CAPABILITY_XATTR, _remapped_capability(capability, mapping, path),
+                        follow_symlinks=False)
 
     def walk(directory):
         with os.scandir(directory) as entries:
