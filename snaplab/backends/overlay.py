@@ -140,7 +140,10 @@ class OverlaySnapshotter(StoreSnapshotter):
         from 5.12, btrfs from 5.15, others not at all), once per root."""
         if kernel.in_user_namespace():
             return "an idmapped mount needs the initial user namespace (rootless has none)"
-        probe = tempfile.mkdtemp(prefix=_IDMAP_PROBE_PREFIX, dir=self.root)
+        try:
+            probe = tempfile.mkdtemp(prefix=_IDMAP_PROBE_PREFIX, dir=self.root)
+        except OSError as err:  # a read-only root, say
+            return "no probe can be made in %s: %s" % (self.root, os.strerror(err.errno))
         try:
             for name in ("lower", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))

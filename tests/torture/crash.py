@@ -202,7 +202,7 @@ class CrashRun:
             labels = {GC_ROOT: "torture"} if op == "prepare" else {}
             label_args = FIXED_GC_ROOT if op == "prepare" else ()
             if op == "prepare-mapped":
-                labels = dict(MAPPING_LABELS)
+                labels = dict(MAPPING_LABELS, **{GC_ROOT: "torture"})
                 label_args = [arg for name, value in sorted(labels.items())
                               for arg in ("--label", "%s=%s" % (name, value))]
             kind = "view" if op == "view" else "active"
