@@ -16,6 +16,7 @@ snapshot show a layer's files (stored with container ids) with host ids:
 Only the standard library and ctypes: the collection ships this module.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -149,7 +150,8 @@ def from_options(options):
 
 # -- the user namespace of a mapping --------------------------------------------
 
-class user_namespace:  # noqa: N801 - used as a context manager, like open()
+@contextlib.contextmanager
+def user_namespace(mapping):
     """`with user_namespace(mapping) as fd`: an fd of a new user namespace
     whose uid_map/gid_map are the mapping (what MOUNT_ATTR_IDMAP takes).
 
@@ -163,41 +165,44 @@ class user_namespace:  # noqa: N801 - used as a context manager, like open()
     closes cat's stdin, so cat ends. A kill of this process closes the pipe
     too: the child never outlives it. The fd keeps the namespace alive.
     """
-
-    def __init__(self, mapping):
-        self.mapping = mapping
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            child = subprocess.Popen(["unshare", "--user", "cat"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except FileNotFoundError:
-            raise errors.FailedPrecondition(
-                "an idmapped mount needs unshare(1) (util-linux) to make its user namespace; "
-                "install util-linux") from None
+    try:
+        child = subprocess.Popen(["unshare", "--user", "cat"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise errors.FailedPrecondition(
+            "an idmapped mount needs unshare(1) (util-linux) to make its user namespace; "
+            "install util-linux") from None
+    try:
         try:
             child.stdin.write(b"ready\n")
             child.stdin.flush()
-            if child.stdout.readline() != b"ready\n":
-                raise errors.FailedPrecondition(
-                    "cannot make a user namespace for an idmapped mount (unshare --user: %s); "
-                    "user namespaces may be disabled (sysctl user.max_user_namespaces)"
-                    % child.stderr.read(500).decode(errors="replace").strip())
-            proc = "/proc/%d/" % child.pid
-            for name, idmap in (("uid_map", self.mapping.uids), ("gid_map", self.mapping.gids)):
+            echoed = child.stdout.readline()
+        except BrokenPipeError:  # unshare failed and exited
+            echoed = b""
+        if echoed != b"ready\n":
+            raise errors.FailedPrecondition(
+                "cannot make a user namespace for an idmapped mount (unshare --user: %s); "
+                "user namespaces may be disabled (sysctl user.max_user_namespaces)"
+                % child.stderr.read(500).decode(errors="replace").strip())
+        proc = "/proc/%d/" % child.pid
+        try:
+            for name, idmap in (("uid_map", mapping.uids), ("gid_map", mapping.gids)):
                 with open(proc + name, "w", encoding="ascii") as file:
                     file.write(idmap.kernel_map())
-            self.fd = os.open(proc + "ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            child.stdin.close()
-            child.stdout.close()
-            child.stderr.close()
-            child.wait()
-        return self.fd
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+        except OSError as err:
+            raise errors.FailedPrecondition(
+                "the kernel refuses the mapping for a user namespace (%s %s): %s"
+                % (mapping.uids.text, mapping.gids.text, os.strerror(err.errno))) from None
+        userns_fd = os.open(proc + "ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        child.stdin.close()
+        child.stdout.close()
+        child.stderr.close()
+        child.wait()
+    try:
+        yield userns_fd
+    finally:
+        os.close(userns_fd)
 
 
 # -- idmapped bind mounts --------------------------------------------------------
