@@ -220,3 +220,25 @@ def test_file_capabilities_survive_the_mapping(snapshotter, work, remap):
     with mounted(mounts, directory):
         value = os.getxattr(os.path.join(directory, "capable"), "security.capability")
     assert value == MAPPED_CAPABILITY
+
+
+def test_without_remap_the_labels_are_refused_or_only_stored(snapshotter, work, target):
+    """A target that cannot remap says so (FailedPrecondition naming the
+    mapping: rootless overlay) or only stores the labels (containerd 1.6's
+    plugins): it never shows a half-shifted tree."""
+    if target.traits.remap != "none":
+        pytest.skip("%s declares remap: %s (the case is for none)"
+                    % (target.traits.source, target.traits.remap))
+    base = _base(snapshotter, work)
+    try:
+        mounts = snapshotter.prepare("child", base, labels=_labels())
+    except errors.FailedPrecondition as refusal:
+        assert "mapping" in str(refusal), refusal
+        with pytest.raises(errors.NotFound):
+            snapshotter.stat("child")
+        return
+    assert snapshotter.stat("child").labels == _labels()
+    directory = os.path.join(work, "child")
+    os.mkdir(directory)
+    with mounted(mounts, directory):
+        _check_unmapped(directory)
