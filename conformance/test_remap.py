@@ -32,7 +32,7 @@ HOST_UID, HOST_GID = 1000, 3000
 # effective): chown clears it, a mapping must keep it. Mapped, it is a
 # version 3 one for the container's root: the kernel shows it so through an
 # idmapped mount, and a chown remap writes it so.
-CAPABILITY = bytes.fromhex("01000002" "00040000" "00000000" "00000000" "00000000")
+CAPABILITY = bytes.fromhex("01000002 00040000 00000000 00000000 00000000")
 MAPPED_CAPABILITY = (bytes.fromhex("01000003") + CAPABILITY[4:]
                      + HOST_UID.to_bytes(4, "little"))
 

@@ -77,8 +77,8 @@ class IDMap:
         # The kernel refuses a map whose ranges overlap on either side.
         for side, name in ((0, "container"), (1, "host")):
             spans = sorted((r[side], r[side] + r[2]) for r in self.ranges)
-            for (_, end), (start, _) in zip(spans, spans[1:]):
-                if start < end:
+            for earlier, later in zip(spans, spans[1:]):
+                if later[0] < earlier[1]:
                     raise errors.InvalidArgument("%s %r: two ranges overlap on the %s side"
                                                  % (what, text, name))
         if self.to_host(0) is None:
