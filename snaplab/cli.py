@@ -265,7 +265,8 @@ def build_parser():
          "(beyond ctr) The capabilities containerd's client asks a snapshotter plugin for: "
          "remap-ids when the backend honours the uid/gid mapping labels itself (overlay: where "
          "a probe mount shows the kernel idmaps overlay lowerdirs on the root's filesystem; "
-         "native and btrfs: always, by a chown remap). Reads only.",
+         "native and btrfs: always, by a chown remap). Writes no snapshot; overlay's probe "
+         "needs a writable root.",
          "{\"capabilities\": [NAME, ...]}")
 
     sub = verb("doctor", cmd_doctor, "report inconsistencies between metadata, storage, "

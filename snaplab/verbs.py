@@ -246,7 +246,8 @@ def cmd_cleanup(opener, args, settings, out):
 
 
 def cmd_capabilities(opener, args, settings, out):
-    with opener(False, read_only=True) as sn:
+    # Not read-only: overlay asks the kernel with a probe mount in the root.
+    with opener(False) as sn:
         capabilities = sn.capabilities()
     if settings.json:
         out.write(machine_json({"capabilities": capabilities}))

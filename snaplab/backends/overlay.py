@@ -140,6 +140,8 @@ class OverlaySnapshotter(StoreSnapshotter):
         from 5.12, btrfs from 5.15, others not at all), once per root."""
         if kernel.in_user_namespace():
             return "an idmapped mount needs the initial user namespace (rootless has none)"
+        if self.read_only:
+            return "the root is opened read-only, and the probe mounts in it"
         try:
             probe = tempfile.mkdtemp(prefix=_IDMAP_PROBE_PREFIX, dir=self.root)
         except OSError as err:  # a read-only root, say
