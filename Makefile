@@ -184,6 +184,7 @@ bench: deps
 	  --json $(BENCH_JSON)/bench_latency-btrfs.json
 	$(PY) benchmarks/bench_btrfs_ioctl.py --json $(BENCH_JSON)/bench_btrfs_ioctl.json
 	$(PY) benchmarks/bench_storage_cost.py --json $(BENCH_JSON)/bench_storage_cost.json
+	$(PY) benchmarks/bench_remap.py --json $(BENCH_JSON)/bench_remap.json
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) benchmarks/bench_declare.py \
 	  --json $(BENCH_JSON)/bench_declare.json
 	$(PY) benchmarks/bench_apply_usage.py --json $(BENCH_JSON)/bench_apply_usage.json

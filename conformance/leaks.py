@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from snaplab.mount import TEMPORARY_MOUNT_PREFIX
+from snaplab.mount import IDMAP_LOWERS_PREFIX, TEMPORARY_MOUNT_PREFIX
 
 from .filesystems import CONTAINERD_PREFIX, POOL_PREFIX, SERVE_TEMP_PREFIX, TEST_PREFIX
 
@@ -43,6 +43,10 @@ def _any_of(*prefixes):
 
 MOUNT_MARK = re.compile(_any_of(POOL_PREFIX, TEST_PREFIX, DEMO_PREFIX, CONTAINERD_PREFIX,
                                 TEMPORARY_MOUNT_PREFIX))
+# An idmapped lowerdir's bind that a killed mount left (snaplab/mount.py): by
+# its mount point only, since a live idmapped overlay names the prefix in its
+# lowerdir option.
+IDMAP_MARK = re.compile(_literal(IDMAP_LOWERS_PREFIX))
 LOOP_MARK = re.compile(_any_of(POOL_PREFIX, TEST_PREFIX, DEMO_PREFIX))
 ZFS_FUSE_MARK = re.compile("--pidfile [^ ]*" + _any_of(POOL_PREFIX, TEST_PREFIX))
 CONTAINERD_MARK = re.compile("--config [^ ]*/%s[^/ ]*/config.toml" % _literal(CONTAINERD_PREFIX))
@@ -53,7 +57,8 @@ SERVE_MARK_RE = re.compile(SERVE_MARK)
 
 def leaked_mounts(mountinfo):
     """The lines of /proc/self/mountinfo that are ours."""
-    return [line for line in mountinfo.splitlines() if MOUNT_MARK.search(line)]
+    return [line for line in mountinfo.splitlines() if MOUNT_MARK.search(line)
+            or IDMAP_MARK.search(line.split(" ")[4])]
 
 
 def leaked_loop_devices(losetup_listing):

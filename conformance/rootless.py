@@ -342,8 +342,17 @@ class RootlessTarget(InProcessTarget):
         return self.rootless_backend
 
     def traits_name(self):
-        # Running unprivileged changes none of the backend's traits.
+        # Running unprivileged changes none of the backend's traits...
         return "snaplab-" + self.rootless_backend
+
+    @property
+    def traits(self):
+        # ...but one: an idmapped mount needs the initial user namespace,
+        # so rootless overlay refuses the mapping labels (FailedPrecondition).
+        traits = super().traits
+        if traits.remap == "idmapped":
+            return traits.replace(source="%s, rootless" % traits.source, remap="none")
+        return traits
 
     def expected_refusal(self):
         if self.rootless_backend == "overlay" and kernel_version() < (5, 11):

@@ -63,6 +63,11 @@ TRAITS = (
           "read (containerd 1.6's snapshots API has none)"),
     Trait("root_mode", ("0755", "0700", "0711", "0777"),
           "the mode of the root directory of a new parentless snapshot, under umask 0"),
+    Trait("remap", ("none", "idmapped", "chown"),
+          "what the uid/gid mapping labels (containerd.io/snapshot/uidmapping, gidmapping) "
+          "do at Prepare/View: nothing (none: stored only, as containerd 1.6's plugins, whose "
+          "client then chowns itself), the parents' layers are idmapped in the Mounts "
+          "(idmapped: containerd 2.x's overlayfs), or the new snapshot is a chowned copy (chown)"),
     Trait("storage_layout", (None, "snaplab-native", "snaplab-overlay", "snaplab-btrfs",
                              "snaplab-zfs", "snaplab-blockfile"),
           "the on-disk layout under the root that white-box cases check (none: the "

@@ -17,10 +17,10 @@ import textwrap
 from . import backends
 from . import errors
 from . import options as optionlib
-from .verbs import (Failure, UsageError, cmd_apply_layer, cmd_apply_layers, cmd_cleanup,
-                    cmd_commit, cmd_doctor, cmd_info, cmd_label, cmd_ls, cmd_mount, cmd_mounts,
-                    cmd_prepare, cmd_rm, cmd_serve, cmd_tree, cmd_umount, cmd_usage, cmd_view,
-                    describe, exit_code_of)
+from .verbs import (Failure, UsageError, cmd_apply_layer, cmd_apply_layers, cmd_capabilities,
+                    cmd_cleanup, cmd_commit, cmd_doctor, cmd_info, cmd_label, cmd_ls, cmd_mount,
+                    cmd_mounts, cmd_prepare, cmd_rm, cmd_serve, cmd_tree, cmd_umount, cmd_usage,
+                    cmd_view, describe, exit_code_of)
 
 DEFAULT_ROOT = "/var/lib/snaplab"
 DEFAULT_BACKEND = "overlay"
@@ -259,6 +259,15 @@ def build_parser():
          "containerd's GC ignores NotImplemented from Cleanup -- after the call there is "
          "nothing unreferenced left that the backend could remove, which is what the caller "
          "asked for.", "{\"cleanup\": \"done\"} or {\"cleanup\": \"not implemented\"}")
+
+    verb("capabilities", cmd_capabilities, "the containerd plugin capabilities the backend "
+         "has here, one a line",
+         "(beyond ctr) The capabilities containerd's client asks a snapshotter plugin for: "
+         "remap-ids when the backend honours the uid/gid mapping labels itself (overlay: where "
+         "a probe mount shows the kernel idmaps overlay lowerdirs on the root's filesystem; "
+         "native and btrfs: always, by a chown remap). Writes no snapshot; overlay's probe "
+         "needs a writable root.",
+         "{\"capabilities\": [NAME, ...]}")
 
     sub = verb("doctor", cmd_doctor, "report inconsistencies between metadata, storage, "
                "mounts and temporary names (exit 1 if any)",

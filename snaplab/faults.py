@@ -18,6 +18,8 @@ lookup. The points, in the order an operation meets them:
     cleanup.entry       Cleanup: before each leftover is removed
     copy.file           a full tree copy (native Prepare): before each file
     blockfile.scratch   blockfile's open: a new scratch image made, not yet renamed
+    remap.entry         a chown remap (native, btrfs Prepare/View with the
+                        uid/gid mapping labels): before each entry
     apply.mounted       apply-layer: the temporary mount made
     apply.entry         apply-layer: before each entry of the layer is written
 """

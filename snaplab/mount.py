@@ -15,6 +15,7 @@ import tempfile
 import threading
 
 from . import errors
+from . import idmap
 from . import loop
 from .types import Mount
 
@@ -142,8 +143,12 @@ def mount(m, target):
 
     With the option `loop` the source is an image file: it is mounted
     through a loop device that the kernel frees again at the unmount
-    (snaplab/loop.py).
+    (snaplab/loop.py). With uidmap=/gidmap= it is idmapped (_mount_idmapped).
     """
+    mapping, options = idmap.from_options(m.options)
+    if mapping is not None:
+        _mount_idmapped(Mount(m.type, m.source, m.target, options), target, mapping)
+        return
     flags, data = parse_options(m.options)
     if "loop" in data:
         rest = [option for option in data if option not in LOOP_OPTIONS]
@@ -184,6 +189,46 @@ def mount(m, target):
         return
     _check_length(joined)
     _syscall_mount(m.source, target, m.type, flags, joined or None)
+
+
+# The private directory the idmapped lowerdirs of one overlay mount are bound in.
+IDMAP_LOWERS_PREFIX = "snaplab-idmap-"
+
+
+def _mount_idmapped(m, target, mapping):
+    """Mount `m` (its options without uidmap=/gidmap=) with ids shifted by
+    `mapping`, as containerd's mount package does: a bind is itself an
+    idmapped bind; an overlay gets each lowerdir idmap-bound at
+    <tmp>/snaplab-idmap-*/<the lowerdir's own path> and is mounted over
+    those (the upper is not idmapped: its owner is the mapped root
+    already). The temporary binds are detached and their directories
+    removed once the overlay holds its layers (overlayfs keeps its own
+    reference to each); mounted_at knows such a lowerdir by its suffix."""
+    flags, data = parse_options(m.options)
+    with idmap.user_namespace(mapping) as userns_fd:
+        if m.type == "bind" or flags & MS_BIND:
+            idmap.idmapped_bind(m.source, target, userns_fd, recursive=bool(flags & MS_REC),
+                                read_only=bool(flags & MS_RDONLY))
+            return
+        lower_index = next((i for i, o in enumerate(data) if o.startswith("lowerdir=")), None)
+        if m.type != "overlay" or lower_index is None:
+            raise errors.InvalidArgument("uidmap=/gidmap= work on a bind or an overlay with "
+                                         "lowerdirs, not a %s mount" % m.type)
+        private = tempfile.mkdtemp(prefix=IDMAP_LOWERS_PREFIX)
+        bound = []
+        try:
+            for lower in data[lower_index][len("lowerdir="):].split(":"):
+                where = private + os.path.abspath(lower)
+                os.makedirs(where, mode=0o700)
+                idmap.idmapped_bind(lower, where, userns_fd)
+                bound.append(where)
+            data[lower_index] = "lowerdir=" + ":".join(bound)
+            mount(Mount(m.type, m.source, options=data), target)
+        finally:
+            for where in bound:
+                unmount(where, MNT_DETACH)
+            for directory, _subdirectories, _files in sorted(os.walk(private), reverse=True):
+                os.rmdir(directory)  # only empty directories: never through a mount
 
 
 def _check_length(joined):
@@ -363,11 +408,16 @@ def _options(words):
     return dict(word.partition("=")[::2] for word in words)
 
 
-def _same_lowers(wanted, shown):
+def _same_lowers(wanted, shown, idmapped=False):
     # A deep chain is mounted with lowerdirs relative to their common
-    # directory, and the kernel then shows them relative.
-    return len(wanted) == len(shown) and all(
-        w == s or w.endswith("/" + s) for w, s in zip(wanted, shown))
+    # directory, and the kernel then shows them relative. An idmapped
+    # lowerdir is shown as the temporary bind's path: it ends with the
+    # lowerdir's own path (_mount_idmapped).
+    def same(w, s):
+        if idmapped and IDMAP_LOWERS_PREFIX in s:
+            return s.endswith(w)
+        return w == s or w.endswith("/" + s)
+    return len(wanted) == len(shown) and all(same(w, s) for w, s in zip(wanted, shown))
 
 
 def is_mount_of(m, entry):
@@ -387,7 +437,8 @@ def is_mount_of(m, entry):
         return (wanted.get("upperdir") == shown.get("upperdir")
                 and wanted.get("workdir") == shown.get("workdir")
                 and _same_lowers(wanted.get("lowerdir", "").split(":"),
-                                 shown.get("lowerdir", "").split(":")))
+                                 shown.get("lowerdir", "").split(":"),
+                                 idmapped=idmap.UIDMAP_OPTION[:-1] in wanted))
     if "loop" in m.options:
         # The table shows the loop device; the Mount names its file.
         backing = loop.backing_file(entry.source)

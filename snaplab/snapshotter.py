@@ -134,6 +134,11 @@ class Snapshotter(abc.ABC):
         garbage collector. By default nothing changes: Remove frees the
         data before it returns."""
 
+    def capabilities(self):
+        """containerd's plugin capabilities this snapshotter has here, e.g.
+        "remap-ids": it honours the uid/gid mapping labels itself (snaplab.idmap)."""
+        return []
+
     def doctor(self):
         """Every inconsistency between metadata, storage, mounts and
         temporary names, as [snaplab.types.Finding]; writes nothing.

@@ -245,6 +245,17 @@ def cmd_cleanup(opener, args, settings, out):
     return 0
 
 
+def cmd_capabilities(opener, args, settings, out):
+    # Not read-only: overlay asks the kernel with a probe mount in the root.
+    with opener(False) as sn:
+        capabilities = sn.capabilities()
+    if settings.json:
+        out.write(machine_json({"capabilities": capabilities}))
+    else:
+        out.write("".join(name + "\n" for name in capabilities))
+    return 0
+
+
 def cmd_doctor(opener, args, settings, out):
     with opener(False, read_only=not args.fix) as sn:
         if args.fix:

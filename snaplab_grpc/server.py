@@ -316,6 +316,13 @@ def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
             server = Server(snapshotter, path)
         server.start()
         log.info("ready: %s on unix://%s (pid %d)", description, socket_path.path, os.getpid())
+        # The snapshots API has no call for a plugin's capabilities: a
+        # proxy plugin's are its containerd config's (2.x; 1.6 has none).
+        capabilities = snapshotter.capabilities()
+        if capabilities:
+            log.info("capabilities: %s (containerd 2.x: capabilities = [%s] in the proxy "
+                     "plugin's config)", ", ".join(capabilities),
+                     ", ".join('"%s"' % name for name in capabilities))
         while not stopping.wait(1.0):
             pass
     finally:

@@ -33,6 +33,7 @@ import struct
 from .. import errors
 from .. import faults
 from .. import fsutil
+from .. import idmap
 from .. import mount as mountlib
 from ..types import Finding, Kind, Mount
 from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
@@ -275,6 +276,10 @@ class BtrfsSnapshotter(StoreSnapshotter):
                 "filesystem (mkfs.btrfs, or the node_storage role with fstype btrfs)"
                 % (path, backing.fstype, backing.source))
 
+    def capabilities(self):
+        # The mapping labels are honoured by a chown remap at Prepare/View.
+        return [idmap.REMAP_CAPABILITY]
+
     def setup_layout(self):
         self.ensure_directory(self.snapshots_dir)
         # Every mount is of this device (containerd remembers it the same way).
@@ -288,29 +293,36 @@ class BtrfsSnapshotter(StoreSnapshotter):
         return os.path.join(self.snapshots_dir, str(snapshot_id))
 
     def create_storage(self, snap, info):
-        staging = self._make_staged_subvolume(snap)
+        mapping = idmap.from_labels(info.labels)
+        # A mapped view is remapped before it is frozen.
+        staging = self._make_staged_subvolume(snap, writable=mapping is not None)
         try:
+            if mapping is not None:
+                idmap.remap_tree(staging, mapping)
+                if snap.kind == Kind.VIEW:
+                    set_readonly(staging)
             faults.point("create.staged")
             os.rename(staging, self.path_of(snap.id))
         except BaseException:
             delete_subvolume_tree(staging)
             raise
 
-    def _make_staged_subvolume(self, snap):
+    def _make_staged_subvolume(self, snap, writable=False):
         """The snapshot's subvolume under a new-* name (a crash leaves only
-        that, which cleanup() removes), complete but for the rename."""
+        that, which cleanup() removes), complete but for the rename; a view's
+        is read-only unless `writable`."""
         # 64 random bits: a name already taken (EEXIST, nothing made) is
         # not worth a retry loop.
         staging = os.path.join(self.snapshots_dir, "new-" + os.urandom(8).hex())
         if snap.parent_ids:
             snapshot_subvolume(self.path_of(snap.parent_ids[0]), staging,
-                               readonly=snap.kind == Kind.VIEW)
+                               readonly=snap.kind == Kind.VIEW and not writable)
             return staging
         create_subvolume(staging)
         try:
             # 0755 whatever the umask: containerd's RootPermission case.
             os.chmod(staging, 0o755)
-            if snap.kind == Kind.VIEW:
+            if snap.kind == Kind.VIEW and not writable:
                 set_readonly(staging)
         except BaseException:
             delete_subvolume_tree(staging)

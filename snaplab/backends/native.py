@@ -8,12 +8,17 @@ time and space per snapshot.
 import os
 
 from .. import fsutil
+from .. import idmap
 from ..types import Kind, Mount
 from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
 
 
 class NativeSnapshotter(StoreSnapshotter):
     name = "native"
+
+    def capabilities(self):
+        # The mapping labels are honoured by a chown remap at Prepare/View.
+        return [idmap.REMAP_CAPABILITY]
 
     def setup_layout(self):
         self.ensure_directory(self.snapshots_dir)
@@ -26,15 +31,19 @@ class NativeSnapshotter(StoreSnapshotter):
         return os.path.join(self.snapshots_dir, str(snapshot_id))
 
     def create_storage(self, snap, info):
-        if snap.kind == Kind.VIEW and snap.parent_ids:
+        mapping = idmap.from_labels(info.labels)
+        if snap.kind == Kind.VIEW and snap.parent_ids and mapping is None:
             return  # a view of a parent just binds the parent read-only
         # 0755 whatever the umask: containerd's RootPermission case.
         with self.staged_directory(self.path_of(snap.id), mode=0o755) as staging:
             if snap.parent_ids:
                 fsutil.copy_tree(self.path_of(snap.parent_ids[0]), staging)
+            if mapping is not None:  # a mapped view is a remapped copy of its own
+                idmap.remap_tree(staging, mapping)
 
     def snapshot_mounts(self, snap, info):
-        if snap.kind == Kind.VIEW and snap.parent_ids:
+        if (snap.kind == Kind.VIEW and snap.parent_ids
+                and not os.path.isdir(self.path_of(snap.id))):
             source = self.path_of(snap.parent_ids[0])
         else:
             source = self.path_of(snap.id)

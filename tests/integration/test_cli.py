@@ -301,3 +301,28 @@ def test_max_expanded_size_refuses_a_decompression_bomb_before_writing(lab):
     lab.run("apply-layer", "--max-expanded-size", "banana", "work", layer, code=INVALID_ARGUMENT)
     lab.run("apply-layers", layer)
     assert len(lab.json("ls")) == 2
+
+
+def test_capabilities_and_a_mapped_prepare(lab):
+    """remap-ids advertised (overlay: its probe passed on this kernel), and
+    the mapping labels honoured: `snaplab mount` shows host ids."""
+    target = lab.target()
+    lab.json("prepare", "a")
+    lab.json("mount", target, "a")
+    assert lab.json("capabilities") == {"capabilities": ["remap-ids"]}
+    assert lab.run("capabilities").stdout == "remap-ids\n"
+    write_file(os.path.join(target, "f"), 10)
+    lab.json("umount", target)
+    lab.json("commit", "c", "a")
+    mapping = ["--label", "containerd.io/snapshot/uidmapping=0:100000:65536",
+               "--label", "containerd.io/snapshot/gidmapping=0:200000:65536"]
+    lab.json("prepare", *mapping, "mapped", "c")
+    lab.json("mount", target, "mapped")
+    try:
+        owner = os.stat(os.path.join(target, "f"))
+        assert (owner.st_uid, owner.st_gid) == (100000, 200000)
+    finally:
+        lab.json("umount", target)
+    refused = lab.run("prepare", "--label", "containerd.io/snapshot/uidmapping=1:5:5",
+                      "--label", "containerd.io/snapshot/gidmapping=0:5:5", "bad", "c", code=5)
+    assert "does not map container id 0" in refused.stderr

@@ -375,3 +375,29 @@ def test_check_mode_and_info_work_on_a_read_only_root(root):
     finally:
         mountlib.unmount_all(view)
     assert root.listing() == listing
+
+
+def test_mapping_labels_give_a_snapshot_with_host_ids(root):
+    """containerd's uid/gid mapping labels through the snapshot module: the
+    snapshot shows its parents' files with host ids where the backend has
+    the remap-ids capability (overlay idmaps them, native chowns a copy),
+    container ids where it has not (blockfile only stores the labels), and
+    declaring it again changes nothing."""
+    mapping = {"containerd.io/snapshot/uidmapping": "0:100000:65536",
+               "containerd.io/snapshot/gidmapping": "0:200000:65536"}
+    declared = chain(root.lab) + [
+        {"key": "web-mapped", "parent": "app", "state": "active", "labels": mapping}]
+    first = root.snapshot(snapshots=declared)
+    assert first["changed"] and not first.get("failed"), first
+    target = tempfile.mkdtemp(dir=root.lab.base)
+    root.snaplab("mount", target, "web-mapped")
+    try:
+        owner = os.stat(os.path.join(target, "etc", "motd"))
+    finally:
+        root.snaplab("umount", target)
+        os.rmdir(target)
+    remaps = "remap-ids" in root.snaplab("capabilities").split()
+    assert (owner.st_uid, owner.st_gid) == ((100000, 200000) if remaps else (0, 0))
+    assert root.read("web-1", "etc/motd") == "from app\n"
+    again = root.snapshot(snapshots=declared)
+    assert not again["changed"] and not again.get("failed"), again

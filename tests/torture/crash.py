@@ -35,7 +35,11 @@ GC_ROOT = "containerd.io/gc.root"
 FIXED_GC_ROOT = ("--label", GC_ROOT + "=torture")  # deterministic labels to compare
 
 OPERATIONS = ("prepare", "view", "commit", "rm", "label", "cleanup", "apply-layer",
-              "apply-layers")
+              "apply-layers", "prepare-mapped")
+# A uid/gid mapping (snaplab/idmap.py): native and btrfs chown the new
+# snapshot, overlay only stores it (its mounts are idmapped).
+MAPPING_LABELS = {"containerd.io/snapshot/uidmapping": "0:100000:65536",
+                  "containerd.io/snapshot/gidmapping": "0:100000:65536"}
 
 # Named points each operation can reach (snaplab/faults.py), and how many
 # times at most it reaches one per run (the N of NAME:N is drawn up to it).
@@ -49,9 +53,11 @@ POINTS = {
     "apply-layer": {"apply.entry": "entries", "apply.mounted": 1},
     "apply-layers": {"create.staged": 2, "create.stored": 2, "apply.entry": "entries",
                      "commit.stored": 2},
+    "prepare-mapped": {"create.staged": 1, "create.stored": 1, "copy.file": "files",
+                       "remap.entry": "files"},
 }
-# Points that only one backend's code path reaches.
-BACKEND_ONLY = {"copy.file": "native"}
+# Points that only some backends' code paths reach.
+BACKEND_ONLY = {"copy.file": ("native",), "remap.entry": ("native", "btrfs")}
 MISSES_BEFORE_DROP = 3
 
 # The fixture: a parent with thousands of files (native copies it on each
@@ -191,12 +197,17 @@ class CrashRun:
 
     def case(self, op):
         base = self.fixture.committed["base"]
-        if op in ("prepare", "view"):
+        if op in ("prepare", "view", "prepare-mapped"):
             key = self._new_key(op)
             labels = {GC_ROOT: "torture"} if op == "prepare" else {}
             label_args = FIXED_GC_ROOT if op == "prepare" else ()
-            kind = "active" if op == "prepare" else "view"
-            return Case(op, [op, *label_args, key, "base"], [key],
+            if op == "prepare-mapped":
+                labels = dict(MAPPING_LABELS, **{GC_ROOT: "torture"})
+                label_args = [arg for name, value in sorted(labels.items())
+                              for arg in ("--label", "%s=%s" % (name, value))]
+            kind = "view" if op == "view" else "active"
+            verb = "view" if op == "view" else "prepare"
+            return Case(op, [verb, *label_args, key, "base"], [key],
                         [{key: None}, {key: (kind, "base", labels)}],
                         content={key: base}, teardown=[key])
         if op == "commit":
@@ -314,7 +325,8 @@ class CrashRun:
         """NAME:N for `op`, or None if it has no point left: one not reached
         in its first MISSES_BEFORE_DROP tries is not tried again (this code
         path does not pass it, as a native view of a parent creates nothing)."""
-        points = [p for p in POINTS[op] if BACKEND_ONLY.get(p, self.backend) == self.backend
+        points = [p for p in POINTS[op]
+                  if self.backend in BACKEND_ONLY.get(p, (self.backend,))
                   and not (self.point_misses[op, p] >= MISSES_BEFORE_DROP
                            and not self.point_hits[op, p])]
         if not points:

@@ -14,6 +14,8 @@ MOUNTINFO = """\
 61 27 7:12 / /var/lib/snaplab/xfs rw,relatime - xfs /dev/loop12 rw
 62 27 0:50 / /run/snaplab-serve-x rw - tmpfs tmpfs rw
 63 27 0:51 / /tmp/snaplab-mount-k2j4/ rw - overlay overlay rw,lowerdir=/r/snapshots/1/fs
+64 27 7:12 / /tmp/snaplab-idmap-x1/r/snapshots/1/fs rw,idmapped - xfs /dev/loop12 rw
+65 27 0:52 / /run/c1/rootfs rw - overlay overlay rw,lowerdir=/tmp/snaplab-idmap-x2/r/1/fs
 """
 
 LOSETUP = """\
@@ -50,7 +52,8 @@ def test_mounts_with_a_harness_test_demo_containerd_or_temporary_mount_name_are_
     assert [line.split()[4] for line in leaks.leaked_mounts(MOUNTINFO)] == [
         "/tmp/snaplab-conformance-brjyqyj9/ext4", "/tmp/x/zfs",
         "/srv/snaplab-containerd-b497hrdp/zfs", "/tmp/snaplab-test-hostile-eg_m8ud9/mnt",
-        "/var/tmp/snaplab-demo/xfs", "/tmp/snaplab-mount-k2j4/"]
+        "/var/tmp/snaplab-demo/xfs", "/tmp/snaplab-mount-k2j4/",
+        "/tmp/snaplab-idmap-x1/r/snapshots/1/fs"]
 
 
 def test_loop_devices_over_harness_test_or_demo_files_are_leaks():
