@@ -191,8 +191,47 @@ def mount(m, target):
     _syscall_mount(m.source, target, m.type, flags, joined or None)
 
 
-# The private directory the idmapped lowerdirs of one overlay mount are bound in.
+# The private directory the idmapped lowerdirs of one overlay mount are bound
+# in: <tmp>/snaplab-idmap-<pid of the mounter>-<random>.
 IDMAP_LOWERS_PREFIX = "snaplab-idmap-"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_idmap_leftovers(directory=None):
+    """Detach and remove the idmapped lowerdir binds of mounters that died
+    between binding and detaching them (a kill inside _mount_idmapped); a
+    live mounter's are left alone. Run before every idmapped overlay mount
+    and by every Cleanup. Returns the directories removed."""
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(IDMAP_LOWERS_PREFIX):].split("-", 1)[0]
+        if not name.startswith(IDMAP_LOWERS_PREFIX) or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        private = os.path.join(directory, name)
+        for where in mounts_under(private):
+            unmount_all(where, MNT_DETACH)
+        _remove_empty_directories(private)
+        removed.append(private)
+    return removed
+
+
+def _remove_empty_directories(top):
+    for path, _subdirectories, _files in sorted(os.walk(top), reverse=True):
+        os.rmdir(path)  # only empty directories: never through a mount
 
 
 def _mount_idmapped(m, target, mapping):
@@ -214,7 +253,8 @@ def _mount_idmapped(m, target, mapping):
         if m.type != "overlay" or lower_index is None:
             raise errors.InvalidArgument("uidmap=/gidmap= work on a bind or an overlay with "
                                          "lowerdirs, not a %s mount" % m.type)
-        private = tempfile.mkdtemp(prefix=IDMAP_LOWERS_PREFIX)
+        sweep_idmap_leftovers()
+        private = tempfile.mkdtemp(prefix="%s%d-" % (IDMAP_LOWERS_PREFIX, os.getpid()))
         bound = []
         try:
             for lower in data[lower_index][len("lowerdir="):].split(":"):
@@ -227,8 +267,7 @@ def _mount_idmapped(m, target, mapping):
         finally:
             for where in bound:
                 unmount(where, MNT_DETACH)
-            for directory, _subdirectories, _files in sorted(os.walk(private), reverse=True):
-                os.rmdir(directory)  # only empty directories: never through a mount
+            _remove_empty_directories(private)
 
 
 def _check_length(joined):
@@ -464,5 +503,6 @@ def mounted_at(target, mounts, table=None):
 
 
 __all__ = ["Mount", "MountError", "MNT_DETACH", "mount", "mount_all",
+           "sweep_idmap_leftovers",
            "temporary_mount", "unmount", "unmount_all", "lookup", "mounts_under", "mount_table",
            "mount_on_top", "is_mountpoint", "is_mount_of", "mounted_at", "parse_options"]

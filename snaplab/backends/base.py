@@ -272,6 +272,9 @@ class StoreSnapshotter(Snapshotter):
             faults.point("cleanup.entry")
             self.remove_storage_entries([entry])
         self._remove_old_probes()
+        # An idmapped mount killed half-way leaves its lowerdir binds in the
+        # temporary directory, outside any root: the next Cleanup takes them.
+        mountlib.sweep_idmap_leftovers()
         reserve.refill(self.root)
 
     def _repair(self):

@@ -6,6 +6,7 @@ temporary directories, user namespace children) also when a mount fails."""
 import glob
 import os
 import stat
+import subprocess
 import tempfile
 
 import pytest
@@ -93,6 +94,30 @@ def test_a_mapping_the_kernel_refuses_is_an_error_not_a_leak(layers):
                              options=["uidmap=0:4294967290:100", "gidmap=0:1:1", "rbind"]),
                        str(layers / "merged"))
     assert _leftovers() == []
+
+
+def test_binds_a_killed_mounter_left_are_swept_and_a_live_ones_kept(layers, tmp_path):
+    """A kill between binding the idmapped lowers and detaching them leaves
+    <tmp>/snaplab-idmap-<pid>-*: the sweep (before each idmapped mount and
+    in every Cleanup) takes it once that pid is gone."""
+    gone = subprocess.Popen(["true"])  # pylint: disable=consider-using-with
+    gone.wait()
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    left, live = (temporary / ("%s%d-x" % (mountlib.IDMAP_LOWERS_PREFIX, pid))
+                  for pid in (gone.pid, os.getpid()))
+    for private in (left, live):
+        where = private / "lower"
+        where.mkdir(parents=True)
+        mountlib.mount(Mount("bind", str(layers / "lower1"), options=["ro", "bind"]), str(where))
+    try:
+        assert mountlib.sweep_idmap_leftovers(str(temporary)) == [str(left)]
+        assert not left.exists()
+        assert mountlib.is_mountpoint(str(live / "lower"))  # its mounter is alive
+    finally:
+        mountlib.unmount_all(str(live / "lower"))
+        if left.exists():
+            mountlib.unmount_all(str(left / "lower"))
 
 
 def test_remap_tree_shifts_every_entry_once(tmp_path):
