@@ -81,7 +81,9 @@ class ZfsSpec(FilesystemSpec):
     """
 
     def __init__(self):
-        super().__init__("zfs", None, None, 1024, "a ZFS dataset (kernel OpenZFS, else "
+        # 2 GiB (sparse): blockfile's 128-layer case keeps 128 images, and
+        # zfs-fuse can find no holes to skip in them (1 GiB ran out).
+        super().__init__("zfs", None, None, 2048, "a ZFS dataset (kernel OpenZFS, else "
                          "zfs-fuse) in a pool on a loop device")
 
     @property

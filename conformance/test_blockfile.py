@@ -121,13 +121,18 @@ def test_a_child_shares_extents_on_a_reflink_root_or_keeps_holes(
     sn.commit("base", "layer")
     sn.prepare("child", "base")
     parent, child = _image(root, sn, "base"), _image(root, sn, "child")
-    shared, total = imagefile.shared_bytes(child)
+    try:
+        shared, total = imagefile.shared_bytes(child)
+    except OSError as err:  # no FIEMAP (zfs): the blocks alone say it is sparse
+        if err.errno != errno.EOPNOTSUPP or target.fstype() in REFLINK_FILESYSTEMS:
+            raise
+        shared = total = None
     parent_blocks = os.stat(parent).st_blocks * 512
-    assert total >= 4 * MIB
+    assert total is None or total >= 4 * MIB
     if target.fstype() in REFLINK_FILESYSTEMS:
         assert shared == total, "a clone shares every extent with its parent"
     else:
-        assert shared == 0
+        assert shared in (0, None)
         # A sparse copy: what the parent allocated, not the 64 MiB image
         assert os.stat(child).st_blocks * 512 <= parent_blocks + MIB
         assert parent_blocks < 16 * MIB
