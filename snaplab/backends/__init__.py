@@ -31,6 +31,11 @@ def _blockfile():
     return BlockfileSnapshotter
 
 
+def _erofs():
+    from .erofs import ErofsSnapshotter
+    return ErofsSnapshotter
+
+
 def _aufs():
     from .aufs import AufsSnapshotter
     return AufsSnapshotter
@@ -44,6 +49,7 @@ BACKENDS = {
     "zfs": _zfs,
     "aufs": _aufs,
     "blockfile": _blockfile,
+    "erofs": _erofs,
 }
 
 

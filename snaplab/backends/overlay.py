@@ -51,20 +51,20 @@ class OverlaySnapshotter(StoreSnapshotter):
     def check_filesystem(self, path):
         if not kernel.filesystem_in_kernel("overlay"):
             raise errors.FailedPrecondition(
-                "overlay backend: this kernel has no overlay filesystem "
-                "(not listed in /proc/filesystems); load the overlay module or use --backend native")
+                "%s backend: this kernel has no overlay filesystem (not listed in "
+                "/proc/filesystems); load the overlay module or use --backend native" % self.name)
         backing = mountlib.lookup(path)
         if backing.fstype == "overlay":
             raise errors.FailedPrecondition(
-                "overlay backend: %s is itself on overlayfs, which cannot hold overlay upper "
-                "directories; put the root on ext4, xfs or btrfs" % path)
+                "%s backend: %s is itself on overlayfs, which cannot hold overlay upper "
+                "directories; put the root on ext4, xfs or btrfs" % (self.name, path))
         if not fsutil.has_d_type(path):
             raise errors.FailedPrecondition(
-                "overlay backend: %s (%s on %s) does not support d_type. If the backing "
+                "%s backend: %s (%s on %s) does not support d_type. If the backing "
                 "filesystem is xfs, please reformat with ftype=1 to enable d_type support; "
                 "if it is ext4, enable the filetype feature (tune2fs -O filetype, then "
                 "e2fsck -f) or reformat without -O ^filetype"
-                % (path, backing.fstype, backing.source))
+                % (self.name, path, backing.fstype, backing.source))
         # In a user namespace the kernel decides more (overlayfs mounts
         # there from Linux 5.11, with userxattr): always ask it.
         rootless = kernel.in_user_namespace()
