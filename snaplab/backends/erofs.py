@@ -21,7 +21,7 @@ Where snaplab differs from containerd 2.1, and why:
   here always packs fs/ (snaplab's layer apply writes there). Without the
   marker that differ declines and containerd falls back to one that writes
   into the mounts.
-- A View of a single committed parent is a read-only bind of the parent's
+- A View whose parent has no parent is a read-only bind of the parent's
   mounted fs/, not an erofs Mount with the `loop` option (which only a
   consumer that makes loop devices can mount).
 - The image gets no FS_IMMUTABLE_FL (containerd sets it, and clears it again
