@@ -32,7 +32,7 @@ class InProcessTarget(Target):
                                  **self.options)
 
     def kept_mounts_under(self, directory):
-        return backends.backend_class(self.snaplab_backend).kept_mounts_under(directory)
+        return backends.kept_mounts_under(self.snaplab_backend, directory)
 
     def expected_refusal(self):
         return snaplab_refusal(self.snaplab_backend, self)

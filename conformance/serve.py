@@ -216,7 +216,7 @@ class ProxyPair:
         self.serve = None
         if not problems:
             problems += self.fs.release_under(self.roots_dir)
-            for where in backends.backend_class(self.served).kept_mounts_under(self.roots_dir):
+            for where in backends.kept_mounts_under(self.served, self.roots_dir):
                 mountlib.unmount_all(where)
             shutil.rmtree(self.roots_dir, ignore_errors=True)
         return problems

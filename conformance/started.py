@@ -286,7 +286,7 @@ class ServeTarget(StartedTarget):
         return snaplab_refusal(self.served, self)
 
     def kept_mounts_under(self, directory):
-        return backends.backend_class(self.served).kept_mounts_under(directory)
+        return backends.kept_mounts_under(self.served, directory)
 
     def new_process(self, root, options, ready):
         del ready  # serve says itself when it is ready: its "ready" log line

@@ -62,6 +62,13 @@ def backend_class(name):
         ) from None
 
 
+def kept_mounts_under(name, directory):
+    """What the roots of backend `name` below `directory` keep mounted by
+    design (erofs's images), latest first: no leak, but gone after a reboot."""
+    kept = getattr(backend_class(name), "kept_mounts_under", None)
+    return kept(directory) if kept is not None else []
+
+
 def declared_options(name):
     """The Option declarations of backend `name` (InvalidArgument if unknown)."""
     return backend_class(name).declared_options

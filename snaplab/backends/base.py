@@ -555,12 +555,6 @@ class StoreSnapshotter(Snapshotter):
         """Add backend-computed labels to Info (overlay's upperdir label)."""
         return info
 
-    @classmethod
-    def kept_mounts_under(cls, directory):
-        """The mounts this backend's roots below `directory` keep by design
-        (erofs's images), latest first: no leak, but gone after a reboot."""
-        return []
-
 
 def unmount_tree(path):
     """Unmount everything mounted at or below `path`, deepest first."""
