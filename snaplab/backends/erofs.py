@@ -34,6 +34,7 @@ Where snaplab differs from containerd 2.1, and why:
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import subprocess
@@ -55,6 +56,8 @@ STAGED_IMAGE_PREFIX = ".layer.erofs-"
 MKFS_EROFS = "mkfs.erofs"
 # As containerd's erofsutils.ConvertErofs.
 MKFS_OPTIONS = ("--quiet", "-Enoinline_data")
+
+log = logging.getLogger("snaplab")
 
 
 class ErofsSnapshotter(OverlaySnapshotter):
@@ -184,10 +187,13 @@ class ErofsSnapshotter(OverlaySnapshotter):
                 snapshot_id = tx.get_info(name)[0]
             except errors.NotFound:
                 return  # removed meanwhile
-        with contextlib.suppress(errors.FailedPrecondition, FileNotFoundError):
+        try:
             with self._image_lock(snapshot_id):
                 if not self.layer_mounted(snapshot_id):
                     self._empty_upper(snapshot_id)
+        except (errors.FailedPrecondition, OSError) as err:  # committed all the same
+            log.warning("snapshot %r committed, but its upper's files are left for the next "
+                        "mount or Cleanup: %s", name, err)
 
     # -- remove, cleanup and doctor ---------------------------------------------
 
