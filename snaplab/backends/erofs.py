@@ -67,8 +67,8 @@ class ErofsSnapshotter(OverlaySnapshotter):
         if not kernel.filesystem_in_kernel("erofs"):
             raise errors.FailedPrecondition(
                 "erofs backend: kernel %s has no erofs filesystem (not listed in "
-                "/proc/filesystems; Linux has it since 5.4, Debian as a module): load it "
-                "(modprobe erofs) or use --backend overlay" % kernel.release())
+                "/proc/filesystems; Linux has it since 5.4): load its module (modprobe "
+                "erofs) or use --backend overlay" % kernel.release())
         if shutil.which(MKFS_EROFS) is None:
             raise errors.FailedPrecondition(
                 "erofs backend: no %s on PATH, which Commit needs to build a snapshot's "
