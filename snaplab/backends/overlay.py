@@ -69,10 +69,10 @@ class OverlaySnapshotter(StoreSnapshotter):
         # there from Linux 5.11, with userxattr): always ask it.
         rootless = kernel.in_user_namespace()
         if rootless or backing.fstype not in _KNOWN_UPPER_FILESYSTEMS:
-            self._probe_upper(path, backing, rootless)
+            self._probe_upper(path, backing, rootless, self.name)
 
     @staticmethod
-    def _probe_upper(path, backing, rootless=False):
+    def _probe_upper(path, backing, rootless=False, backend="overlay"):
         """Mount a tiny overlay with its upper in `path` and remove lower
         entries through it the way a layer's diff does: the kernel decides.
 
@@ -91,14 +91,14 @@ class OverlaySnapshotter(StoreSnapshotter):
         """
         probe = tempfile.mkdtemp(prefix=_UPPER_PROBE_PREFIX, dir=path)
         if rootless:
-            refusal = ("overlay backend: the kernel does not mount overlayfs over %s (%s at %s) "
+            refusal = ("%s backend: the kernel does not mount overlayfs over %s (%s at %s) "
                        "in this user namespace (%%s); rootless overlay needs Linux 5.11 or later "
                        "and an upper filesystem that takes user.* xattrs, or use --backend "
-                       "native" % (path, backing.fstype, backing.mountpoint))
+                       "native" % (backend, path, backing.fstype, backing.mountpoint))
         else:
-            refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
+            refusal = ("%s backend: the kernel refuses %s (%s at %s) as an overlay upper "
                        "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
-                       % (path, backing.fstype, backing.mountpoint))
+                       % (backend, path, backing.fstype, backing.mountpoint))
         try:
             for name in ("lower", "lower/dir", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
