@@ -90,6 +90,21 @@ class ErofsSnapshotter(OverlaySnapshotter):
         """The Mount of a committed snapshot's image on its fs/."""
         return Mount("erofs", self.image_of(snapshot_id), options=["ro", "loop"])
 
+    @contextlib.contextmanager
+    def probe_lower(self, content):
+        """The idmap probe's lowerdir: `content` as an erofs image, mounted
+        as a parent layer is (whether erofs takes an idmapped mount depends
+        on the kernel, not on the root's filesystem)."""
+        probe = os.path.dirname(content)
+        image, lower = os.path.join(probe, IMAGE_NAME), os.path.join(probe, "lower")
+        os.mkdir(lower)
+        self._build_image(content, image)
+        mountlib.mount(Mount("erofs", image, options=["ro", "loop"]), lower)
+        try:
+            yield lower
+        finally:
+            mountlib.unmount_all(lower)
+
     # -- mounts ---------------------------------------------------------------
 
     def snapshot_mounts(self, snap, info):

@@ -6,6 +6,7 @@ workdir (active snapshots only). Lowerdirs are derived from the parent chain
 at mount time, so Commit moves nothing and a rebase needs no disk work.
 """
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -147,28 +148,43 @@ class OverlaySnapshotter(StoreSnapshotter):
         except OSError as err:  # a read-only root, say
             return "no probe can be made in %s: %s" % (self.root, os.strerror(err.errno))
         try:
-            for name in ("lower", "upper", "work", "merged"):
+            for name in ("content", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
-            with open(os.path.join(probe, "lower", "file"), "w", encoding="ascii"):
+            with open(os.path.join(probe, "content", "file"), "w", encoding="ascii"):
                 pass
-            os.lchown(os.path.join(probe, "lower", "file"), 0, 0)
-            options = idmap.Mapping(_PROBE_MAPPING, _PROBE_MAPPING).mount_options() + [
-                "lowerdir=" + os.path.join(probe, "lower"),
-                "upperdir=" + os.path.join(probe, "upper"),
-                "workdir=" + os.path.join(probe, "work")] + self.extra_options
-            merged = os.path.join(probe, "merged")
+            os.lchown(os.path.join(probe, "content", "file"), 0, 0)
             try:
-                mountlib.mount(Mount("overlay", "overlay", options=options), merged)
-            except (OSError, errors.SnapshotError) as err:
+                with self.probe_lower(os.path.join(probe, "content")) as lower:
+                    return self._probe_idmapped_lower(probe, lower)
+            except (OSError, errors.SnapshotError) as err:  # the lower could not be made
                 return str(err)
-            try:
-                if os.stat(os.path.join(merged, "file")).st_uid != 666:
-                    return "the kernel mounted the idmapped lowerdir without shifting its ids"
-            finally:
-                mountlib.unmount(merged)
-            return None
         finally:
             fsutil.remove_tree(probe)
+
+    @contextlib.contextmanager
+    def probe_lower(self, content):
+        """The idmap probe's lowerdir, holding the directory `content` as a
+        parent layer holds it (overlay: that very directory)."""
+        yield content
+
+    def _probe_idmapped_lower(self, probe, lower):
+        """Mount an overlay over `lower` idmapped: None if it shows the
+        probe file's root as host 666, else why not."""
+        options = idmap.Mapping(_PROBE_MAPPING, _PROBE_MAPPING).mount_options() + [
+            "lowerdir=" + lower,
+            "upperdir=" + os.path.join(probe, "upper"),
+            "workdir=" + os.path.join(probe, "work")] + self.extra_options
+        merged = os.path.join(probe, "merged")
+        try:
+            mountlib.mount(Mount("overlay", "overlay", options=options), merged)
+        except (OSError, errors.SnapshotError) as err:
+            return str(err)
+        try:
+            if os.stat(os.path.join(merged, "file")).st_uid != 666:
+                return "the kernel mounted the idmapped lowerdir without shifting its ids"
+        finally:
+            mountlib.unmount(merged)
+        return None
 
     def capabilities(self):
         return [] if self.idmap_refusal else [idmap.REMAP_CAPABILITY]
