@@ -2,7 +2,8 @@
 """Latency of Prepare, Commit, Stat and Remove, per backend, p50/p99.
 
     python3 benchmarks/bench_latency.py [--ops 1000] [--backends native,overlay]
-                                        [--filesystem ext4|host-dir] [--json OUT]
+                                        [--filesystem ext4|host-dir] [--layer-files N]
+                                        [--json OUT]
 
 Each backend gets a fresh root on the same filesystem (a loop-backed ext4 by
 default, made and removed by the benchmark). A small committed base layer
@@ -11,7 +12,9 @@ in a container start: Prepare(key_i, base), Commit(name_i, key_i),
 Stat(name_i), then Remove(name_i) for all. Native's Prepare copies the base,
 overlay's does not: the ratio column shows what that costs. Any backend
 snaplab has can be named (blockfile: its Prepare copies the base's image,
-a clone on --filesystem xfs or btrfs).
+a clone on --filesystem xfs or btrfs). With --layer-files N each active
+gets N files of 4 KiB (written untimed, through its mounts) before its
+Commit: erofs's Commit packs them into an image.
 """
 
 import argparse
@@ -35,10 +38,10 @@ def percentile(samples, fraction):
     return ordered[index]
 
 
-def make_base(sn, work, files):
+def write_files(mounts, work, files):
+    """`files` files of 4 KiB of random data into the snapshot of `mounts`."""
     from snaplab.mount import mount_all, unmount_all
-    mounts = sn.prepare("base-active", "")
-    target = os.path.join(work, "base-mnt")
+    target = os.path.join(work, "layer-mnt")
     os.makedirs(target, exist_ok=True)
     mount_all(mounts, target)
     try:
@@ -47,10 +50,14 @@ def make_base(sn, work, files):
                 f.write(os.urandom(4096))
     finally:
         unmount_all(target)
+
+
+def make_base(sn, work, files):
+    write_files(sn.prepare("base-active", ""), work, files)
     sn.commit("base", "base-active")
 
 
-def bench_backend(backend, directory, ops, base_files):
+def bench_backend(backend, directory, ops, base_files, layer_files=0):
     root = tempfile.mkdtemp(prefix="root-%s-" % backend, dir=directory)
     timings = {op: [] for op in OPERATIONS}
     with open_snapshotter(root, backend) as sn:
@@ -59,14 +66,17 @@ def bench_backend(backend, directory, ops, base_files):
         for i in range(ops):
             key, name = "active-%d" % i, "committed-%d" % i
             t0 = clock()
-            sn.prepare(key, "base")
+            mounts = sn.prepare(key, "base")
             t1 = clock()
+            if layer_files:  # not timed
+                write_files(mounts, directory, layer_files)
+            committing = clock()
             sn.commit(name, key)
             t2 = clock()
             sn.stat(name)
             t3 = clock()
             timings["prepare"].append(t1 - t0)
-            timings["commit"].append(t2 - t1)
+            timings["commit"].append(t2 - committing)
             timings["stat"].append(t3 - t2)
         for i in range(ops):
             t0 = clock()
@@ -95,6 +105,8 @@ def main(argv=None):
     parser.add_argument("--backends", default="native,overlay")
     parser.add_argument("--filesystem", default="ext4")
     parser.add_argument("--base-files", type=int, default=16)
+    parser.add_argument("--layer-files", type=int, default=0,
+                        help="files of 4 KiB each active gets before its Commit")
     parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -104,11 +116,13 @@ def main(argv=None):
         fs = pool.get(args.filesystem)
         for backend in backends:
             directory = tempfile.mkdtemp(prefix="bench-", dir=fs.mountpoint)
-            results[backend] = bench_backend(backend, directory, args.ops, args.base_files)
+            results[backend] = bench_backend(backend, directory, args.ops, args.base_files,
+                                             args.layer_files)
     finally:
         pool.destroy()
-    print("snaplab latency, %d operations each, on %s, kernel %s, %d base files"
-          % (args.ops, args.filesystem, platform.release(), args.base_files))
+    print("snaplab latency, %d operations each, on %s, kernel %s, %d base files, %d files "
+          "per layer, load %.2f" % (args.ops, args.filesystem, platform.release(),
+                                   args.base_files, args.layer_files, os.getloadavg()[0]))
     reference = backends[-1]
     header = "%-8s %-8s %10s %10s" % ("op", "backend", "p50 ms", "p99 ms")
     if len(backends) > 1:

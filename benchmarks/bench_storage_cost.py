@@ -5,8 +5,9 @@
         [--backends native,overlay,btrfs,zfs] [--json OUT] [--markdown OUT]
 
 For each backend, on its own loop-backed filesystem (native, overlay and
-blockfile on ext4, btrfs on btrfs, zfs on a zfs pool — kernel OpenZFS or
-zfs-fuse; the row blockfile-xfs is blockfile on xfs, with reflink), the
+blockfile on ext4, erofs (on request: --backends ...,erofs) too, btrfs on btrfs, zfs on a
+zfs pool — kernel OpenZFS or zfs-fuse; the row blockfile-xfs is blockfile on xfs, with
+reflink), the
 benchmark commits one image of --image-mib MiB of random (incompressible)
 data, then prepares --snapshots active snapshots on it, as a node starting
 that many containers of one image does. It reports, per added snapshot:
@@ -44,7 +45,7 @@ MIB = 1024 * 1024
 # Each backend on the filesystem containerd users put it on; blockfile twice:
 # on ext4 its images are sparse copies, on xfs (reflink) clones.
 FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs",
-                 "blockfile": "ext4", "blockfile-xfs": "xfs"}
+                 "blockfile": "ext4", "blockfile-xfs": "xfs", "erofs": "ext4"}
 # Rows named other than their backend.
 BACKEND_OF_ROW = {"blockfile-xfs": "blockfile"}
 
@@ -140,6 +141,8 @@ def bench_backend(row, pool, snapshots, image_mib):
         sn.remove("image")
     finally:
         sn.close()
+        for where in target.kept_mounts_under(directory):  # erofs's images, after a failure
+            mountlib.unmount_all(where)
         problems = target.fs.release_under(directory)  # the zfs root's dataset
         shutil.rmtree(directory, ignore_errors=True)
         if problems:

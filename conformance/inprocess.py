@@ -31,6 +31,9 @@ class InProcessTarget(Target):
         return functools.partial(backends.open_snapshotter, root, self.snaplab_backend,
                                  **self.options)
 
+    def kept_mounts_under(self, directory):
+        return backends.kept_mounts_under(self.snaplab_backend, directory)
+
     def expected_refusal(self):
         return snaplab_refusal(self.snaplab_backend, self)
 

@@ -36,7 +36,7 @@ KNOWN_DIFFERENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                  "known-differences.yml")
 
 DEFAULT_BACKENDS = ["native", "overlay", "btrfs", "zfs", "aufs",
-                    "blockfile",
+                    "blockfile", "erofs",
                     # containerd's own plugins, through a private containerd
                     # (conformance/containerd.py)
                     "containerd-overlayfs", "containerd-native", "containerd-btrfs",

@@ -22,6 +22,7 @@ import pytest
 
 from snaplab import backends
 from snaplab import errors
+from snaplab import mount as mountlib
 from snaplab import options as optionlib
 
 from .containerd import Containerd, ContainerdTarget, unavailable_reason
@@ -142,7 +143,7 @@ def served_snapshotter(root, backend, **options):
 
 SERVE_PREFIX = "serve-"
 PROXY_PREFIX = "containerd-proxy-snaplab-"
-SERVED_BACKENDS = ("native", "overlay", "btrfs", "zfs", "blockfile")
+SERVED_BACKENDS = ("native", "overlay", "btrfs", "zfs", "blockfile", "erofs")
 
 
 def grpc_missing():
@@ -161,6 +162,7 @@ class ProxyPair:
     benchmarks/bench_ctr.py)."""
 
     def __init__(self, served, fs, plugin, plugin_roots=None):
+        self.served = served
         self.plugin = plugin
         self.fs = fs
         self.roots_dir = tempfile.mkdtemp(prefix="snaplab-proxy-", dir=fs.mountpoint)
@@ -214,6 +216,8 @@ class ProxyPair:
         self.serve = None
         if not problems:
             problems += self.fs.release_under(self.roots_dir)
+            for where in backends.kept_mounts_under(self.served, self.roots_dir):
+                mountlib.unmount_all(where)
             shutil.rmtree(self.roots_dir, ignore_errors=True)
         return problems
 

@@ -38,7 +38,7 @@ import tempfile
 
 import pytest
 
-from snaplab import errors
+from snaplab import backends, errors
 
 from . import traits as traitslib
 from .containerd import ContainerdClient, RootNamespaces, is_at_or_below
@@ -284,6 +284,9 @@ class ServeTarget(StartedTarget):
 
     def expected_refusal(self):
         return snaplab_refusal(self.served, self)
+
+    def kept_mounts_under(self, directory):
+        return backends.kept_mounts_under(self.served, directory)
 
     def new_process(self, root, options, ready):
         del ready  # serve says itself when it is ready: its "ready" log line

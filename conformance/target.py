@@ -123,6 +123,12 @@ class Target:
         returns the problems."""
         return []
 
+    def kept_mounts_under(self, directory):
+        """What the snapshotter keeps mounted below `directory` by design
+        (erofs's images on its snapshots' fs/), latest first: not a case's
+        leak; the fixture unmounts it after the case, as a reboot would."""
+        return []
+
     def diagnostics(self):
         """What to show beside a failed case: [(title, text)] (the logs of
         the services the target runs for it)."""
@@ -156,7 +162,7 @@ def snaplab_refusal(backend, target):
         return Refusal("not btrfs", "mkfs.btrfs")
     if backend == "zfs" and fstype not in ZFS_FSTYPES:
         return Refusal("not a ZFS dataset", "zfs create")
-    if backend == "overlay":
+    if backend in ("overlay", "erofs"):  # erofs's actives and views are overlays
         if fstype == FUSE_ZFS_FSTYPE:
             # zfs-fuse's readdir gives DT_UNKNOWN: the d_type check
             # refuses it before the probe of the upper would.

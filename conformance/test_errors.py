@@ -225,7 +225,8 @@ def test_ids_increase_and_are_never_reused(snapshotter, target):
     sn.remove("a")
     second = sn.prepare("a", "")
     if target.owns_root and target.traits.storage_layout in ("snaplab-native",
-                                                             "snaplab-overlay"):
+                                                             "snaplab-overlay",
+                                                             "snaplab-erofs"):
         # the id is the directory name under <root>/snapshots/
         def snapshot_id(mounts):
             source = mounts[0].source.rstrip("/")

@@ -47,6 +47,10 @@ TRAITS = (
     Trait("usage_includes_parent", (False, True),
           "Usage of a snapshot counts its parents' content too (snapshots are full "
           "copies, as native's are); false: only what the snapshot itself adds"),
+    Trait("committed_usage", ("measured", "image"),
+          "what Usage of a committed snapshot reports: its active's usage measured at "
+          "Commit (measured), or the disk usage of the image Commit made of it (image: "
+          "erofs's layer.erofs, one inode)"),
     Trait("inodes_reported", (True, False),
           "Usage counts inodes; false: Usage.inodes is -1 (zfs reports only bytes)"),
     Trait("lower_directory_rename", (True, False),
@@ -69,7 +73,7 @@ TRAITS = (
           "client then chowns itself), the parents' layers are idmapped in the Mounts "
           "(idmapped: containerd 2.x's overlayfs), or the new snapshot is a chowned copy (chown)"),
     Trait("storage_layout", (None, "snaplab-native", "snaplab-overlay", "snaplab-btrfs",
-                             "snaplab-zfs", "snaplab-blockfile"),
+                             "snaplab-zfs", "snaplab-blockfile", "snaplab-erofs"),
           "the on-disk layout under the root that white-box cases check (none: the "
           "storage is only seen through the API and the mounts)"),
 )

@@ -15,6 +15,10 @@ lookup. The points, in the order an operation meets them:
     remove.committed    Remove: metadata committed, data not yet removed
     remove.background   Remove's data deletion in the background thread
                         (snaplab serve): before it starts
+    erofs.image_built   erofs Commit: the image staged, not yet renamed into place
+    erofs.image_stored  erofs Commit: layer.erofs in place, metadata not committed
+    erofs.committed     erofs Commit: metadata committed, the upper's files not freed
+    erofs.unmounted     erofs Remove/Cleanup: the image unmounted, its files not deleted
     cleanup.entry       Cleanup: before each leftover is removed
     copy.file           a full tree copy (native Prepare): before each file
     blockfile.scratch   blockfile's open: a new scratch image made, not yet renamed

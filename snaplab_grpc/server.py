@@ -311,14 +311,16 @@ def serve(snapshotter, socket_path, description, grace=GRACE_SECONDS):
     # does; the data goes in the snapshotter's thread (Cleanup waits for it).
     snapshotter.remove_data_in_background()
     server = None
+    # The snapshots API has no call for a plugin's capabilities: a proxy
+    # plugin's are its containerd config's (2.x; 1.6 has none). Asked before
+    # "ready": a backend may probe the kernel with mounts in the root
+    # (overlay's and erofs's idmap probes), which must be over by then.
+    capabilities = snapshotter.capabilities()
     try:
         with socket_path.claimed() as path:
             server = Server(snapshotter, path)
         server.start()
         log.info("ready: %s on unix://%s (pid %d)", description, socket_path.path, os.getpid())
-        # The snapshots API has no call for a plugin's capabilities: a
-        # proxy plugin's are its containerd config's (2.x; 1.6 has none).
-        capabilities = snapshotter.capabilities()
         if capabilities:
             log.info("capabilities: %s (containerd 2.x: capabilities = [%s] in the proxy "
                      "plugin's config)", ", ".join(capabilities),

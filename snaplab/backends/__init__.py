@@ -31,6 +31,11 @@ def _blockfile():
     return BlockfileSnapshotter
 
 
+def _erofs():
+    from .erofs import ErofsSnapshotter
+    return ErofsSnapshotter
+
+
 def _aufs():
     from .aufs import AufsSnapshotter
     return AufsSnapshotter
@@ -44,6 +49,7 @@ BACKENDS = {
     "zfs": _zfs,
     "aufs": _aufs,
     "blockfile": _blockfile,
+    "erofs": _erofs,
 }
 
 
@@ -54,6 +60,13 @@ def backend_class(name):
         raise errors.InvalidArgument(
             "unknown backend %r; known backends: %s" % (name, ", ".join(sorted(BACKENDS)))
         ) from None
+
+
+def kept_mounts_under(name, directory):
+    """What the roots of backend `name` below `directory` keep mounted by
+    design (erofs's images), latest first: no leak, but gone after a reboot."""
+    kept = getattr(backend_class(name), "kept_mounts_under", None)
+    return kept(directory) if kept is not None else []
 
 
 def declared_options(name):

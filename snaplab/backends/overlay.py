@@ -6,6 +6,7 @@ workdir (active snapshots only). Lowerdirs are derived from the parent chain
 at mount time, so Commit moves nothing and a rebase needs no disk work.
 """
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -51,28 +52,28 @@ class OverlaySnapshotter(StoreSnapshotter):
     def check_filesystem(self, path):
         if not kernel.filesystem_in_kernel("overlay"):
             raise errors.FailedPrecondition(
-                "overlay backend: this kernel has no overlay filesystem "
-                "(not listed in /proc/filesystems); load the overlay module or use --backend native")
+                "%s backend: this kernel has no overlay filesystem (not listed in "
+                "/proc/filesystems); load the overlay module or use --backend native" % self.name)
         backing = mountlib.lookup(path)
         if backing.fstype == "overlay":
             raise errors.FailedPrecondition(
-                "overlay backend: %s is itself on overlayfs, which cannot hold overlay upper "
-                "directories; put the root on ext4, xfs or btrfs" % path)
+                "%s backend: %s is itself on overlayfs, which cannot hold overlay upper "
+                "directories; put the root on ext4, xfs or btrfs" % (self.name, path))
         if not fsutil.has_d_type(path):
             raise errors.FailedPrecondition(
-                "overlay backend: %s (%s on %s) does not support d_type. If the backing "
+                "%s backend: %s (%s on %s) does not support d_type. If the backing "
                 "filesystem is xfs, please reformat with ftype=1 to enable d_type support; "
                 "if it is ext4, enable the filetype feature (tune2fs -O filetype, then "
                 "e2fsck -f) or reformat without -O ^filetype"
-                % (path, backing.fstype, backing.source))
+                % (self.name, path, backing.fstype, backing.source))
         # In a user namespace the kernel decides more (overlayfs mounts
         # there from Linux 5.11, with userxattr): always ask it.
         rootless = kernel.in_user_namespace()
         if rootless or backing.fstype not in _KNOWN_UPPER_FILESYSTEMS:
-            self._probe_upper(path, backing, rootless)
+            self._probe_upper(path, backing, rootless, self.name)
 
     @staticmethod
-    def _probe_upper(path, backing, rootless=False):
+    def _probe_upper(path, backing, rootless=False, backend="overlay"):
         """Mount a tiny overlay with its upper in `path` and remove lower
         entries through it the way a layer's diff does: the kernel decides.
 
@@ -91,14 +92,14 @@ class OverlaySnapshotter(StoreSnapshotter):
         """
         probe = tempfile.mkdtemp(prefix=_UPPER_PROBE_PREFIX, dir=path)
         if rootless:
-            refusal = ("overlay backend: the kernel does not mount overlayfs over %s (%s at %s) "
+            refusal = ("%s backend: the kernel does not mount overlayfs over %s (%s at %s) "
                        "in this user namespace (%%s); rootless overlay needs Linux 5.11 or later "
                        "and an upper filesystem that takes user.* xattrs, or use --backend "
-                       "native" % (path, backing.fstype, backing.mountpoint))
+                       "native" % (backend, path, backing.fstype, backing.mountpoint))
         else:
-            refusal = ("overlay backend: the kernel refuses %s (%s at %s) as an overlay upper "
+            refusal = ("%s backend: the kernel refuses %s (%s at %s) as an overlay upper "
                        "layer (%%s); put the root on ext4, xfs or btrfs, or use --backend native"
-                       % (path, backing.fstype, backing.mountpoint))
+                       % (backend, path, backing.fstype, backing.mountpoint))
         try:
             for name in ("lower", "lower/dir", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
@@ -147,28 +148,43 @@ class OverlaySnapshotter(StoreSnapshotter):
         except OSError as err:  # a read-only root, say
             return "no probe can be made in %s: %s" % (self.root, os.strerror(err.errno))
         try:
-            for name in ("lower", "upper", "work", "merged"):
+            for name in ("content", "upper", "work", "merged"):
                 os.mkdir(os.path.join(probe, name))
-            with open(os.path.join(probe, "lower", "file"), "w", encoding="ascii"):
+            with open(os.path.join(probe, "content", "file"), "w", encoding="ascii"):
                 pass
-            os.lchown(os.path.join(probe, "lower", "file"), 0, 0)
-            options = idmap.Mapping(_PROBE_MAPPING, _PROBE_MAPPING).mount_options() + [
-                "lowerdir=" + os.path.join(probe, "lower"),
-                "upperdir=" + os.path.join(probe, "upper"),
-                "workdir=" + os.path.join(probe, "work")] + self.extra_options
-            merged = os.path.join(probe, "merged")
+            os.lchown(os.path.join(probe, "content", "file"), 0, 0)
             try:
-                mountlib.mount(Mount("overlay", "overlay", options=options), merged)
-            except (OSError, errors.SnapshotError) as err:
+                with self.probe_lower(os.path.join(probe, "content")) as lower:
+                    return self._probe_idmapped_lower(probe, lower)
+            except (OSError, errors.SnapshotError) as err:  # the lower could not be made
                 return str(err)
-            try:
-                if os.stat(os.path.join(merged, "file")).st_uid != 666:
-                    return "the kernel mounted the idmapped lowerdir without shifting its ids"
-            finally:
-                mountlib.unmount(merged)
-            return None
         finally:
             fsutil.remove_tree(probe)
+
+    @contextlib.contextmanager
+    def probe_lower(self, content):
+        """The idmap probe's lowerdir, holding the directory `content` as a
+        parent layer holds it (overlay: that very directory)."""
+        yield content
+
+    def _probe_idmapped_lower(self, probe, lower):
+        """Mount an overlay over `lower` idmapped: None if it shows the
+        probe file's root as host 666, else why not."""
+        options = idmap.Mapping(_PROBE_MAPPING, _PROBE_MAPPING).mount_options() + [
+            "lowerdir=" + lower,
+            "upperdir=" + os.path.join(probe, "upper"),
+            "workdir=" + os.path.join(probe, "work")] + self.extra_options
+        merged = os.path.join(probe, "merged")
+        try:
+            mountlib.mount(Mount("overlay", "overlay", options=options), merged)
+        except (OSError, errors.SnapshotError) as err:
+            return str(err)
+        try:
+            if os.stat(os.path.join(merged, "file")).st_uid != 666:
+                return "the kernel mounted the idmapped lowerdir without shifting its ids"
+        finally:
+            mountlib.unmount(merged)
+        return None
 
     def capabilities(self):
         return [] if self.idmap_refusal else [idmap.REMAP_CAPABILITY]

@@ -11,7 +11,7 @@ import pytest
 from snaplab import errors, fsutil, open_snapshotter
 from snaplab.mount import mount_all, unmount_all
 
-BACKENDS = ["native", "overlay"]
+BACKENDS = ["native", "overlay", "erofs"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -45,7 +45,7 @@ def test_data_removed_in_the_background_is_gone_after_close_and_held_until_then(
         sn.remove_data_in_background()
         data = os.path.join(root, "snapshots", "1")
         sn.prepare("doomed", "")
-        with open(os.path.join(data, "fs" if backend == "overlay" else "", "file"), "wb") as f:
+        with open(os.path.join(data, "fs" if backend in ("overlay", "erofs") else "", "file"), "wb") as f:
             f.write(b"x" * 4096)
         sn.remove("doomed")
         with open_snapshotter(root, backend, create=False) as elsewhere:

@@ -1,7 +1,7 @@
 """The backends the model tests drive, on real filesystems made once per run
 (the fixtures are in conftest.py).
 
-native and overlay go on a loop ext4, btrfs on a loop btrfs, zfs on a pool
+native, overlay, blockfile and erofs go on a loop ext4, btrfs on a loop btrfs, zfs on a pool
 (zfs-fuse where the kernel has no zfs module), all made by the conformance
 harness's FilesystemPool in a `snaplab-test-model-*` scratch directory and
 removed at the end of the session, also when tests fail. Each example or
@@ -30,6 +30,7 @@ BACKENDS = {
     "btrfs": ("btrfs", {}, "btrfs"),
     "zfs": ("zfs", {}, "zfs"),
     "blockfile": ("blockfile", {}, "ext4"),
+    "erofs": ("erofs", {}, "ext4"),
 }
 
 

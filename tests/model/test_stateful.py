@@ -19,7 +19,7 @@ How much to run comes from the environment:
   SNAPLAB_MODEL_STEPS     steps per sequence; default 50, and 20 for zfs
                           (each zfs call spawns a zfs command)
   SNAPLAB_MODEL_BACKENDS  comma-separated subset of native, overlay,
-                          overlay-async (async_remove), btrfs, zfs, blockfile
+                          overlay-async (async_remove), btrfs, zfs, blockfile, erofs
 Failing sequences are kept in .hypothesis/model-<backend>/ and replayed first.
 """
 

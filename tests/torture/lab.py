@@ -24,11 +24,11 @@ from snaplab import cli as snaplab_cli
 from snaplab import layers as layerlib
 from snaplab import mount as mountlib
 
-BACKENDS = ("native", "overlay", "btrfs", "zfs", "blockfile")
-# The loop filesystem each backend's root lives on (native, overlay and
-# blockfile share one; blockfile's images are sparse copies there).
+BACKENDS = ("native", "overlay", "btrfs", "zfs", "blockfile", "erofs")
+# The loop filesystem each backend's root lives on (native, overlay, blockfile
+# and erofs share one; blockfile's images are sparse copies there).
 FILESYSTEM_OF = {"native": "ext4", "overlay": "ext4", "btrfs": "btrfs", "zfs": "zfs",
-                 "blockfile": "ext4"}
+                 "blockfile": "ext4", "erofs": "ext4"}
 # Room for a few hundred copies of the parent (ext4's inodes: 1 per 16 KiB).
 FILESYSTEM_SIZES_MIB = {"ext4": 2048, "btrfs": 2048}
 SCRATCH_PREFIX = "snaplab-test-torture-"

@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # zfs-fuse makes every zfs step cost a few hundred ms: it gets a smaller
 # share of the kills so that the four backends, run side by side, end together.
-KILL_SHARES = {"native": 10, "overlay": 10, "btrfs": 10, "zfs": 2, "blockfile": 10}
+KILL_SHARES = {"native": 10, "overlay": 10, "btrfs": 10, "zfs": 2, "blockfile": 10,
+               "erofs": 10}
 
 
 def split_kills(kills, backends):

@@ -28,7 +28,9 @@ options:
         filesystem, V(btrfs) a root on btrfs, V(zfs) a root that is the mount point of a ZFS
         dataset (the node_storage role makes one for a C(snapshotter_root) with backend
         V(zfs)). V(blockfile) keeps each snapshot as an ext4 or xfs image file on any
-        filesystem that loop devices can read (it needs C(/dev/loop-control)). V(aufs) is not
+        filesystem that loop devices can read (it needs C(/dev/loop-control)). V(erofs) takes a
+        root where V(overlay) does, on a kernel with erofs and a node with mkfs.erofs
+        (erofs-utils); it keeps each committed snapshot as an EROFS image. V(aufs) is not
         runnable on current kernels and says why.
       - A root belongs to the backend that created it; naming another one fails with
         RV(error_class=FailedPrecondition) and the right name.
@@ -56,6 +58,12 @@ options:
         image mount (loop is always there), e.g. direct-io,sync.
       - V(blockfile) takes C(recreate_scratch) (bool, default V(false)). Replace <root>/scratch
         at open, from scratch_file or with mkfs (existing snapshots keep their images).
+      - V(erofs) takes C(async_remove) (bool, default V(false)). Remove only drops the
+        metadata; the data is deleted by the next Cleanup.
+      - V(erofs) takes C(mount_options) (list of strings, default V([])). Options appended to
+        every overlay mount (userxattr, index=on...).
+      - V(erofs) takes C(upperdir_label) (bool, default V(false)). Stat and Walk report each
+        snapshot's upper directory in the label containerd.io/snapshot/overlay.upperdir.
       - V(native), V(btrfs), V(zfs) and V(aufs) take no options.
       - An option the backend does not know, or a value of the wrong type, fails with
         RV(error_class=InvalidArgument).
