@@ -272,9 +272,6 @@ class StoreSnapshotter(Snapshotter):
             faults.point("cleanup.entry")
             self.remove_storage_entries([entry])
         self._remove_old_probes()
-        # An idmapped mount killed half-way leaves its lowerdir binds in the
-        # temporary directory, outside any root: the next Cleanup takes them.
-        mountlib.sweep_idmap_leftovers()
         reserve.refill(self.root)
 
     def _repair(self):
@@ -391,10 +388,8 @@ class StoreSnapshotter(Snapshotter):
         except FileNotFoundError:
             return []
         old = []
-        for name in names:
-            if not name.startswith(self.probe_prefixes):
-                continue
-            path = os.path.join(self.root, name)
+        prefixes = self.probe_prefixes
+        for path in (os.path.join(self.root, n) for n in names if n.startswith(prefixes)):
             try:
                 age = time.time() - os.lstat(path).st_mtime
             except FileNotFoundError:
@@ -407,6 +402,7 @@ class StoreSnapshotter(Snapshotter):
         for path in self._old_probes():
             unmount_tree(path)  # overlay's upper probe mounts inside its directory
             fsutil.remove_tree(path)
+        mountlib.sweep_idmap_leftovers()  # a killed idmapped mount's binds, outside the root
 
     # -- leases and temporary mounts -----------------------------------------
 
