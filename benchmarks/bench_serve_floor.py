@@ -54,8 +54,12 @@ class NoopSnapshotter:
     def usage(self, key):
         return Usage(size=4096, inodes=1)
 
+    # What serve asks of every snapshotter before it is ready.
     def remove_data_in_background(self):
-        """serve asks every snapshotter for this; there is no data here."""
+        """There is no data here to delete."""
+
+    def capabilities(self):
+        return []
 
 
 def serve_noop(socket_path):

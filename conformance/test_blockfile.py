@@ -113,6 +113,23 @@ def test_views_and_committed_mount_read_only(open_snapshotter, root, work):
         assert os.listdir(first) == os.listdir(second) == ["a"]
 
 
+def test_commit_of_a_mounted_image_is_refused_and_changes_nothing(open_snapshotter, root, work):
+    """Committed with its journal open, an ext4 image would refuse every
+    read-only mount after: Commit waits for the unmount."""
+    sn = open_snapshotter(root)
+    mounts = sn.prepare("layer", "")
+    target = _mountpoint(work, "layer")
+    with mounted(mounts, target):
+        with open(os.path.join(target, "a"), "wb") as out:
+            out.write(b"a")
+        with pytest.raises(errors.FailedPrecondition, match="still mounted"):
+            sn.commit("base", "layer")
+        assert sn.stat("layer").kind == Kind.ACTIVE
+    sn.commit("base", "layer")
+    with mounted(sn.view("view", "base"), _mountpoint(work, "view")) as seen:
+        assert os.listdir(seen) == ["a"]
+
+
 def test_a_child_shares_extents_on_a_reflink_root_or_keeps_holes(
         open_snapshotter, root, work, target):
     sn = open_snapshotter(root)

@@ -152,4 +152,15 @@ def backing_file(device):
         return None
 
 
-__all__ = ["attached", "backing_file"]
+def devices_of(path):
+    """The loop devices bound to the file `path` now (/dev/loopN, sorted)."""
+    wanted = os.path.realpath(path)
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return []
+    return sorted("/dev/" + name for name in names
+                  if name.startswith("loop") and backing_file("/dev/" + name) == wanted)
+
+
+__all__ = ["attached", "backing_file", "devices_of"]

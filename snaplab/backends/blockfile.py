@@ -42,7 +42,8 @@ from .. import loop
 from .. import mount as mountlib
 from ..options import Option
 from ..types import Kind, Mount, Usage
-from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
+from .base import StoreSnapshotter
+from .pathlayout import OnePathPerSnapshot
 
 MIB = 1024 * 1024
 SCRATCH = "scratch"
@@ -88,8 +89,9 @@ def staged_file(final_path, prefix="new-", crash_point="create.staged"):
         raise
 
 
-class BlockfileSnapshotter(StoreSnapshotter):
+class BlockfileSnapshotter(OnePathPerSnapshot, StoreSnapshotter):
     name = "blockfile"
+    holds_data = staticmethod(os.path.isfile)  # an image file, not a tree
     probe_prefixes = StoreSnapshotter.probe_prefixes + (SCRATCH_STAGING_PREFIX,)
     declared_options = (
         Option("scratch_file", "str", "",
@@ -137,15 +139,8 @@ class BlockfileSnapshotter(StoreSnapshotter):
             self._replace_scratch(imagefile.filesystem_of(self.scratch) if exists else None)
 
     @property
-    def snapshots_dir(self):
-        return os.path.join(self.root, "snapshots")
-
-    @property
     def scratch(self):
         return os.path.join(self.root, SCRATCH)
-
-    def path_of(self, snapshot_id):
-        return os.path.join(self.snapshots_dir, str(snapshot_id))
 
     def _refuse(self, why, fix):
         return errors.FailedPrecondition("blockfile backend: %s; %s" % (why, fix))
@@ -266,21 +261,19 @@ class BlockfileSnapshotter(StoreSnapshotter):
         return [Mount(type=self.options["fs_type"], source=image,
                       options=self.image_options + [mode])]
 
+    def commit_usage(self, snap):
+        # An image still mounted read-write would be committed with its
+        # journal open, and every read-only mount of it (a view, a child's
+        # copy) would then fail with "recovery required". containerd does
+        # not look; its clients unmount first.
+        devices = loop.devices_of(self.path_of(snap.id))
+        if devices:
+            raise errors.FailedPrecondition(
+                "blockfile backend: the image %s of the snapshot to commit is still mounted "
+                "(through %s); unmount it before Commit"
+                % (self.path_of(snap.id), ", ".join(devices)))
+        return super().commit_usage(snap)
+
     def active_usage(self, snap):
         self.sync_before_measuring()
         return Usage(os.stat(self.path_of(snap.id)).st_blocks * 512, -1)
-
-    def storage_entries(self):
-        return directory_entries(self.snapshots_dir)
-
-    def storage_entries_of(self, snapshot_id):
-        path = self.path_of(snapshot_id)
-        return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []
-
-    def storage_findings(self, rows):
-        def missing(snapshot_id, kind, parent_id):
-            if kind == Kind.VIEW and parent_id is not None:
-                return None  # a view of a parent has no image of its own
-            path = self.path_of(snapshot_id)
-            return None if os.path.isfile(path) else path
-        return missing_storage(rows, missing)

@@ -10,10 +10,11 @@ import os
 from .. import fsutil
 from .. import idmap
 from ..types import Kind, Mount
-from .base import StorageEntry, StoreSnapshotter, directory_entries, missing_storage
+from .base import StoreSnapshotter
+from .pathlayout import OnePathPerSnapshot
 
 
-class NativeSnapshotter(StoreSnapshotter):
+class NativeSnapshotter(OnePathPerSnapshot, StoreSnapshotter):
     name = "native"
 
     def capabilities(self):
@@ -22,13 +23,6 @@ class NativeSnapshotter(StoreSnapshotter):
 
     def setup_layout(self):
         self.ensure_directory(self.snapshots_dir)
-
-    @property
-    def snapshots_dir(self):
-        return os.path.join(self.root, "snapshots")
-
-    def path_of(self, snapshot_id):
-        return os.path.join(self.snapshots_dir, str(snapshot_id))
 
     def create_storage(self, snap, info):
         mapping = idmap.from_labels(info.labels)
@@ -56,18 +50,3 @@ class NativeSnapshotter(StoreSnapshotter):
         path = self.path_of(snap.id)
         self.sync_before_measuring()
         return fsutil.disk_usage(path)
-
-    def storage_entries(self):
-        return directory_entries(self.snapshots_dir)
-
-    def storage_entries_of(self, snapshot_id):
-        path = self.path_of(snapshot_id)
-        return [StorageEntry(str(snapshot_id), path)] if os.path.lexists(path) else []
-
-    def storage_findings(self, rows):
-        def missing(snapshot_id, kind, parent_id):
-            if kind == Kind.VIEW and parent_id is not None:
-                return None  # a view of a parent has no data of its own
-            path = self.path_of(snapshot_id)
-            return None if os.path.isdir(path) else path
-        return missing_storage(rows, missing)
