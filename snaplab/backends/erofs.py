@@ -47,7 +47,7 @@ from .. import kernel
 from .. import loop
 from .. import mount as mountlib
 from ..types import Finding, Kind, Mount
-from .base import missing_storage, unmount_tree
+from .base import unmount_tree
 from .overlay import OverlaySnapshotter
 
 IMAGE_NAME = "layer.erofs"
@@ -220,16 +220,14 @@ class ErofsSnapshotter(OverlaySnapshotter):
             faults.point("erofs.unmounted")
         super().remove_storage_entries(entries)
 
+    def absent_storage(self, snapshot_id, kind):
+        absent = super().absent_storage(snapshot_id, kind)
+        if kind == Kind.COMMITTED and not os.path.isfile(self.image_of(snapshot_id)):
+            absent.append(self.image_of(snapshot_id))
+        return absent
+
     def storage_findings(self, rows):
-        def missing(snapshot_id, kind, _parent_id):
-            needed = [self.upper_of(snapshot_id)]
-            if kind == Kind.ACTIVE:
-                needed.append(self.work_of(snapshot_id))
-            absent = [path for path in needed if not os.path.isdir(path)]
-            if kind == Kind.COMMITTED and not os.path.isfile(self.image_of(snapshot_id)):
-                absent.append(self.image_of(snapshot_id))
-            return ", ".join(absent) or None
-        found = missing_storage(rows, missing)
+        found = super().storage_findings(rows)
         table = mountlib.mount_table()
         for snapshot_id, key, kind, _parent_id, _labels in rows:
             found += self._leftovers(snapshot_id, key, kind, table)

@@ -281,11 +281,13 @@ class OverlaySnapshotter(StoreSnapshotter):
             info.labels[UPPERDIR_LABEL] = self.upper_of(tx.get_info(info.name)[0])
         return info
 
+    def absent_storage(self, snapshot_id, kind):
+        """The paths a snapshot of `kind` needs that are not there."""
+        needed = [self.upper_of(snapshot_id)]
+        if kind == Kind.ACTIVE:
+            needed.append(self.work_of(snapshot_id))
+        return [path for path in needed if not os.path.isdir(path)]
+
     def storage_findings(self, rows):
-        def missing(snapshot_id, kind, _parent_id):
-            needed = [self.upper_of(snapshot_id)]
-            if kind == Kind.ACTIVE:
-                needed.append(self.work_of(snapshot_id))
-            absent = [path for path in needed if not os.path.isdir(path)]
-            return ", ".join(absent) or None
-        return missing_storage(rows, missing)
+        return missing_storage(rows, lambda snapshot_id, kind, _parent_id: ", ".join(
+            self.absent_storage(snapshot_id, kind)) or None)
