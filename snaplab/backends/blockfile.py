@@ -265,8 +265,13 @@ class BlockfileSnapshotter(OnePathPerSnapshot, StoreSnapshotter):
         # An image still mounted read-write would be committed with its
         # journal open, and every read-only mount of it (a view, a child's
         # copy) would then fail with "recovery required". containerd does
-        # not look; its clients unmount first.
-        devices = loop.devices_of(self.path_of(snap.id))
+        # not look; its clients unmount first. Mounted is the filesystem's
+        # own /sys/fs/<type>/loopN, gone with the unmount in every mount
+        # namespace: the loop device itself may stay bound a moment longer
+        # (Linux 6.1 frees an autoclear device from a work queue).
+        devices = [device for device in loop.devices_of(self.path_of(snap.id))
+                   if os.path.isdir("/sys/fs/%s/%s" % (self.options["fs_type"],
+                                                       os.path.basename(device)))]
         if devices:
             raise errors.FailedPrecondition(
                 "blockfile backend: the image %s of the snapshot to commit is still mounted "
