@@ -36,7 +36,7 @@ MOUNT_BASE = "/srv/snaplab"
 FSTYPES = ("ext4", "xfs", "btrfs", "zfs")
 # The suite's filesystem names (conformance/filesystems.py) that a VM disk can hold.
 SUITE_FILESYSTEMS = ("ext4", "xfs", "xfs-noftype", "btrfs", "zfs")
-BACKENDS = ("native", "overlay", "btrfs", "zfs", "aufs")
+BACKENDS = ("native", "overlay", "btrfs", "zfs", "aufs", "blockfile", "erofs")
 FILESYSTEM_KEYS = {"fstype", "root_backend", "xfs_ftype", "zfs_pool", "on_partition"}
 RELEASE_KEYS = {"box", "kernel", "ssh_port", "mac", "filesystems", "memory_mib", "cpus",
                 "disk_size"}

@@ -79,7 +79,7 @@ def test_the_scenario_declaration_matches_node_storage(data):
     for name, entry in by_fs.items():
         assert declared["lab_filesystem_at"][name] == entry["mount_point"]
         assert entry["snapshotter_root"]["path"].startswith(entry["mount_point"] + "/")
-    assert declared["lab_backends"] == ["native", "overlay", "btrfs", "zfs", "aufs"]
+    assert declared["lab_backends"] == ["native", "overlay", "btrfs", "zfs", "aufs", "blockfile", "erofs"]
 
 
 def test_xfs_noftype_is_declared_where_the_box_kernel_mounts_v4(data):

@@ -266,7 +266,7 @@ def test_a_filesystem_selection_narrows_the_vm_and_the_declaration():
     assert rel["filesystems"] == ["zfs"] and [d["name"] for d in rel["disks"]] == ["zfs"]
     declared = matrix.scenario_vars(data, "bookworm", ["zfs"])
     assert declared["lab_suite_filesystems"] == ["zfs"]
-    assert declared["lab_backends"] == ["native", "overlay", "zfs"]
+    assert declared["lab_backends"] == ["native", "overlay", "zfs", "blockfile", "erofs"]
     data["releases"]["bookworm"]["filesystems"] = ["ext4", "zfs"]
     with pytest.raises(matrix.MatrixError, match="has none of the filesystems xfs-noftype"):
         matrix.release(data, "bookworm", ["xfs-noftype"])
@@ -363,9 +363,10 @@ def test_a_box_without_zfs_refuses_the_zfs_cells_with_its_reason(tmp_path, monke
     assert (unexpected, merged) == (0, 2)
     text = (reports / "report.md").read_text()
     refused = "refuses (not in this kernel: %s)" % why.replace("(", "[").replace(")", "]")
-    for backend in ("native", "overlay", "zfs"):  # the backends labs/matrix.yml runs on zfs
+    on_zfs = ("native", "overlay", "zfs", "blockfile", "erofs")  # labs/matrix.yml's on zfs
+    for backend in on_zfs:
         assert "%s-on-zfs" % backend in text
-    assert text.count(refused) == 3
+    assert text.count(refused) == len(on_zfs)
     # The VM's own run: one kernel, so the columns need no "@ kernel".
     assert "| backend \\ filesystem | ext4 | zfs |" in text
 
