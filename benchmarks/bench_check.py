@@ -38,7 +38,8 @@ QUICK = {
     "bench_latency": ["--ops", "100", "--backends", "native,overlay"],
     "bench_btrfs_ioctl": ["--ops", "50"],
     "bench_storage_cost": ["--snapshots", "10", "--image-mib", "8",
-                           "--backends", "native,overlay,btrfs"],
+                           "--backends", "native,overlay,btrfs,blockfile,blockfile-xfs,erofs"],
+    "bench_remap": ["--files", "1000", "--rounds", "3"],
     "bench_containerd": ["--ops", "60", "--rounds", "3"],
     "bench_ctr": ["--ops", "40", "--rounds", "4"],
     "bench_serve_floor": ["--ops", "300", "--rounds", "6"],
@@ -107,6 +108,8 @@ def main(argv=None):
             previous = benchjson.read_baseline(args.baseline)
             if set(previous["benchmarks"]) - set(found):
                 written["loads"] = previous.get("loads", []) + written["loads"]
+                written["note"] = "%s; %s: %s" % (previous["note"], ", ".join(sorted(found)),
+                                                  args.write_baseline)
             written["benchmarks"] = dict(previous["benchmarks"], **written["benchmarks"])
         benchjson.write_baseline(args.baseline, written)
         print("wrote %s: %d rows of %s" % (args.baseline, sum(map(len, found.values())),

@@ -2,13 +2,13 @@
 """What one more container costs on disk: O(N) copies against O(1) CoW.
 
     python3 benchmarks/bench_storage_cost.py [--snapshots 100] [--image-mib 100]
-        [--backends native,overlay,btrfs,zfs] [--json OUT] [--markdown OUT]
+        [--backends native,overlay,btrfs,zfs,blockfile,blockfile-xfs,erofs]
+        [--json OUT] [--markdown OUT]
 
-For each backend, on its own loop-backed filesystem (native, overlay and
-blockfile on ext4, erofs (on request: --backends ...,erofs) too, btrfs on btrfs, zfs on a
-zfs pool — kernel OpenZFS or zfs-fuse; the row blockfile-xfs is blockfile on xfs, with
-reflink), the
-benchmark commits one image of --image-mib MiB of random (incompressible)
+For each backend, on its own loop-backed filesystem (native, overlay,
+blockfile and erofs on ext4, btrfs on btrfs, zfs on a zfs pool — kernel
+OpenZFS or zfs-fuse; the row blockfile-xfs is blockfile on xfs, with
+reflink), the benchmark commits one image of --image-mib MiB of random (incompressible)
 data, then prepares --snapshots active snapshots on it, as a node starting
 that many containers of one image does. It reports, per added snapshot:
 
@@ -194,7 +194,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshots", type=int, default=100)
     parser.add_argument("--image-mib", type=int, default=100)
-    parser.add_argument("--backends", default="native,overlay,btrfs,zfs")
+    parser.add_argument("--backends",
+                        default="native,overlay,btrfs,zfs,blockfile,blockfile-xfs,erofs")
     parser.add_argument("--fs-dir", help="where the loop files go (default: the temp dir)")
     parser.add_argument("--json", help="also write the figures here (benchmarks/benchjson.py)")
     parser.add_argument("--markdown", help="also write the table here")

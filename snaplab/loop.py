@@ -163,4 +163,18 @@ def devices_of(path):
                   if name.startswith("loop") and backing_file("/dev/" + name) == wanted)
 
 
-__all__ = ["attached", "backing_file", "devices_of"]
+def mounted_devices_of(path, fs_type):
+    """The loop devices bound to the file `path` whose filesystem of type
+    `fs_type` (ext4, xfs) is mounted now, in any mount namespace: those with
+    a /sys/fs/<fs_type>/loopN, which the filesystem has from its mount to its
+    last unmount. Only those entries are read, not every loop device's."""
+    try:
+        names = os.listdir("/sys/fs/%s" % fs_type)
+    except FileNotFoundError:
+        return []  # nothing of that type mounted (its module not even loaded)
+    wanted = os.path.realpath(path)
+    return sorted("/dev/" + name for name in names
+                  if name.startswith("loop") and backing_file("/dev/" + name) == wanted)
+
+
+__all__ = ["attached", "backing_file", "devices_of", "mounted_devices_of"]

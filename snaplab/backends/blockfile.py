@@ -269,9 +269,7 @@ class BlockfileSnapshotter(OnePathPerSnapshot, StoreSnapshotter):
         # own /sys/fs/<type>/loopN, gone with the unmount in every mount
         # namespace: the loop device itself may stay bound a moment longer
         # (Linux 6.1 frees an autoclear device from a work queue).
-        devices = [device for device in loop.devices_of(self.path_of(snap.id))
-                   if os.path.isdir("/sys/fs/%s/%s" % (self.options["fs_type"],
-                                                       os.path.basename(device)))]
+        devices = loop.mounted_devices_of(self.path_of(snap.id), self.options["fs_type"])
         if devices:
             raise errors.FailedPrecondition(
                 "blockfile backend: the image %s of the snapshot to commit is still mounted "

@@ -97,3 +97,22 @@ def test_a_missing_image_fails_as_a_missing_mount_source_does(tmp_path):
     with pytest.raises(mountlib.MountError, match="cannot open the image") as failed:
         mountlib.mount(Mount("ext4", str(tmp_path / "absent"), options=["loop"]), str(tmp_path))
     assert failed.value.errno == errno.ENOENT
+
+
+def test_mounted_devices_of_an_image_are_those_its_filesystem_is_mounted_through(image, tmp_path):
+    """blockfile's Commit asks this: mounted is the filesystem's own
+    /sys/fs/ext4/loopN, there from the mount to the unmount, whether or not
+    the loop device is still bound a moment after."""
+    target = str(tmp_path / "mnt")
+    os.mkdir(target)
+    assert loop.mounted_devices_of(image, "ext4") == []
+    mountlib.mount(Mount("ext4", image, options=["loop", "ro"]), target)
+    try:
+        device = mountlib.mount_on_top(target).source
+        assert loop.mounted_devices_of(image, "ext4") == [device]
+        assert loop.mounted_devices_of(image, "xfs") == []  # another type: not looked at
+        assert loop.mounted_devices_of(str(tmp_path / "other"), "ext4") == []
+    finally:
+        mountlib.unmount(target)
+    assert loop.mounted_devices_of(image, "ext4") == []
+    assert wait_detached(image) == []

@@ -147,6 +147,10 @@ attributes:
     details:
       - In check mode nothing is created on the managed node, not even the root.
       - RV(snapshots[].mounts) is V(null) for snapshots that are not made yet.
+      - With O(backend=erofs), reporting the mounts of a snapshot that exists mounts its parents'
+        images read-only on their C(fs/) directories, as containerd 2.1 does for any Mounts call
+        (also in check mode), so that the reported mounts are usable as they are. Nothing in the
+        root changes.
   diff_mode:
     support: full
     details:
