@@ -218,10 +218,10 @@ class OverlaySnapshotter(StoreSnapshotter):
         mapping = idmap.from_labels(info.labels)
         if mapping is not None and self.idmap_refusal:
             raise errors.FailedPrecondition(
-                "overlay backend: the labels ask for a uid/gid mapping, but this kernel cannot "
+                "%s backend: the labels ask for a uid/gid mapping, but this kernel cannot "
                 "mount an overlay over idmapped lowerdirs on %s (%s); use Linux 5.19 or later "
                 "on ext4, xfs or btrfs, or --backend native (chown remap)"
-                % (self.root, self.idmap_refusal))
+                % (self.name, self.root, self.idmap_refusal))
         with self.staged_directory(os.path.join(self.snapshots_dir, str(snap.id)),
                                    mode=0o700) as staging:
             upper = os.path.join(staging, "fs")
