@@ -54,8 +54,10 @@ IMAGE_NAME = "layer.erofs"
 # An image being written by Commit, in the snapshot's directory.
 STAGED_IMAGE_PREFIX = ".layer.erofs-"
 MKFS_EROFS = "mkfs.erofs"
-# As containerd's erofsutils.ConvertErofs.
-MKFS_OPTIONS = ("--quiet", "-Enoinline_data")
+# As containerd's erofsutils.ConvertErofs, less its --quiet: older
+# erofs-utils (bullseye's 1.2.1) refuse that option, and the output is
+# captured anyway (shown only when mkfs.erofs fails).
+MKFS_OPTIONS = ("-Enoinline_data",)
 
 log = logging.getLogger("snaplab")
 
