@@ -175,6 +175,7 @@ class ErofsSnapshotter(OverlaySnapshotter):
             raise
         _fsync_directory(os.path.dirname(image))
         faults.point("erofs.image_stored")
+        self.sync_before_measuring()  # on ZFS, st_blocks waits for the pool's sync
         return fsutil.disk_usage(image)
 
     @staticmethod
