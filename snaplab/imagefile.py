@@ -77,7 +77,7 @@ def clone_or_copy(source, target, mode=0o600):
                 if err.errno not in _CLONE_FALLBACK_ERRNOS:
                     raise
                 how = "copy"
-                if _hides_holes(sfd, st):
+                if _reports_no_hole(sfd, st):
                     copy_skipping_zeros(sfd, dfd, st.st_size)
                 else:
                     fsutil.copy_data(sfd, dfd, st)
@@ -89,11 +89,15 @@ def clone_or_copy(source, target, mode=0o600):
     return how
 
 
-def _hides_holes(fd, st):
-    """Whether the file is sparse (fewer blocks than its size) while its
-    filesystem reports no hole in it: FUSE without lseek (zfs-fuse) says
-    that every byte is data."""
-    if st.st_blocks * 512 >= st.st_size:
+def _reports_no_hole(fd, st):
+    """Whether the filesystem reports no hole anywhere in the file. Then its
+    holes, if any, are hidden and only the zeros can tell: FUSE without lseek
+    (zfs-fuse) says every byte is data, and OpenZFS may do so for a file
+    with changes not yet synced (zfs_dmu_offset_next_sync=0), such as a
+    scratch just made or an image just unmounted. st_blocks cannot tell
+    either: on OpenZFS it too waits for the sync. A file without holes pays
+    a comparison per 64 KiB chunk."""
+    if st.st_size == 0:
         return False
     try:
         return os.lseek(fd, 0, os.SEEK_HOLE) >= st.st_size

@@ -54,8 +54,10 @@ IMAGE_NAME = "layer.erofs"
 # An image being written by Commit, in the snapshot's directory.
 STAGED_IMAGE_PREFIX = ".layer.erofs-"
 MKFS_EROFS = "mkfs.erofs"
-# As containerd's erofsutils.ConvertErofs.
-MKFS_OPTIONS = ("--quiet", "-Enoinline_data")
+# As containerd's erofsutils.ConvertErofs, less its --quiet: older
+# erofs-utils (bullseye's 1.2.1) refuse that option, and the output is
+# captured anyway (shown only when mkfs.erofs fails).
+MKFS_OPTIONS = ("-Enoinline_data",)
 
 log = logging.getLogger("snaplab")
 
@@ -173,6 +175,7 @@ class ErofsSnapshotter(OverlaySnapshotter):
             raise
         _fsync_directory(os.path.dirname(image))
         faults.point("erofs.image_stored")
+        self.sync_before_measuring()  # on ZFS, st_blocks waits for the pool's sync
         return fsutil.disk_usage(image)
 
     @staticmethod
