@@ -176,7 +176,12 @@ def copy_data(sfd, dfd, st):
         # saves the two lseeks per file on the common case.
         end = _copy_range(sfd, dfd, 0, size)
     else:
-        end = 0
+        # The size first, so that no write below extends the file: xfs
+        # preallocates beyond the end of a file as it grows, and the next
+        # range's write would keep that preallocation in a hole (a 4.5 MiB
+        # sparse image took 8.4 MiB on an xfs without reflink).
+        os.ftruncate(dfd, size)
+        end = size
         offset = 0
         while offset < size:
             try:
@@ -190,7 +195,7 @@ def copy_data(sfd, dfd, st):
                     break
                 raise
             hole = min(os.lseek(sfd, data, os.SEEK_HOLE), size)
-            end = _copy_range(sfd, dfd, data, hole)
+            _copy_range(sfd, dfd, data, hole)
             offset = hole
     if end != size:
         # A trailing hole (or a file without any data): set the size, which

@@ -108,7 +108,9 @@ def _reports_no_hole(fd, st):
 def copy_skipping_zeros(sfd, dfd, size):
     """Copy `size` bytes of `sfd` into `dfd`, leaving a hole wherever a
     64 KiB chunk is all zeros: a 64 MiB image holding a few MiB stays a
-    few MiB where holes cannot be found otherwise."""
+    few MiB where holes cannot be found otherwise. The size is set first, as
+    in fsutil.copy_data, so that no write extends the file."""
+    os.ftruncate(dfd, size)
     offset = 0
     while offset < size:
         chunk = os.pread(sfd, min(len(_ZEROS), size - offset), offset)
@@ -119,7 +121,6 @@ def copy_skipping_zeros(sfd, dfd, size):
             while written < len(chunk):
                 written += os.pwrite(dfd, chunk[written:], offset + written)
         offset += len(chunk)
-    os.ftruncate(dfd, size)
 
 
 def shared_bytes(path):

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from snaplab import imagefile
+from snaplab import mount as mountlib
+from snaplab.types import Mount
 
 MIB = 1024 * 1024
 
@@ -117,3 +119,33 @@ def test_copy_skipping_zeros_leaves_holes_where_zeros_were_written(loop_filesyst
             os.close(dfd)
         assert _content(copy) == _content(source)
         assert os.stat(copy).st_blocks * 512 < MIB
+
+
+def test_a_sparse_copy_on_xfs_without_reflink_takes_what_its_source_takes(scratch_dir):
+    """xfs preallocates beyond the end of a growing file; a copy that wrote
+    its data ranges in order, each one past the end, kept that preallocation
+    in the holes between them (8.4 MiB for a 4.5 MiB source, the lab's V4
+    xfs found it). The copy sets its size first."""
+    with scratch_dir("snaplab-test-imagefile-") as base:
+        image, mountpoint = os.path.join(base, "xfs.img"), os.path.join(base, "mnt")
+        with open(image, "wb") as f:
+            f.truncate(512 * MIB)
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=0", image], check=True)
+        os.mkdir(mountpoint)
+        mountlib.mount(Mount("xfs", image, options=["loop"]), mountpoint)
+        try:
+            source = os.path.join(mountpoint, "source")
+            with open(source, "wb") as f:
+                f.truncate(64 * MIB)
+                for offset in range(0, 64 * MIB, 8 * MIB):  # as ext4's group metadata
+                    f.seek(offset)
+                    f.write(os.urandom(64 * 1024))
+                f.seek(10 * MIB)
+                f.write(os.urandom(4 * MIB))
+                os.fsync(f.fileno())
+            copy = os.path.join(mountpoint, "copy")
+            assert imagefile.clone_or_copy(source, copy) == "copy"
+            assert _content(copy) == _content(source)
+            assert os.stat(copy).st_blocks <= os.stat(source).st_blocks
+        finally:
+            mountlib.unmount(mountpoint)
