@@ -196,7 +196,7 @@ def mount(m, target):
 IDMAP_LOWERS_PREFIX = "snaplab-idmap-"
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -219,7 +219,7 @@ def sweep_idmap_leftovers(directory=None):
         return removed
     for name in names:
         pid = name[len(IDMAP_LOWERS_PREFIX):].split("-", 1)[0]
-        if not name.startswith(IDMAP_LOWERS_PREFIX) or not pid.isdigit() or _pid_alive(int(pid)):
+        if not name.startswith(IDMAP_LOWERS_PREFIX) or not pid.isdigit() or pid_alive(int(pid)):
             continue
         private = os.path.join(directory, name)
         for where in mounts_under(private):

@@ -382,7 +382,7 @@ class StoreSnapshotter(Snapshotter):
         return found
 
     def _old_probes(self):
-        """d_type probe directories old enough to be a crash's leftovers."""
+        """Probes a crash left: old enough, or named <prefix><pid>-... by a dead pid."""
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
@@ -390,11 +390,12 @@ class StoreSnapshotter(Snapshotter):
         old = []
         prefixes = self.probe_prefixes
         for path in (os.path.join(self.root, n) for n in names if n.startswith(prefixes)):
+            pid = os.path.basename(path).rpartition("-")[0].rpartition("-")[2]
             try:
                 age = time.time() - os.lstat(path).st_mtime
             except FileNotFoundError:
                 continue
-            if age > PROBE_GRACE_SECONDS:
+            if age > PROBE_GRACE_SECONDS or pid.isdigit() and not mountlib.pid_alive(int(pid)):
                 old.append(path)
         return old
 

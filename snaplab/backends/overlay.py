@@ -144,7 +144,9 @@ class OverlaySnapshotter(StoreSnapshotter):
         if self.read_only:
             return "the root is opened read-only, and the probe mounts in it"
         try:
-            probe = tempfile.mkdtemp(prefix=_IDMAP_PROBE_PREFIX, dir=self.root)
+            # Its pid in the name: Cleanup removes a killed prober's mounts at once.
+            probe = tempfile.mkdtemp(prefix="%s%d-" % (_IDMAP_PROBE_PREFIX, os.getpid()),
+                                     dir=self.root)
         except OSError as err:  # a read-only root, say
             return "no probe can be made in %s: %s" % (self.root, os.strerror(err.errno))
         try:

@@ -131,3 +131,31 @@ def test_overlay_upper_probe_removes_lower_entries_and_leaves_nothing(tmp_path):
     OverlaySnapshotter._probe_upper(str(tmp_path), backing)  # pylint: disable=protected-access
     assert os.listdir(tmp_path) == []
     assert mountlib.mounts_under(str(tmp_path)) == []
+
+
+def test_cleanup_takes_a_killed_idmap_probe_at_once_and_leaves_a_live_ones(root):
+    """overlay's (and erofs's) idmap probe mounts inside <root>/idmap-probe-<pid>-*:
+    a prober killed there leaves those mounts, and Cleanup takes them at once
+    (not after the minute it gives a probe of unknown owner); a live prober's
+    stay. The torture run's kill at 22 ms into an erofs Prepare found it."""
+    import subprocess
+    from snaplab import mount as mountlib
+    from snaplab.types import Mount
+
+    with open_snapshotter(root, "overlay") as sn:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        dead = os.path.join(root, "idmap-probe-%d-deadbeef" % child.pid)
+        live = os.path.join(root, "idmap-probe-%d-alive123" % os.getpid())
+        for probe in (dead, live):
+            os.makedirs(os.path.join(probe, "merged"))
+            mountlib.mount(Mount("tmpfs", "tmpfs", options=["size=1m"]),
+                           os.path.join(probe, "merged"))
+        try:
+            sn.cleanup()
+            assert not os.path.exists(dead)
+            assert mountlib.mounts_under(live) == [os.path.join(live, "merged")]
+        finally:
+            for probe in (dead, live):
+                for where in mountlib.mounts_under(probe):
+                    mountlib.unmount_all(where)
