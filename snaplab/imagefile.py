@@ -94,10 +94,10 @@ def _reports_no_hole(fd, st):
     holes, if any, are hidden and only the zeros can tell: FUSE without lseek
     (zfs-fuse) says every byte is data, and OpenZFS may do so for a file
     with changes not yet synced (zfs_dmu_offset_next_sync=0), such as a
-    scratch just made or an image just unmounted. st_blocks cannot tell
-    either: on OpenZFS it too waits for the sync. A file without holes pays
-    a comparison per 64 KiB chunk."""
-    if st.st_size == 0:
+    scratch just made or an image just unmounted. st_blocks lags there too,
+    so it proves nothing for a sparse-looking file; but a file it counts as
+    fully allocated has no hole, and keeps the in-kernel copy."""
+    if st.st_size == 0 or st.st_blocks * 512 >= st.st_size:
         return False
     try:
         return os.lseek(fd, 0, os.SEEK_HOLE) >= st.st_size
